@@ -1,0 +1,34 @@
+# The README's commands. Every target that needs services starts them (or reuses running ones)
+# through scripts/services.sh, which honours DATABASE_URL / REDIS_URL when they are set.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SERVICES = eval "$$(scripts/services.sh up)"
+
+.PHONY: install run test lint stop clean
+
+$(BIN)/flowgate: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/flowgate
+
+run: install
+	@$(SERVICES) && scripts/run.sh
+
+lint: install
+	$(BIN)/ruff check web worker tests
+	$(BIN)/ruff format --check web worker tests
+	$(BIN)/mypy web worker
+
+test: lint
+	@$(SERVICES) && $(BIN)/pytest $(PYTEST_ARGS)
+
+stop:
+	@scripts/services.sh down
+
+clean: stop
+	rm -rf .dev $(VENV)

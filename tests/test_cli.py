@@ -1,0 +1,104 @@
+"""The `flowgate` command, run as a real subprocess against the test database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+
+from tests.factories import execute
+from web.domain.api_keys import hash_key
+from web.domain.tables import ApiKey
+
+
+def flowgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "web.cli", *args], capture_output=True, text=True, check=False
+    )
+
+
+async def test_keys_create_prints_the_key_once_and_stores_only_its_hash() -> None:
+    result = flowgate(
+        "keys", "create", "--name", "Acme site", "--monthly-limit", "50",
+        "--expires-at", "2030-01-01T00:00:00Z",
+        "--workflow", "workflow_bfsi_marketing_template",
+        "--webhook-url", "https://acme.example/hooks",
+        "--webhook-event", "execution.completed",
+        "--webhook-secret", "s3cret", "--json",
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout)
+    assert len(created["key"]) == 64 and set(created["key"]) <= set("0123456789abcdef")
+    assert created["prefix"] == created["key"][:8]
+    assert created["name"] == "Acme site"
+    stored = await ApiKey.select().first()
+    assert stored is not None
+    assert str(stored["id"]) == created["id"]
+    assert stored["key_hash"] == hash_key(created["key"])
+    assert created["key"] not in json.dumps({k: str(v) for k, v in stored.items()})
+    assert stored["prefix"] == created["key"][:8]
+    assert stored["monthly_limit"] == 50
+    assert stored["expires_at"].isoformat() == "2030-01-01T00:00:00+00:00"
+    assert stored["allowed_workflows"] == ["workflow_bfsi_marketing_template"]
+    assert stored["webhook_url"] == "https://acme.example/hooks"
+    assert stored["webhook_events"] == ["execution.completed"]
+
+
+async def test_keys_create_without_json_prints_the_key_on_its_own_line() -> None:
+    result = flowgate("keys", "create", "--name", "plain")
+    assert result.returncode == 0, result.stderr
+    secret = result.stdout.strip().splitlines()[-1]
+    stored = await ApiKey.select(ApiKey.key_hash).first()
+    assert stored is not None and stored["key_hash"] == hash_key(secret)
+
+
+async def test_keys_create_refuses_bad_input_with_a_clear_message() -> None:
+    unknown_workflow = flowgate("keys", "create", "--name", "x", "--workflow", "nope")
+    assert unknown_workflow.returncode == 1
+    assert unknown_workflow.stderr.strip() == "error: Unknown workflow 'nope'"
+    bad_date = flowgate("keys", "create", "--name", "x", "--expires-at", "tomorrow")
+    assert bad_date.returncode == 2
+    assert "not an ISO 8601 date-time" in bad_date.stderr
+    assert await ApiKey.count() == 0
+
+
+async def test_keys_list_shows_keys_without_secrets() -> None:
+    created = json.loads(flowgate("keys", "create", "--name", "listed", "--json").stdout)
+
+    listed = flowgate("keys", "list", "--json")
+
+    assert listed.returncode == 0, listed.stderr
+    (row,) = json.loads(listed.stdout)
+    assert row["id"] == created["id"]
+    assert row["name"] == "listed"
+    assert row["prefix"] == created["prefix"]
+    assert row["active"] is True
+    assert "key_hash" not in row and "webhook_secret" not in row
+    assert created["key"] not in listed.stdout
+    text = flowgate("keys", "list")
+    assert created["id"] in text.stdout and created["key"] not in text.stdout
+
+
+async def test_a_revoked_key_is_refused_by_the_api(client: httpx.AsyncClient) -> None:
+    created = json.loads(flowgate("keys", "create", "--name", "doomed", "--json").stdout)
+    assert (await execute(client, created["key"])).status_code == 202
+
+    revoked = flowgate("keys", "revoke", created["id"])
+
+    assert revoked.returncode == 0, revoked.stderr
+    response = await execute(client, created["key"])
+    assert response.status_code == 403
+    assert response.json() == {
+        "message": "API key is inactive",
+        "error": "Forbidden",
+        "statusCode": 403,
+    }
+
+
+def test_revoking_an_unknown_key_fails_clearly() -> None:
+    result = flowgate("keys", "revoke", "00000000-0000-0000-0000-000000000000")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: API key not found"

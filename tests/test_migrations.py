@@ -1,0 +1,74 @@
+"""Migrations run forward on an empty database, again harmlessly, and back and forth."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+TABLES = {"api_key", "api_key_usage", "workflow", "execution", "execution_row", "sandbox_message"}
+
+
+def _url(database: str) -> str:
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    return urlunsplit((parts.scheme, parts.netloc, "/" + database, "", ""))
+
+
+@pytest.fixture
+async def scratch_database() -> Iterator[str]:
+    name = f"flowgate_migrations_{os.getpid()}"
+    admin = await asyncpg.connect(_url("postgres"))
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    yield _url(name)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+def run(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "PICCOLO_CONF": "piccolo_conf"}
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=env, check=False
+    )
+
+
+async def tables(database_url: str) -> set[str]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    finally:
+        await connection.close()
+    return {row["tablename"] for row in rows} & TABLES
+
+
+async def test_migrate_on_an_empty_database_creates_every_table_and_seeds(
+    scratch_database: str,
+) -> None:
+    first = run(scratch_database, "-m", "web.cli", "migrate")
+    assert first.returncode == 0, first.stderr
+    assert "seeded workflow workflow_bfsi_marketing_template" in first.stdout
+    assert await tables(scratch_database) == TABLES
+
+    again = run(scratch_database, "-m", "web.cli", "migrate")
+    assert again.returncode == 0, again.stderr
+    assert "seeded" not in again.stdout
+
+
+async def test_the_latest_migration_goes_back_and_forward_again(scratch_database: str) -> None:
+    assert run(scratch_database, "-m", "web.cli", "migrate").returncode == 0
+
+    back = run(
+        scratch_database, "-m", "piccolo.main", "migrations", "backwards", "domain",
+        "--migration_id=1", "--auto_agree",
+    )  # fmt: skip
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert await tables(scratch_database) == set()
+
+    forward = run(scratch_database, "-m", "web.cli", "migrate")
+    assert forward.returncode == 0, forward.stderr
+    assert await tables(scratch_database) == TABLES

@@ -1,0 +1,152 @@
+"""The step loop: status moves, failures, re-runs, and every queue name registered."""
+
+from __future__ import annotations
+
+import copy
+from uuid import UUID, uuid4
+
+import httpx
+import pytest
+
+from tests.factories import PUBLIC, auth, execution_row, row_states, rows, start
+from web.domain import executions, queue
+from web.domain.tables import SandboxMessage
+from web.domain.workflows import BFSI_TEMPLATE, save_workflow
+from web.settings import get_settings
+from worker import engine
+from worker.settings import WorkerSettings
+
+
+def test_every_job_name_in_the_queue_is_registered_in_the_worker() -> None:
+    registered = {function.name for function in WorkerSettings.functions}
+    assert set(queue.JOB_NAMES) <= registered
+
+
+async def _workflow(workflow_id: str, **step_settings: dict[str, object]) -> str:
+    definition = copy.deepcopy(BFSI_TEMPLATE)
+    definition["id"] = workflow_id
+    for step in definition["steps"]:
+        step["settings"].update(step_settings.get(step["type"], {}))
+    await save_workflow(definition)
+    return workflow_id
+
+
+async def test_a_step_that_raises_fails_the_execution_with_a_readable_error(
+    client: httpx.AsyncClient, api_key: str, run_worker
+) -> None:
+    workflow_id = await _workflow(
+        "workflow_broken", generate_content={"template": "Hi {{ name | no_such_filter }}"}
+    )
+    execution_id = await start(client, api_key, csv_data=rows(2), workflow_id=workflow_id)
+
+    await run_worker()
+
+    status = (
+        await client.get(f"{PUBLIC}/executions/{execution_id}/status", headers=auth(api_key))
+    ).json()
+    assert status["status"] == "failed"
+    assert status["error"] == (
+        "Step 1 (Generate personalised message) failed: settings.template is not a valid "
+        "template: No filter named 'no_such_filter'."
+    )
+    assert status["completedAt"] is not None
+    stored = await execution_row(execution_id)
+    assert stored["lease_token"] is None
+
+
+async def test_an_unknown_provider_fails_the_execution_instead_of_hanging(
+    client: httpx.AsyncClient, api_key: str, run_worker
+) -> None:
+    workflow_id = await _workflow("workflow_odd", send_message={"provider": "carrier_pigeon"})
+    execution_id = await start(client, api_key, csv_data=rows(1), workflow_id=workflow_id)
+    await run_worker()
+    await client.post(f"{PUBLIC}/executions/{execution_id}/approve", headers=auth(api_key))
+    await run_worker()
+
+    stored = await execution_row(execution_id)
+    assert stored["status"] == "failed"
+    assert stored["error"] == (
+        "Step 4 (Send WhatsApp message) failed: Unknown messaging provider 'carrier_pigeon'"
+    )
+
+
+async def test_running_a_finished_execution_again_changes_nothing(
+    client: httpx.AsyncClient, api_key: str, run_worker
+) -> None:
+    execution_id = await start(client, api_key, csv_data=rows(3))
+    await run_worker()
+    await client.post(f"{PUBLIC}/executions/{execution_id}/approve", headers=auth(api_key))
+    await run_worker()
+    before = await execution_row(execution_id)
+
+    outcome = await engine.run_execution(UUID(execution_id), get_settings(), httpx.AsyncClient())
+
+    assert outcome.state == "nothing to do (completed)"
+    assert await execution_row(execution_id) == before
+    assert await SandboxMessage.count() == 3
+
+
+async def test_a_run_waiting_for_approval_is_not_resumed_by_a_stray_job(
+    client: httpx.AsyncClient, api_key: str, run_worker
+) -> None:
+    execution_id = await start(client, api_key, csv_data=rows(1))
+    await run_worker()
+
+    outcome = await engine.run_execution(UUID(execution_id), get_settings(), httpx.AsyncClient())
+
+    assert outcome.state == "nothing to do (pending_approval)"
+    assert (await execution_row(execution_id))["status"] == "pending_approval"
+
+
+async def test_a_second_worker_waits_while_the_first_holds_the_lease(
+    client: httpx.AsyncClient, api_key: str
+) -> None:
+    execution_id = UUID(await start(client, api_key, csv_data=rows(1)))
+    first = await executions.claim(execution_id, uuid4(), lease_seconds=30)
+    assert first is not None and first.was_pending
+
+    outcome = await engine.run_execution(execution_id, get_settings(), httpx.AsyncClient())
+
+    assert outcome.state == "busy"
+    assert outcome.retry_after is not None and 25 < outcome.retry_after <= 30
+
+
+async def test_an_expired_lease_is_taken_over_and_the_run_resumes_from_the_saved_step(
+    client: httpx.AsyncClient, api_key: str, run_worker
+) -> None:
+    execution_id = UUID(await start(client, api_key, csv_data=rows(2)))
+    dead = await executions.claim(execution_id, uuid4(), lease_seconds=0.01)
+    assert dead is not None
+    # The "dead" worker had finished the first step before it went away.
+    await executions.finish_step(dead, 0, {"index": 0, "type": "generate_content"}, 0.01)
+
+    await run_worker()
+
+    stored = await execution_row(execution_id)
+    assert stored["status"] == "pending_approval"
+    assert [s["type"] for s in stored["step_results"]] == [
+        "generate_content",
+        "compliance_check",
+    ]
+    # The content step was not run again: the rows have no content, so they fail compliance.
+    assert [s["compliance_status"] for s in await row_states(str(execution_id))] == [
+        "failed",
+        "failed",
+    ]
+
+
+@pytest.mark.parametrize("rows_count", [1, 100])
+async def test_status_moves_pending_running_pending_approval_running_completed(
+    client: httpx.AsyncClient, api_key: str, run_worker, rows_count: int
+) -> None:
+    execution_id = await start(client, api_key, csv_data=rows(rows_count))
+    assert (await execution_row(execution_id))["status"] == "pending"
+    await run_worker()
+    assert (await execution_row(execution_id))["status"] == "pending_approval"
+    await client.post(f"{PUBLIC}/executions/{execution_id}/approve", headers=auth(api_key))
+    assert (await execution_row(execution_id))["status"] == "running"
+    await run_worker()
+    stored = await execution_row(execution_id)
+    assert stored["status"] == "completed"
+    assert stored["output"]["successCount"] == rows_count
+    assert len(stored["output"]["results"]) == rows_count

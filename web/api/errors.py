@@ -1,0 +1,89 @@
+"""Exception handlers that turn every failure into public-api.md's error shape:
+{"message", "error", "statusCode"} (plus "retryAfter" on 429), whatever raised it."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from web.domain.errors import UNAVAILABLE_ERRORS, DomainError
+
+logger = logging.getLogger("flowgate.api")
+
+
+def error_body(status_code: int, message: str) -> dict[str, Any]:
+    return {"message": message, "error": HTTPStatus(status_code).phrase, "statusCode": status_code}
+
+
+def error_response(
+    status_code: int, message: str, headers: dict[str, str] | None = None
+) -> Response[dict[str, Any]]:
+    return Response(
+        content=error_body(status_code, message),
+        status_code=status_code,
+        media_type=MediaType.JSON,
+        headers=headers,
+    )
+
+
+def _validation_message(exc: ValidationException) -> str:
+    """`input.csvData[3]: Expected `object`, got `str`` from Litestar's validation details."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    for item in extra:
+        if isinstance(item, dict) and item.get("message"):
+            key = str(item.get("key") or "").removeprefix("$.").removeprefix("$")
+            message = str(item["message"])
+            if key == "data":
+                # The body as a whole: Litestar names it after the handler's `data` argument.
+                return "Request body is required" if message == "'data'" else f"body: {message}"
+            return f"{key}: {message}" if key else message
+    return "Invalid request body"
+
+
+def _client_message(exc: HTTPException) -> str:
+    detail = exc.detail or HTTPStatus(exc.status_code).phrase
+    if exc.status_code == 400 and (
+        detail.startswith("JSON is malformed") or detail == "Input data was truncated"
+    ):
+        return f"Request body is not valid JSON: {detail}"
+    return detail
+
+
+def handle_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
+    return error_response(exc.status_code, exc.message)
+
+
+def handle_http_exception(
+    request: Request[Any, Any, Any], exc: HTTPException
+) -> Response[dict[str, Any]]:
+    if isinstance(exc, ValidationException):
+        message = _validation_message(exc)
+    elif exc.status_code == 413:
+        message = "Request body is too large"
+    elif exc.status_code >= 500:
+        logger.error("server error on %s %s: %s", request.method, request.url.path, exc.detail)
+        message = HTTPStatus(exc.status_code).phrase
+    else:
+        message = _client_message(exc)
+    return error_response(exc.status_code, message, headers=exc.headers)
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        logger.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return error_response(
+            503, "Service temporarily unavailable, please retry", headers={"Retry-After": "1"}
+        )
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "Internal server error")
+
+
+EXCEPTION_HANDLERS: Any = {
+    DomainError: handle_domain_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,156 @@
+"""Controllers for the six endpoints of public-api.md, under /api/v1/public.
+
+Handlers parse, call one domain function and shape the answer; the rules live in web.domain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from arq.connections import ArqRedis
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+
+from web.api import auth
+from web.api.schemas import (
+    ApprovalData,
+    DecisionRequest,
+    DecisionResponse,
+    ExecuteRequest,
+    ExecuteResponse,
+    PendingApprovalResponse,
+    ResultsOutput,
+    ResultsResponse,
+    StatusResponse,
+)
+from web.domain import approvals, clock, executions, queue
+from web.domain.api_keys import AuthenticatedKey
+from web.domain.workflows import RunnableWorkflow
+from web.settings import Settings
+
+
+def _iso(value: Any) -> str:
+    return clock.iso(value) or ""
+
+
+class PublicExecutionsController(Controller):
+    path = "/"
+    guards = [auth.require_api_key]
+    dependencies = {"api_key": Provide(auth.provide_api_key, sync_to_thread=False)}
+    tags = ["Public API"]
+
+    @post(
+        "/agents/{workflow_id:str}/execute",
+        status_code=HTTP_202_ACCEPTED,
+        guards=[auth.require_runnable_workflow],
+        dependencies={"workflow": Provide(auth.provide_workflow, sync_to_thread=False)},
+        summary="Execute Agent",
+    )
+    async def execute(
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[ExecuteRequest],
+        api_key: NamedDependency[AuthenticatedKey],
+        workflow: NamedDependency[RunnableWorkflow],
+        settings: NamedDependency[Settings],
+        arq: NamedDependency[ArqRedis],
+    ) -> ExecuteResponse:
+        started = await executions.start_execution(
+            api_key, workflow, data.input.csv_data, data.description, settings.max_rows
+        )
+        await queue.enqueue_run(arq, started.id)
+        request.state.quota = started.quota
+        return ExecuteResponse(
+            execution_id=str(started.id),
+            status=started.status,
+            started_at=_iso(started.started_at),
+            message="Execution started successfully",
+        )
+
+    @get("/executions/{execution_id:str}/status", summary="Get Execution Status")
+    async def status(
+        self, execution_id: FromPath[str], api_key: NamedDependency[AuthenticatedKey]
+    ) -> StatusResponse:
+        execution = await executions.get_for_key(execution_id, api_key.id)
+        return StatusResponse(
+            id=str(execution["id"]),
+            status=execution["status"],
+            started_at=_iso(execution["started_at"]),
+            completed_at=clock.iso(execution["completed_at"]),
+            error=execution["error"],
+            approval_status=execution["approval_status"],
+        )
+
+    @get("/executions/{execution_id:str}/results", summary="Get Execution Results")
+    async def results(
+        self, execution_id: FromPath[str], api_key: NamedDependency[AuthenticatedKey]
+    ) -> ResultsResponse:
+        execution = await executions.get_for_key(execution_id, api_key.id)
+        output = execution["output"]
+        return ResultsResponse(
+            id=str(execution["id"]),
+            status=execution["status"],
+            output=None if output is None else msgspec.convert(output, ResultsOutput),
+            error=execution["error"],
+            started_at=_iso(execution["started_at"]),
+            completed_at=clock.iso(execution["completed_at"]),
+        )
+
+    @get("/executions/{execution_id:str}/pending-approval", summary="Get Pending Approval Data")
+    async def pending_approval(
+        self, execution_id: FromPath[str], api_key: NamedDependency[AuthenticatedKey]
+    ) -> PendingApprovalResponse:
+        execution = await executions.get_for_key(execution_id, api_key.id)
+        data = await approvals.pending_approval_data(execution)
+        return PendingApprovalResponse(
+            id=str(execution["id"]),
+            workflow_id=execution["workflow"],
+            status=execution["status"],
+            approval_data=msgspec.convert(data, ApprovalData),
+            started_at=_iso(execution["started_at"]),
+        )
+
+    @post(
+        "/executions/{execution_id:str}/approve",
+        status_code=HTTP_200_OK,
+        summary="Approve Execution",
+    )
+    async def approve(
+        self,
+        execution_id: FromPath[str],
+        api_key: NamedDependency[AuthenticatedKey],
+        arq: NamedDependency[ArqRedis],
+        data: JSONBody[DecisionRequest | None] = None,
+    ) -> DecisionResponse:
+        execution = await executions.get_for_key(execution_id, api_key.id)
+        comment = data.comment if data else None
+        approvals.check_comment(execution, comment)
+        step = await approvals.approve(execution["id"], comment, f"api_key:{api_key.name}")
+        await queue.enqueue_run(arq, execution["id"], step)
+        return DecisionResponse(
+            execution_id=str(execution["id"]),
+            status="approved",
+            message="Execution approved and will continue",
+        )
+
+    @post(
+        "/executions/{execution_id:str}/reject", status_code=HTTP_200_OK, summary="Reject Execution"
+    )
+    async def reject(
+        self,
+        execution_id: FromPath[str],
+        api_key: NamedDependency[AuthenticatedKey],
+        data: JSONBody[DecisionRequest | None] = None,
+    ) -> DecisionResponse:
+        execution = await executions.get_for_key(execution_id, api_key.id)
+        comment = data.comment if data else None
+        approvals.check_comment(execution, comment)
+        await approvals.reject(execution["id"], comment, f"api_key:{api_key.name}")
+        return DecisionResponse(
+            execution_id=str(execution["id"]),
+            status="rejected",
+            message="Execution rejected and stopped",
+        )

@@ -1,0 +1,102 @@
+"""create_app(): plugins, routers, templates, static files, error handlers. No logic here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from litestar import Litestar, Router, get
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.response import Template
+from litestar.static_files import create_static_files_router
+from litestar.template import TemplateConfig
+
+from web.api.errors import EXCEPTION_HANDLERS
+from web.api.executions import PublicExecutionsController
+from web.domain import health as health_checks
+from web.logs import configure_logging
+from web.settings import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLIC_API_PATH = "/api/v1/public"
+
+
+@asynccontextmanager
+async def database(app: Litestar) -> AsyncIterator[None]:
+    from piccolo_conf import DB
+
+    # Only close a pool this app opened (tests share one pool between app and worker).
+    owns_pool = DB.pool is None
+    if owns_pool:
+        await DB.start_connection_pool(min_size=2, max_size=20)
+    try:
+        yield
+    finally:
+        if owns_pool:
+            await DB.close_connection_pool()
+
+
+@asynccontextmanager
+async def job_queue(app: Litestar) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    app.state.arq = pool
+    try:
+        yield
+    finally:
+        await pool.aclose()
+
+
+def provide_settings(state: State) -> Settings:
+    settings: Settings = state.settings
+    return settings
+
+
+def provide_arq(state: State) -> ArqRedis:
+    pool: ArqRedis = state.arq
+    return pool
+
+
+@get("/health", include_in_schema=False)
+async def health(state: State) -> dict[str, Any]:
+    return await health_checks.check(state.arq)
+
+
+@get("/", include_in_schema=False)
+async def index() -> Template:
+    return Template(template_name="index.html", context={"api_base": PUBLIC_API_PATH})
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level)
+    public_api = Router(path=PUBLIC_API_PATH, route_handlers=[PublicExecutionsController])
+    return Litestar(
+        route_handlers=[
+            public_api,
+            health,
+            index,
+            create_static_files_router(path="/static", directories=[ROOT / "static"]),
+        ],
+        state=State({"settings": settings}),
+        dependencies={
+            "settings": Provide(provide_settings, sync_to_thread=False),
+            "arq": Provide(provide_arq, sync_to_thread=False),
+        },
+        lifespan=[database, job_queue],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        template_config=TemplateConfig(directory=ROOT / "templates", engine=JinjaTemplateEngine),
+        openapi_config=OpenAPIConfig(
+            title="flowgate public API",
+            version="1.0.0",
+            description="Run workflows (agents) with a human approval gate.",
+        ),
+    )

@@ -1,0 +1,238 @@
+"""The `flowgate` command: serve, worker, migrate, keys. Imports the worker lazily (only the
+`worker` command needs it), so the CLI stays usable on a web-only host."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
+
+from web.domain import api_keys, workflows
+from web.domain.errors import DomainError
+from web.settings import get_settings
+
+
+def _run(coro: Awaitable[int]) -> int:
+    async def main() -> int:
+        return await coro
+
+    return asyncio.run(main())
+
+
+def _datetime(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a time zone, e.g. 2026-01-01T00:00:00Z")
+    return parsed
+
+
+def _key_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (v.isoformat() if isinstance(v, datetime) else str(v) if isinstance(v, UUID) else v)
+        for k, v in row.items()
+    }
+
+
+async def migrate() -> int:
+    from piccolo.apps.migrations.commands.forwards import run_forwards
+
+    result = await run_forwards(app_name="domain")
+    if not result.success:
+        print(f"migration failed: {result.message}", file=sys.stderr)
+        return 1
+    if await workflows.seed_workflows():
+        print(f"seeded workflow {workflows.BFSI_WORKFLOW_ID}")
+    return 0
+
+
+async def keys_create(args: argparse.Namespace) -> int:
+    new = await api_keys.create_key(
+        args.name,
+        monthly_limit=args.monthly_limit,
+        expires_at=args.expires_at,
+        allowed_workflows=args.workflow,
+        webhook_url=args.webhook_url,
+        webhook_events=args.webhook_event,
+        webhook_secret=args.webhook_secret,
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "id": str(new.id),
+                    "name": new.name,
+                    "key": new.secret,
+                    "prefix": new.prefix,
+                    "monthlyLimit": new.monthly_limit,
+                    "expiresAt": new.expires_at.isoformat() if new.expires_at else None,
+                    "allowedWorkflows": new.allowed_workflows,
+                    "webhookUrl": new.webhook_url,
+                    "webhookEvents": new.webhook_events,
+                    "webhookSecretSet": new.webhook_secret_set,
+                }
+            )
+        )
+    else:
+        print(f"Created API key {new.name!r} (id {new.id}, prefix {new.prefix}).")
+        print("Save it now, it will not be shown again:")
+        print(new.secret)
+    return 0
+
+
+async def keys_list(args: argparse.Namespace) -> int:
+    rows = await api_keys.list_keys()
+    if args.json:
+        print(json.dumps([_key_json(row) for row in rows]))
+        return 0
+    if not rows:
+        print("No API keys yet: flowgate keys create --name NAME")
+    for row in rows:
+        state = "active" if row["active"] else "revoked" if row["revoked_at"] else "inactive"
+        expires = row["expires_at"].isoformat() if row["expires_at"] else "never"
+        print(
+            f"{row['id']}  {row['prefix']}…  {state:8}  limit {row['monthly_limit']}/month  "
+            f"expires {expires}  {row['name']}"
+        )
+    return 0
+
+
+async def keys_revoke(args: argparse.Namespace) -> int:
+    try:
+        key_id = UUID(args.id)
+    except ValueError:
+        print(f"not an API key id: {args.id!r}", file=sys.stderr)
+        return 2
+    await api_keys.revoke_key(key_id)
+    print(f"revoked {key_id}")
+    return 0
+
+
+async def dev_key(args: argparse.Namespace) -> int:
+    """For `make run`: reuse the demo key saved in PATH while it still works, else make one."""
+    path = Path(args.path)
+    if path.exists():
+        secret = path.read_text().strip()
+        try:
+            await api_keys.authenticate(f"Bearer {secret}")
+            print(secret)
+            return 0
+        except DomainError:
+            pass
+    new = await api_keys.create_key("demo (make run)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new.secret + "\n")
+    path.chmod(0o600)
+    print(new.secret)
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "web.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port or get_settings().port,
+        workers=args.workers,
+        log_level="warning",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def worker(_: argparse.Namespace) -> int:
+    from arq import run_worker
+
+    from worker.settings import WorkerSettings
+
+    run_worker(WorkerSettings)  # type: ignore[arg-type]
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flowgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the web server (public API and dashboard)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: FLOWGATE_PORT or 3001")
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(handler=serve)
+
+    p = sub.add_parser("worker", help="run an arq worker")
+    p.set_defaults(handler=worker)
+
+    p = sub.add_parser("migrate", help="apply database migrations and seed the BFSI workflow")
+    p.set_defaults(async_handler=lambda _: migrate())
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    p = keys.add_parser("create", help="create a key and print it once")
+    p.add_argument("--name", required=True)
+    p.add_argument("--monthly-limit", type=int, default=api_keys.DEFAULT_MONTHLY_LIMIT)
+    p.add_argument("--expires-at", type=_datetime, default=None, metavar="ISO8601")
+    p.add_argument(
+        "--workflow",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="allow only this workflow (repeat for several; default: all)",
+    )
+    p.add_argument("--webhook-url", default=None)
+    p.add_argument(
+        "--webhook-event",
+        action="append",
+        default=None,
+        metavar="EVENT",
+        choices=api_keys.WEBHOOK_EVENTS,
+        help="repeat for several; default: all four",
+    )
+    p.add_argument("--webhook-secret", default=None)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(async_handler=keys_create)
+
+    p = keys.add_parser("list", help="list keys (never the secrets)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(async_handler=keys_list)
+
+    p = keys.add_parser("revoke", help="revoke a key by id")
+    p.add_argument("id")
+    p.set_defaults(async_handler=keys_revoke)
+
+    p = sub.add_parser("dev-key", help=argparse.SUPPRESS)
+    p.add_argument("path")
+    p.set_defaults(async_handler=dev_key)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    async_handler: Callable[[argparse.Namespace], Awaitable[int]] | None = getattr(
+        args, "async_handler", None
+    )
+    try:
+        if async_handler is not None:
+            return _run(async_handler(args))
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+    except DomainError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,300 @@
+"""Executions: start, read, and every status transition, in one place.
+
+Each transition is one UPDATE guarded by the status it leaves (and, on the worker side, by the
+lease token of the worker that runs it), so two processes can never both make the same move.
+Imports only web.domain and Piccolo.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+from uuid import UUID
+
+from piccolo.engine.postgres import PostgresEngine
+
+from web.domain import clock, limits
+from web.domain.api_keys import AuthenticatedKey
+from web.domain.errors import Conflict, InvalidInput, NotFound
+from web.domain.statuses import ExecutionStatus, SendStatus
+from web.domain.tables import Execution, ExecutionRow
+from web.domain.workflows import RunnableWorkflow
+
+EXECUTION_NOT_FOUND = "Execution not found"  # public-api.md, "404 Not Found"
+
+
+@dataclass(frozen=True)
+class StartedExecution:
+    id: UUID
+    status: ExecutionStatus
+    started_at: datetime
+    quota: limits.QuotaState
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's hold on a running execution: what it needs to run the next step."""
+
+    id: UUID
+    token: UUID
+    was_pending: bool
+    current_step: int
+    definition: dict[str, Any]
+    approval_status: str | None
+
+
+def db() -> PostgresEngine:
+    return cast(PostgresEngine, Execution._meta.db)
+
+
+def parse_execution_id(value: str) -> UUID:
+    """A malformed id is as unknown as a missing one: 404, not 400."""
+    try:
+        return UUID(value)
+    except (ValueError, AttributeError):
+        raise NotFound(EXECUTION_NOT_FOUND) from None
+
+
+def check_rows(rows: list[dict[str, Any]], required_fields: tuple[str, ...]) -> None:
+    """InvalidInput naming the first row field that is missing or empty."""
+    for index, row in enumerate(rows):
+        for field in required_fields:
+            value = row.get(field)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise InvalidInput(f"input.csvData[{index}].{field} is required")
+
+
+async def start_execution(
+    key: AuthenticatedKey,
+    workflow: RunnableWorkflow,
+    csv_data: list[dict[str, Any]],
+    description: str | None,
+    max_rows: int,
+) -> StartedExecution:
+    """Validate, count the quota and store the execution with its rows, in one transaction.
+    Nothing is written when it raises. The caller enqueues the run after it returns."""
+    rows = csv_data[:max_rows]
+    truncated_from = len(csv_data) if len(csv_data) > max_rows else None
+    if not rows:
+        raise InvalidInput("input.csvData must contain at least one row")
+    check_rows(rows, workflow.required_fields)
+    started_at = clock.now()
+    async with db().transaction():
+        quota = await limits.consume_quota(key.id, key.monthly_limit)
+        execution = Execution(
+            workflow=workflow.id,
+            api_key=key.id,
+            description=description,
+            definition=workflow.definition,
+            status=ExecutionStatus.PENDING,
+            row_count=len(rows),
+            truncated_from=truncated_from,
+            created_at=started_at,
+            started_at=started_at,
+            updated_at=started_at,
+        )
+        await execution.save()
+        await ExecutionRow.insert(
+            *(
+                ExecutionRow(execution=execution.id, position=index, data=row)
+                for index, row in enumerate(rows)
+            )
+        )
+    return StartedExecution(
+        id=execution.id, status=ExecutionStatus.PENDING, started_at=started_at, quota=quota
+    )
+
+
+async def get_for_key(execution_id: str, api_key_id: UUID) -> dict[str, Any]:
+    """The execution if it belongs to this key; NotFound otherwise (no leak of existence)."""
+    uid = parse_execution_id(execution_id)
+    row = (
+        await Execution.select(
+            Execution.id,
+            Execution.workflow,
+            Execution.status,
+            Execution.approval_status,
+            Execution.definition,
+            Execution.row_count,
+            Execution.output,
+            Execution.error,
+            Execution.started_at,
+            Execution.completed_at,
+        )
+        .where(Execution.id == uid, Execution.api_key == api_key_id)
+        .output(load_json=True)
+        .first()
+    )
+    if row is None:
+        raise NotFound(EXECUTION_NOT_FOUND)
+    result: dict[str, Any] = row
+    return result
+
+
+async def status_of(execution_id: UUID) -> str | None:
+    row = await Execution.select(Execution.status).where(Execution.id == execution_id).first()
+    return None if row is None else str(row["status"])
+
+
+async def build_output(execution_id: UUID) -> dict[str, Any]:
+    """public-api.md "Get Execution Results": counts and one result per row, in input order."""
+    rows = (
+        await ExecutionRow.select(
+            ExecutionRow.data,
+            ExecutionRow.send_status,
+            ExecutionRow.message_id,
+            ExecutionRow.error,
+        )
+        .where(ExecutionRow.execution == execution_id)
+        .order_by(ExecutionRow.position)
+        .output(load_json=True)
+    )
+    results: list[dict[str, Any]] = []
+    for row in rows:
+        result: dict[str, Any] = {
+            "customerId": row["data"].get("customerId"),
+            "status": row["send_status"] or SendStatus.SKIPPED,
+            "messageId": row["message_id"],
+        }
+        if row["error"]:
+            key = "error" if row["send_status"] == SendStatus.FAILED else "reason"
+            result[key] = row["error"]
+        results.append(result)
+    return {
+        "successCount": sum(1 for r in results if r["status"] == SendStatus.SENT),
+        "failedCount": sum(1 for r in results if r["status"] == SendStatus.FAILED),
+        "results": results,
+    }
+
+
+# --- worker-side transitions: each needs the lease token of the claim -----------------------
+
+
+async def claim(execution_id: UUID, token: UUID, lease_seconds: float) -> Claim | None:
+    """Take (or re-take) the run of an execution that is pending or running and not leased by a
+    live worker. `pending` becomes `running`. None when there is nothing to claim."""
+    rows = await Execution.raw(
+        "UPDATE execution AS e SET "
+        "  status = 'running', lease_token = {}, "
+        "  lease_expires_at = now() + make_interval(secs => {}), updated_at = now() "
+        "FROM (SELECT id, status FROM execution WHERE id = {} FOR UPDATE) AS before "
+        "WHERE e.id = before.id AND e.status IN ('pending', 'running') "
+        "  AND (e.lease_expires_at IS NULL OR e.lease_expires_at < now() OR e.lease_token = {}) "
+        "RETURNING before.status AS previous_status, e.current_step, e.definition, "
+        "  e.approval_status",
+        token,
+        lease_seconds,
+        execution_id,
+        token,
+    )
+    if not rows:
+        return None
+    row = rows[0]
+    definition = row["definition"]
+    return Claim(
+        id=execution_id,
+        token=token,
+        was_pending=row["previous_status"] == ExecutionStatus.PENDING,
+        current_step=row["current_step"],
+        definition=json.loads(definition) if isinstance(definition, str) else definition,
+        approval_status=row["approval_status"],
+    )
+
+
+async def lease_remaining(execution_id: UUID) -> float:
+    rows = await Execution.raw(
+        "SELECT GREATEST(EXTRACT(EPOCH FROM lease_expires_at - now()), 0) AS left "
+        "FROM execution WHERE id = {}",
+        execution_id,
+    )
+    return float(rows[0]["left"] or 0) if rows else 0.0
+
+
+async def renew_lease(claim: Claim, lease_seconds: float) -> bool:
+    rows = await Execution.raw(
+        "UPDATE execution SET lease_expires_at = now() + make_interval(secs => {}) "
+        "WHERE id = {} AND lease_token = {} AND status = 'running' RETURNING id",
+        lease_seconds,
+        claim.id,
+        claim.token,
+    )
+    return bool(rows)
+
+
+async def finish_step(
+    claim: Claim, index: int, result: dict[str, Any], lease_seconds: float
+) -> bool:
+    """Record step `index` as done and move on; False if this worker lost its claim."""
+    rows = await Execution.raw(
+        "UPDATE execution SET current_step = {} + 1, "
+        "  step_results = step_results || jsonb_build_array({}::jsonb), "
+        "  lease_expires_at = now() + make_interval(secs => {}), updated_at = now() "
+        "WHERE id = {} AND lease_token = {} AND status = 'running' AND current_step = {} "
+        "RETURNING id",
+        index,
+        json.dumps(result),
+        lease_seconds,
+        claim.id,
+        claim.token,
+        index,
+    )
+    return bool(rows)
+
+
+async def pause_for_approval(claim: Claim, index: int) -> bool:
+    rows = await Execution.raw(
+        "UPDATE execution SET status = 'pending_approval', approval_status = 'pending', "
+        "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
+        "WHERE id = {} AND lease_token = {} AND status = 'running' AND current_step = {} "
+        "RETURNING id",
+        claim.id,
+        claim.token,
+        index,
+    )
+    return bool(rows)
+
+
+async def complete(claim: Claim) -> bool:
+    output = await build_output(claim.id)
+    rows = await Execution.raw(
+        "UPDATE execution SET status = 'completed', output = {}::jsonb, completed_at = now(), "
+        "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
+        "WHERE id = {} AND lease_token = {} AND status = 'running' RETURNING id",
+        json.dumps(output),
+        claim.id,
+        claim.token,
+    )
+    return bool(rows)
+
+
+async def fail(claim: Claim, error: str) -> bool:
+    rows = await Execution.raw(
+        "UPDATE execution SET status = 'failed', error = {}, completed_at = now(), "
+        "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
+        "WHERE id = {} AND lease_token = {} AND status = 'running' RETURNING id",
+        error,
+        claim.id,
+        claim.token,
+    )
+    return bool(rows)
+
+
+async def release(claim: Claim) -> None:
+    """Give the lease back early (a step hit a transient error and will be retried)."""
+    await Execution.raw(
+        "UPDATE execution SET lease_token = NULL, lease_expires_at = NULL "
+        "WHERE id = {} AND lease_token = {}",
+        claim.id,
+        claim.token,
+    )
+
+
+async def require_status(execution_id: UUID, expected: ExecutionStatus) -> None:
+    """After a guarded UPDATE matched nothing: NotFound or Conflict, whichever is true."""
+    status = await status_of(execution_id)
+    if status is None:
+        raise NotFound(EXECUTION_NOT_FOUND)
+    if status != expected:
+        raise Conflict(f"Execution is not {expected.replace('_', ' ')} (status: {status})")

@@ -1,0 +1,22 @@
+"""The Piccolo app that owns flowgate's tables and their migrations."""
+
+import os
+
+from piccolo.conf.apps import AppConfig
+
+from web.domain.tables import (
+    ApiKey,
+    ApiKeyUsage,
+    Execution,
+    ExecutionRow,
+    SandboxMessage,
+    Workflow,
+)
+
+APP_CONFIG = AppConfig(
+    app_name="domain",
+    migrations_folder_path=os.path.join(os.path.dirname(__file__), "piccolo_migrations"),
+    table_classes=[ApiKey, ApiKeyUsage, Workflow, Execution, ExecutionRow, SandboxMessage],
+    migration_dependencies=[],
+    commands=[],
+)

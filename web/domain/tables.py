@@ -1,0 +1,124 @@
+"""Every Piccolo table of flowgate. Plain column definitions: the rules live in the other
+domain modules. Imports nothing of web.api, web.dashboard or worker."""
+
+from __future__ import annotations
+
+from piccolo.columns import (
+    JSONB,
+    UUID,
+    Array,
+    Boolean,
+    ForeignKey,
+    Integer,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.columns.defaults.timestamptz import TimestamptzNow
+from piccolo.constraints import Unique
+from piccolo.table import Table
+
+
+class ApiKey(Table, tablename="api_key"):
+    """A customer's API key. The secret itself is never stored: only its SHA-256 and a prefix."""
+
+    id = UUID(primary_key=True)
+    name = Varchar(length=200)
+    key_hash = Varchar(length=64, unique=True, index=True)
+    prefix = Varchar(length=8)
+    active = Boolean(default=True)
+    expires_at = Timestamptz(null=True, default=None)
+    monthly_limit = Integer(default=1000)
+    # Empty means "every workflow".
+    allowed_workflows = Array(base_column=Varchar(length=200), default=list)
+    webhook_url = Text(null=True, default=None)
+    webhook_events = Array(base_column=Varchar(length=64), default=list)
+    webhook_secret = Text(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+    last_used_at = Timestamptz(null=True, default=None)
+    revoked_at = Timestamptz(null=True, default=None)
+
+
+class ApiKeyUsage(Table, tablename="api_key_usage"):
+    """Executions accepted per key and calendar month (UTC); incremented atomically."""
+
+    id = UUID(primary_key=True)
+    api_key = ForeignKey(references=ApiKey, null=False)
+    month = Varchar(length=7)  # "2025-10"
+    used = Integer(default=0)
+    unique_key_month = Unique([api_key, month])
+
+
+class Workflow(Table, tablename="workflow"):
+    """A workflow ("agent") definition: ordered, typed steps with their settings, as data."""
+
+    id = Varchar(length=200, primary_key=True)
+    name = Varchar(length=200)
+    description = Text(default="")
+    active = Boolean(default=True)
+    required_fields = Array(base_column=Varchar(length=200), default=list)
+    steps = JSONB(default="[]")
+    created_at = Timestamptz(default=TimestamptzNow())
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class Execution(Table, tablename="execution"):
+    """One run of a workflow for one API key. `definition` is the workflow as it was when the
+    execution started, so later edits of the workflow never change a run in flight."""
+
+    id = UUID(primary_key=True)
+    workflow = ForeignKey(references=Workflow, null=False)
+    api_key = ForeignKey(references=ApiKey, null=False)
+    description = Text(null=True, default=None)
+    definition = JSONB(default="{}")
+    status = Varchar(length=32, default="pending", index=True)
+    approval_status = Varchar(length=16, null=True, default=None)
+    approval_comment = Text(null=True, default=None)
+    approval_decided_by = Varchar(length=200, null=True, default=None)
+    approval_decided_at = Timestamptz(null=True, default=None)
+    row_count = Integer(default=0)
+    # When csvData was cut to the row limit: how many rows the request had.
+    truncated_from = Integer(null=True, default=None)
+    # Index of the next step to run; steps before it have their results in step_results.
+    current_step = Integer(default=0)
+    step_results = JSONB(default="[]")
+    output = JSONB(null=True, default=None)
+    error = Text(null=True, default=None)
+    # A worker's claim on the run: only the holder of an unexpired lease runs steps.
+    lease_token = UUID(null=True, default=None)
+    lease_expires_at = Timestamptz(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    started_at = Timestamptz(default=TimestamptzNow())
+    completed_at = Timestamptz(null=True, default=None)
+    updated_at = Timestamptz(default=TimestamptzNow())
+
+
+class ExecutionRow(Table, tablename="execution_row"):
+    """One input row of an execution and everything that happened to it."""
+
+    id = UUID(primary_key=True)
+    execution = ForeignKey(references=Execution, null=False, index=True)
+    position = Integer()
+    data = JSONB(default="{}")
+    generated_content = Text(null=True, default=None)
+    original_content = Text(null=True, default=None)
+    compliance_status = Varchar(length=16, null=True, default=None)
+    compliance_reasons = JSONB(default="[]")
+    decision = Varchar(length=16, null=True, default=None)
+    send_status = Varchar(length=16, null=True, default=None)
+    message_id = Varchar(length=200, null=True, default=None)
+    error = Text(null=True, default=None)
+    sent_at = Timestamptz(null=True, default=None)
+    unique_execution_position = Unique([execution, position])
+
+
+class SandboxMessage(Table, tablename="sandbox_message"):
+    """What the sandbox messaging provider "sent": one record per execution row at most."""
+
+    id = UUID(primary_key=True)
+    execution_row = ForeignKey(references=ExecutionRow, null=False, unique=True)
+    channel = Varchar(length=32)
+    recipient = Varchar(length=64)
+    body = Text()
+    message_id = Varchar(length=200, unique=True)
+    created_at = Timestamptz(default=TimestamptzNow())

@@ -1,0 +1,44 @@
+"""Structured logs: one JSON object per line on stderr, for web, worker and CLI alike.
+
+A filter masks anything shaped like an API key (64 hex characters) as defence in depth: code
+never logs secrets on purpose, and this keeps an accidental f-string from leaking one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+
+_SECRET = re.compile(r"\b[0-9a-fA-F]{64}\b")
+
+
+def redact(text: str) -> str:
+    return _SECRET.sub(lambda m: m.group(0)[:8] + "…[redacted]", text)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }
+        if record.exc_info:
+            entry["exception"] = redact(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    """Idempotent: safe to call from the app factory, the worker and the CLI."""
+    root = logging.getLogger()
+    if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        root.setLevel(level)
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root.handlers = [handler]
+    root.setLevel(level)

@@ -1,0 +1,58 @@
+"""Process settings read once from the environment (DATABASE_URL, REDIS_URL, FLOWGATE_*).
+
+Plain Python: imported by the web app, the worker and the CLI alike; never imports Litestar.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def _bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    port: int
+    # Input limits: public-api.md, "CSV data is automatically truncated to 100 rows maximum".
+    max_rows: int
+    max_body_bytes: int
+    # Worker: arq job timeout, and how long a worker's claim on an execution lasts without renewal.
+    job_timeout_seconds: int
+    execution_lease_seconds: float
+    # Sandbox messaging: an artificial delay per message, so mid-send crashes are testable.
+    sandbox_send_delay_seconds: float
+    log_level: str
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings(
+        database_url=os.environ.get(
+            "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/flowgate"
+        ),
+        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        port=_int("FLOWGATE_PORT", 3001),
+        max_rows=_int("FLOWGATE_MAX_ROWS", 100),
+        max_body_bytes=_int("FLOWGATE_MAX_BODY_BYTES", 1024 * 1024),
+        job_timeout_seconds=_int("FLOWGATE_JOB_TIMEOUT_SECONDS", 300),
+        execution_lease_seconds=_float("FLOWGATE_EXECUTION_LEASE_SECONDS", 60.0),
+        sandbox_send_delay_seconds=_float("FLOWGATE_SANDBOX_SEND_DELAY_SECONDS", 0.0),
+        log_level=os.environ.get("FLOWGATE_LOG_LEVEL", "INFO"),
+    )

@@ -1,0 +1,1 @@
+"""Content and messaging providers. The sandbox ones are the defaults; HTTP ones come later."""

@@ -1,0 +1,62 @@
+"""The `sandbox` messaging provider: records each message in the database instead of sending.
+
+Idempotent per execution row: a row "sent" twice (a re-run after a crash) keeps its first
+message and message id, so a row is never recorded as sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from uuid import UUID
+
+from web.domain.statuses import SendStatus
+from web.domain.tables import SandboxMessage
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    row_id: UUID
+    recipient: str
+    body: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    row_id: UUID
+    status: SendStatus
+    message_id: str | None
+    error: str | None = None
+
+
+class SandboxMessenger:
+    def __init__(self, channel: str, delay_seconds: float = 0.0) -> None:
+        self.channel = channel
+        self.delay_seconds = delay_seconds
+
+    async def send(self, messages: list[OutgoingMessage]) -> list[SendResult]:
+        if not messages:
+            return []
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds * len(messages))
+        ids = [m.row_id for m in messages]
+        await SandboxMessage.raw(
+            "INSERT INTO sandbox_message "
+            "  (id, execution_row, channel, recipient, body, message_id, created_at) "
+            "SELECT gen_random_uuid(), v.row_id, {}, v.recipient, v.body, "
+            "  {} || replace(gen_random_uuid()::text, '-', ''), now() "
+            "FROM unnest({}::uuid[], {}::text[], {}::text[]) AS v(row_id, recipient, body) "
+            "ON CONFLICT (execution_row) DO NOTHING",
+            self.channel,
+            f"{self.channel}_msg_",
+            ids,
+            [m.recipient for m in messages],
+            [m.body for m in messages],
+        )
+        recorded = await SandboxMessage.raw(
+            "SELECT execution_row, message_id FROM sandbox_message "
+            "WHERE execution_row = ANY({}::uuid[])",
+            ids,
+        )
+        by_row = {row["execution_row"]: row["message_id"] for row in recorded}
+        return [SendResult(row_id=i, status=SendStatus.SENT, message_id=by_row[i]) for i in ids]

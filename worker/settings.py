@@ -1,0 +1,57 @@
+"""arq WorkerSettings: the job functions, startup/shutdown of shared clients, Redis settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from arq.connections import RedisSettings
+from arq.worker import func
+
+from web.domain import queue
+from web.logs import configure_logging
+from web.settings import get_settings
+from worker import jobs
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    from piccolo_conf import DB
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    ctx["settings"] = settings
+    ctx["http"] = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+    # In tests the app may already own the pool in this process; only close what we opened.
+    ctx["owns_pool"] = DB.pool is None
+    if ctx["owns_pool"]:
+        await DB.start_connection_pool(min_size=2, max_size=10)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    from piccolo_conf import DB
+
+    await ctx["http"].aclose()
+    if ctx.get("owns_pool"):
+        await DB.close_connection_pool()
+
+
+def functions() -> list[Any]:
+    settings = get_settings()
+    return [
+        func(
+            jobs.run_execution,
+            name=queue.RUN_EXECUTION,
+            keep_result=0,
+            timeout=settings.job_timeout_seconds,
+            max_tries=len(jobs.TRANSIENT_RETRY_DELAYS) + 1,
+        ),
+    ]
+
+
+class WorkerSettings:
+    functions = functions()
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
+    max_jobs = 20
+    health_check_interval = 30

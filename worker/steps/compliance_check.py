@@ -1,0 +1,20 @@
+"""`compliance_check`: sets each row's compliance status and reasons (web.domain.compliance)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from web.domain import compliance, execution_rows
+from web.domain.statuses import ComplianceStatus
+from worker.steps import StepContext
+
+
+async def run(ctx: StepContext) -> dict[str, Any]:
+    rows = await execution_rows.load(ctx.execution_id)
+    items = []
+    for row in rows:
+        verdict = compliance.check(ctx.settings, row.data, row.generated_content)
+        items.append((row.id, str(verdict.status), verdict.reasons))
+    await execution_rows.save_compliance(items)
+    passed = sum(1 for item in items if item[1] == ComplianceStatus.PASSED)
+    return {"passed": passed, "failed": len(items) - passed}
