@@ -7,8 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from arq import create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from litestar import Litestar, Router, get
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -20,7 +19,9 @@ from litestar.template import TemplateConfig
 
 from web.api.errors import EXCEPTION_HANDLERS
 from web.api.executions import PublicExecutionsController
+from web.api.limit_headers import limit_headers_middleware
 from web.domain import health as health_checks
+from web.domain import queue
 from web.logs import configure_logging
 from web.settings import Settings, get_settings
 
@@ -46,7 +47,9 @@ async def database(app: Litestar) -> AsyncIterator[None]:
 @asynccontextmanager
 async def job_queue(app: Litestar) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    pool = await create_pool(RedisSettings.from_dsn(settings.redis_url))
+    # No connection is made here: the app starts while Redis is down and answers 503 until it
+    # is back (web.api.errors), instead of refusing to start.
+    pool = queue.connect(settings.redis_url, settings.redis_timeout_seconds)
     app.state.arq = pool
     try:
         yield
@@ -77,7 +80,11 @@ async def index() -> Template:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
-    public_api = Router(path=PUBLIC_API_PATH, route_handlers=[PublicExecutionsController])
+    public_api = Router(
+        path=PUBLIC_API_PATH,
+        route_handlers=[PublicExecutionsController],
+        middleware=[limit_headers_middleware],
+    )
     return Litestar(
         route_handlers=[
             public_api,

@@ -125,7 +125,7 @@ async def dev_key(args: argparse.Namespace) -> int:
     if path.exists():
         secret = path.read_text().strip()
         try:
-            await api_keys.authenticate(f"Bearer {secret}")
+            await api_keys.authenticate_usable(f"Bearer {secret}")
             print(secret)
             return 0
         except DomainError:

@@ -39,6 +39,14 @@ class Settings:
     # Sandbox messaging: an artificial delay per message, so mid-send crashes are testable.
     sandbox_send_delay_seconds: float
     log_level: str
+    # Token bucket defaults (public-api.md, "Rate Limit Configuration"); keys may override them.
+    rate_limit_enabled: bool
+    rate_limit_burst: int
+    rate_limit_refill_per_second: float
+    # Failed authentications allowed per client IP and minute before that IP gets 429s.
+    auth_failures_per_minute: int
+    # Redis calls on the request path give up after this long (then 503), never hang.
+    redis_timeout_seconds: float
 
 
 @lru_cache(maxsize=1)
@@ -55,4 +63,9 @@ def get_settings() -> Settings:
         execution_lease_seconds=_float("FLOWGATE_EXECUTION_LEASE_SECONDS", 60.0),
         sandbox_send_delay_seconds=_float("FLOWGATE_SANDBOX_SEND_DELAY_SECONDS", 0.0),
         log_level=os.environ.get("FLOWGATE_LOG_LEVEL", "INFO"),
+        rate_limit_enabled=_bool("FLOWGATE_RATE_LIMIT_ENABLED", True),
+        rate_limit_burst=_int("FLOWGATE_RATE_LIMIT_BURST", 10),
+        rate_limit_refill_per_second=_float("FLOWGATE_RATE_LIMIT_REFILL_PER_SECOND", 1.0),
+        auth_failures_per_minute=_int("FLOWGATE_AUTH_FAILURES_PER_MINUTE", 20),
+        redis_timeout_seconds=_float("FLOWGATE_REDIS_TIMEOUT_SECONDS", 0.5),
     )

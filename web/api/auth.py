@@ -1,41 +1,83 @@
-"""Bearer-key authentication of the public API, as Litestar guards.
+"""Bearer-key authentication and rate limiting of the public API, as Litestar guards.
 
-Guards run before the request body is read, which gives public-api.md's order of checks:
-key (401) -> key inactive/expired (403) -> workflow exists (404) -> workflow usable (403) ->
-body (400) -> quota (403, in the handler's domain call).
+Guards run before the request body is read, which gives the documented order of checks:
+key (401) -> key inactive/expired (403) -> rate limit (429) -> workflow exists (404) ->
+workflow usable (403) -> body (400, Litestar's parsing) -> quota (403, in the domain call).
+What the rate-limit headers need is left in the request state for `limit_headers`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from arq.connections import ArqRedis
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from web.domain import api_keys, workflows
+from web.domain import api_keys, limits, workflows
 from web.domain.api_keys import AuthenticatedKey
+from web.domain.errors import Forbidden, TooManyRequests, Unauthorized
 from web.domain.workflows import RunnableWorkflow
+from web.settings import Settings
+
+Connection = ASGIConnection[Any, Any, Any, Any]
 
 
-async def require_api_key(
-    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
-) -> None:
-    connection.state.api_key = await api_keys.authenticate(connection.headers.get("authorization"))
+def client_ip(connection: Connection) -> str:
+    return connection.client.host if connection.client else "unknown"
 
 
-async def require_runnable_workflow(
-    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
-) -> None:
+async def require_api_key(connection: Connection, _: BaseRouteHandler) -> None:
+    settings: Settings = connection.app.state.settings
+    redis: ArqRedis = connection.app.state.arq
+    ip = client_ip(connection)
+    try:
+        key = await api_keys.authenticate(connection.headers.get("authorization"))
+    except Unauthorized:
+        if settings.rate_limit_enabled:
+            blocked_ms = await limits.record_auth_failure(
+                redis, ip, settings.auth_failures_per_minute
+            )
+            if blocked_ms:
+                raise TooManyRequests(
+                    limits.TOO_MANY_FAILED_AUTHENTICATIONS, max(-(-blocked_ms // 1000), 1)
+                ) from None
+        raise
+    reason = key.unusable_reason()
+    if settings.rate_limit_enabled:
+        bucket = await limits.take_token(
+            redis,
+            key.id,
+            ip,
+            capacity=key.rate_limit_burst or settings.rate_limit_burst,
+            refill_per_second=key.rate_limit_refill_per_second
+            or settings.rate_limit_refill_per_second,
+            failures_allowed=settings.auth_failures_per_minute,
+            cost=0 if reason else 1,  # an unusable key only looks at its bucket
+        )
+        if bucket.ip_blocked_ms:
+            raise TooManyRequests(limits.TOO_MANY_FAILED_AUTHENTICATIONS, bucket.retry_after)
+        connection.state.rate_limit = bucket
+        if reason:
+            raise Forbidden(reason)
+        if not bucket.allowed:
+            raise TooManyRequests(limits.RATE_LIMIT_EXCEEDED, bucket.retry_after)
+    elif reason:
+        raise Forbidden(reason)
+    connection.state.api_key = key
+
+
+async def require_runnable_workflow(connection: Connection, _: BaseRouteHandler) -> None:
     connection.state.workflow = await workflows.get_runnable_workflow(
         connection.path_params["workflow_id"], connection.state.api_key
     )
 
 
-def provide_api_key(request: ASGIConnection[Any, Any, Any, Any]) -> AuthenticatedKey:
+def provide_api_key(request: Connection) -> AuthenticatedKey:
     key: AuthenticatedKey = request.state.api_key
     return key
 
 
-def provide_workflow(request: ASGIConnection[Any, Any, Any, Any]) -> RunnableWorkflow:
+def provide_workflow(request: Connection) -> RunnableWorkflow:
     workflow: RunnableWorkflow = request.state.workflow
     return workflow

@@ -10,7 +10,7 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from web.domain.errors import UNAVAILABLE_ERRORS, DomainError
+from web.domain.errors import UNAVAILABLE_ERRORS, DomainError, TooManyRequests
 
 logger = logging.getLogger("flowgate.api")
 
@@ -54,6 +54,19 @@ def _client_message(exc: HTTPException) -> str:
 
 
 def handle_domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[dict[str, Any]]:
+    if isinstance(exc, TooManyRequests):
+        # public-api.md "429 Too Many Requests": the body adds retryAfter, the header Retry-After.
+        return Response(
+            content={
+                "statusCode": 429,
+                "message": exc.message,
+                "error": "Too Many Requests",
+                "retryAfter": exc.retry_after,
+            },
+            status_code=429,
+            media_type=MediaType.JSON,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
     return error_response(exc.status_code, exc.message)
 
 

@@ -28,6 +28,7 @@ from web.api.schemas import (
 )
 from web.domain import approvals, clock, executions, queue
 from web.domain.api_keys import AuthenticatedKey
+from web.domain.limits import QuotaExceeded
 from web.domain.workflows import RunnableWorkflow
 from web.settings import Settings
 
@@ -58,11 +59,15 @@ class PublicExecutionsController(Controller):
         settings: NamedDependency[Settings],
         arq: NamedDependency[ArqRedis],
     ) -> ExecuteResponse:
-        started = await executions.start_execution(
-            api_key, workflow, data.input.csv_data, data.description, settings.max_rows
-        )
-        await queue.enqueue_run(arq, started.id)
+        try:
+            started = await executions.start_execution(
+                api_key, workflow, data.input.csv_data, data.description, settings.max_rows
+            )
+        except QuotaExceeded as exc:
+            request.state.quota = exc.quota
+            raise
         request.state.quota = started.quota
+        await queue.enqueue_run(arq, started.id)
         return ExecuteResponse(
             execution_id=str(started.id),
             status=started.status,

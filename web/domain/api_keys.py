@@ -36,8 +36,20 @@ class AuthenticatedKey:
 
     id: UUID
     name: str
+    active: bool
+    expires_at: datetime | None
     monthly_limit: int
     allowed_workflows: tuple[str, ...]
+    rate_limit_burst: int | None = None
+    rate_limit_refill_per_second: float | None = None
+
+    def unusable_reason(self) -> str | None:
+        """Why this key may not be used right now (public-api.md "403 Forbidden"), or None."""
+        if not self.active:
+            return "API key is inactive"
+        if self.expires_at is not None and self.expires_at <= clock.now():
+            return "API key has expired"
+        return None
 
 
 @dataclass(frozen=True)
@@ -72,8 +84,8 @@ def parse_bearer(authorization: str | None) -> str:
 
 
 async def authenticate(authorization: str | None) -> AuthenticatedKey:
-    """Resolve the bearer key; Unauthorized for a missing, malformed or unknown key, Forbidden
-    for an inactive or expired one."""
+    """Resolve the bearer key; Unauthorized for a missing, malformed or unknown key. The key
+    may still be unusable (inactive, expired): see `AuthenticatedKey.unusable_reason`."""
     secret = parse_bearer(authorization)
     row = (
         await ApiKey.select(
@@ -83,6 +95,8 @@ async def authenticate(authorization: str | None) -> AuthenticatedKey:
             ApiKey.expires_at,
             ApiKey.monthly_limit,
             ApiKey.allowed_workflows,
+            ApiKey.rate_limit_burst,
+            ApiKey.rate_limit_refill_per_second,
             ApiKey.last_used_at,
         )
         .where(ApiKey.key_hash == hash_key(secret))
@@ -90,21 +104,30 @@ async def authenticate(authorization: str | None) -> AuthenticatedKey:
     )
     if row is None:
         raise Unauthorized(INVALID_KEY)
-    if not row["active"]:
-        raise Forbidden("API key is inactive")
-    current = clock.now()
-    if row["expires_at"] is not None and row["expires_at"] <= current:
-        raise Forbidden("API key has expired")
     last_used = row["last_used_at"]
-    if last_used is None or (current - last_used).total_seconds() > 60:
+    current = clock.now()
+    if row["active"] and (last_used is None or (current - last_used).total_seconds() > 60):
         # Written at most once a minute per key, so the hot path stays read-only.
         await ApiKey.update({ApiKey.last_used_at: current}).where(ApiKey.id == row["id"])
     return AuthenticatedKey(
         id=row["id"],
         name=row["name"],
+        active=row["active"],
+        expires_at=row["expires_at"],
         monthly_limit=row["monthly_limit"],
         allowed_workflows=tuple(row["allowed_workflows"] or ()),
+        rate_limit_burst=row["rate_limit_burst"],
+        rate_limit_refill_per_second=row["rate_limit_refill_per_second"],
     )
+
+
+async def authenticate_usable(authorization: str | None) -> AuthenticatedKey:
+    """`authenticate`, then Forbidden with the reason if the key cannot be used."""
+    key = await authenticate(authorization)
+    reason = key.unusable_reason()
+    if reason:
+        raise Forbidden(reason)
+    return key
 
 
 def _check_webhook_events(events: list[str]) -> list[str]:
@@ -133,12 +156,18 @@ async def create_key(
     webhook_url: str | None = None,
     webhook_events: list[str] | None = None,
     webhook_secret: str | None = None,
+    rate_limit_burst: int | None = None,
+    rate_limit_refill_per_second: float | None = None,
 ) -> NewKey:
     name = name.strip()
     if not name or len(name) > 200:
         raise InvalidInput("Name must be between 1 and 200 characters")
     if monthly_limit < 0:
         raise InvalidInput("Monthly limit must be zero or more")
+    if rate_limit_burst is not None and rate_limit_burst < 1:
+        raise InvalidInput("Burst must be at least 1")
+    if rate_limit_refill_per_second is not None and rate_limit_refill_per_second <= 0:
+        raise InvalidInput("Refill rate must be more than 0 tokens a second")
     if expires_at is not None and expires_at.tzinfo is None:
         raise InvalidInput("Expiry must include a time zone (for example 2026-01-01T00:00:00Z)")
     workflows = list(dict.fromkeys(allowed_workflows or []))
@@ -165,6 +194,8 @@ async def create_key(
         webhook_url=url,
         webhook_events=events,
         webhook_secret=webhook_secret or None,
+        rate_limit_burst=rate_limit_burst,
+        rate_limit_refill_per_second=rate_limit_refill_per_second,
     )
     await key.save()
     return NewKey(
@@ -190,6 +221,8 @@ async def list_keys() -> list[dict[str, Any]]:
         ApiKey.active,
         ApiKey.expires_at,
         ApiKey.monthly_limit,
+        ApiKey.rate_limit_burst,
+        ApiKey.rate_limit_refill_per_second,
         ApiKey.allowed_workflows,
         ApiKey.webhook_url,
         ApiKey.webhook_events,

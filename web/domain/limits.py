@@ -1,21 +1,183 @@
-"""The monthly execution quota per API key, counted in PostgreSQL.
+"""Limits that hold across processes: the token bucket per API key and the failed-auth
+counter per client IP (both in Redis, one atomic script call per request), and the monthly
+execution quota per key (in PostgreSQL).
 
-One statement both checks and increments, so any number of web processes can never pass the
-limit together. Called inside the transaction that creates the execution: if anything after it
-fails, the count rolls back with it.
+The bucket follows public-api.md "Rate Limit Algorithm": capacity `burst`, refilled
+continuously at `refill` tokens a second, one token per request. Time comes from Redis' own
+clock (TIME inside the script), so web processes on hosts with skewed clocks share one bucket.
+
+The quota is one statement that both checks and increments, so any number of web processes can
+never pass the limit together. It runs inside the transaction that creates the execution: if
+anything after it fails, the count rolls back with it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from web.domain import clock
 from web.domain.errors import Forbidden
 from web.domain.tables import ApiKeyUsage
 
 USAGE_LIMIT_EXCEEDED = "API key usage limit exceeded"  # public-api.md, "403 Forbidden"
+
+
+RATE_LIMIT_EXCEEDED = "Rate limit exceeded"  # public-api.md, "429 Too Many Requests"
+TOO_MANY_FAILED_AUTHENTICATIONS = "Too many failed authentication attempts"
+AUTH_FAILURE_WINDOW_SECONDS = 60
+
+# KEYS[1] bucket hash {tokens, ts}; KEYS[2] failed-auth counter of the client IP.
+# ARGV: capacity, refill per second, cost (0 peeks), failures allowed per window.
+# Returns {allowed, tokens (string: Lua numbers become integers otherwise), now in ms,
+#          ip blocked for ms (0 when not blocked)}.
+_BUCKET_SCRIPT = """
+local capacity = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2]) / 1000.0
+local cost = tonumber(ARGV[3])
+local failures_allowed = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local failures = tonumber(redis.call('GET', KEYS[2]) or '0')
+if failures >= failures_allowed then
+  local ttl = redis.call('PTTL', KEYS[2])
+  return {0, '0', now, math.max(ttl, 1)}
+end
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = capacity
+  ts = now
+end
+if now > ts then
+  tokens = math.min(capacity, tokens + (now - ts) * rate)
+  ts = now
+end
+tokens = math.min(tokens, capacity)
+local allowed = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+end
+if cost > 0 then
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', ts)
+  redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate) + 1000)
+end
+return {allowed, tostring(tokens), now, 0}
+"""
+
+# KEYS[1] failed-auth counter; ARGV window in seconds, failures allowed.
+# Returns {failures so far, ms until the window ends}.
+_FAILURE_SCRIPT = """
+local failures = redis.call('INCR', KEYS[1])
+if failures == 1 then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+end
+return {failures, math.max(redis.call('PTTL', KEYS[1]), 1)}
+"""
+
+
+# Redis names scripts by SHA-1; not a security use.
+_SHA1 = {
+    script: hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
+    for script in (_BUCKET_SCRIPT, _FAILURE_SCRIPT)
+}
+
+
+async def _run_script(redis: Redis, script: str, keys: list[str], args: list[str]) -> Any:
+    """EVALSHA (the script body is sent only once per Redis server), EVAL as fallback."""
+    try:
+        return await redis.evalsha(_SHA1[script], len(keys), *keys, *args)  # type: ignore[misc]
+    except NoScriptError:
+        return await redis.eval(script, len(keys), *keys, *args)  # type: ignore[misc]
+
+
+@dataclass(frozen=True)
+class BucketState:
+    """One request's look at its key's bucket, and everything the headers need."""
+
+    allowed: bool
+    capacity: int
+    refill_per_second: float
+    tokens: float
+    now_ms: int
+    ip_blocked_ms: int = 0
+
+    @property
+    def remaining(self) -> int:
+        """Whole tokens left after this request."""
+        return max(math.floor(self.tokens + 1e-9), 0)
+
+    @property
+    def seconds_to_full(self) -> int:
+        return math.ceil(max(self.capacity - self.tokens, 0) / self.refill_per_second - 1e-9)
+
+    @property
+    def reset_ms(self) -> int:
+        """Unix time in ms when the bucket will be full again."""
+        missing = max(self.capacity - self.tokens, 0)
+        return self.now_ms + math.ceil(missing / self.refill_per_second * 1000)
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds until a request can pass again (at least 1)."""
+        if self.ip_blocked_ms:
+            return max(math.ceil(self.ip_blocked_ms / 1000), 1)
+        missing = max(1 - self.tokens, 0)
+        return max(math.ceil(missing / self.refill_per_second - 1e-9), 1)
+
+
+def _bucket_key(api_key_id: UUID) -> str:
+    return f"flowgate:bucket:{api_key_id}"
+
+
+def _auth_failure_key(client_ip: str) -> str:
+    return f"flowgate:authfail:{client_ip}"
+
+
+async def take_token(
+    redis: Redis,
+    api_key_id: UUID,
+    client_ip: str,
+    *,
+    capacity: int,
+    refill_per_second: float,
+    failures_allowed: int,
+    cost: int = 1,
+) -> BucketState:
+    """Spend `cost` tokens of the key's bucket (0 only looks), in one atomic Redis call that
+    also refuses a client IP blocked for failed authentications."""
+    allowed, tokens, now_ms, blocked_ms = await _run_script(
+        redis,
+        _BUCKET_SCRIPT,
+        [_bucket_key(api_key_id), _auth_failure_key(client_ip)],
+        [str(capacity), repr(float(refill_per_second)), str(cost), str(failures_allowed)],
+    )
+    return BucketState(
+        allowed=bool(allowed),
+        capacity=capacity,
+        refill_per_second=refill_per_second,
+        tokens=float(tokens),
+        now_ms=int(now_ms),
+        ip_blocked_ms=int(blocked_ms),
+    )
+
+
+async def record_auth_failure(redis: Redis, client_ip: str, failures_allowed: int) -> int:
+    """Count one failed authentication for `client_ip`; returns the ms the IP stays blocked
+    (0 while it is still under the limit)."""
+    failures, ttl_ms = await _run_script(
+        redis, _FAILURE_SCRIPT, [_auth_failure_key(client_ip)], [str(AUTH_FAILURE_WINDOW_SECONDS)]
+    )
+    return int(ttl_ms) if int(failures) > failures_allowed else 0
 
 
 @dataclass(frozen=True)
@@ -40,11 +202,18 @@ def next_month_start(moment: datetime) -> datetime:
     return datetime(moment.year, moment.month + 1, 1, tzinfo=UTC)
 
 
+class QuotaExceeded(Forbidden):
+    def __init__(self, quota: QuotaState) -> None:
+        super().__init__(USAGE_LIMIT_EXCEEDED)
+        self.quota = quota
+
+
 async def consume_quota(api_key_id: UUID, limit: int) -> QuotaState:
-    """Count one execution for this key and month, or raise Forbidden if it would pass `limit`."""
+    """Count one execution for this key and month, or raise QuotaExceeded (403) if it would
+    pass `limit`."""
     current = clock.now()
     if limit <= 0:
-        raise Forbidden(USAGE_LIMIT_EXCEEDED)
+        raise QuotaExceeded(QuotaState(limit, 0, next_month_start(current)))
     rows = await ApiKeyUsage.raw(
         "INSERT INTO api_key_usage (id, api_key, month, used) "
         "VALUES (gen_random_uuid(), {}, {}, 1) "
@@ -56,14 +225,17 @@ async def consume_quota(api_key_id: UUID, limit: int) -> QuotaState:
         limit,
     )
     if not rows:
-        raise Forbidden(USAGE_LIMIT_EXCEEDED)
+        raise QuotaExceeded(QuotaState(limit, limit, next_month_start(current)))
     return QuotaState(limit=limit, used=rows[0]["used"], resets_at=next_month_start(current))
 
 
-async def usage_this_month(api_key_id: UUID) -> int:
+async def quota_state(api_key_id: UUID, limit: int) -> QuotaState:
+    """This month's quota of a key, without counting anything."""
+    current = clock.now()
     row = (
         await ApiKeyUsage.select(ApiKeyUsage.used)
-        .where(ApiKeyUsage.api_key == api_key_id, ApiKeyUsage.month == month_of(clock.now()))
+        .where(ApiKeyUsage.api_key == api_key_id, ApiKeyUsage.month == month_of(current))
         .first()
     )
-    return int(row["used"]) if row else 0
+    used = int(row["used"]) if row else 0
+    return QuotaState(limit=limit, used=used, resets_at=next_month_start(current))

@@ -16,6 +16,15 @@ RUN_EXECUTION = "run_execution"
 JOB_NAMES = (RUN_EXECUTION,)
 
 
+def connect(redis_url: str, timeout_seconds: float) -> ArqRedis:
+    """A Redis client for the request path: every call gives up after `timeout_seconds`
+    (connecting included), so a Redis outage answers 503 quickly instead of hanging."""
+    client: ArqRedis = ArqRedis.from_url(
+        redis_url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
+    )
+    return client
+
+
 def run_job_id(execution_id: UUID, step: int) -> str:
     return f"{RUN_EXECUTION}:{execution_id}:{step}"
 

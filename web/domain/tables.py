@@ -10,6 +10,7 @@ from piccolo.columns import (
     Boolean,
     ForeignKey,
     Integer,
+    Real,
     Text,
     Timestamptz,
     Varchar,
@@ -29,6 +30,9 @@ class ApiKey(Table, tablename="api_key"):
     active = Boolean(default=True)
     expires_at = Timestamptz(null=True, default=None)
     monthly_limit = Integer(default=1000)
+    # Token bucket of this key; NULL means the defaults from settings.
+    rate_limit_burst = Integer(null=True, default=None)
+    rate_limit_refill_per_second = Real(null=True, default=None)
     # Empty means "every workflow".
     allowed_workflows = Array(base_column=Varchar(length=200), default=list)
     webhook_url = Text(null=True, default=None)
