@@ -46,10 +46,12 @@ def _validation_message(exc: ValidationException) -> str:
 
 def _client_message(exc: HTTPException) -> str:
     detail = exc.detail or HTTPStatus(exc.status_code).phrase
-    if exc.status_code == 400 and (
-        detail.startswith("JSON is malformed") or detail == "Input data was truncated"
-    ):
-        return f"Request body is not valid JSON: {detail}"
+    if exc.status_code == 400:
+        # msgspec's decode errors, reworded for customers.
+        if detail == "Input data was truncated":
+            return "Request body is not valid JSON: it ends too early"
+        if detail.startswith("JSON is malformed: "):
+            return "Request body is not valid JSON: " + detail.removeprefix("JSON is malformed: ")
     return detail
 
 
@@ -86,6 +88,9 @@ def handle_http_exception(
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if isinstance(exc, RecursionError):
+        # Raised by the JSON decoder for bodies nested deeper than Python's recursion limit.
+        return error_response(400, "Request body is nested too deeply")
     if isinstance(exc, UNAVAILABLE_ERRORS):
         logger.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, exc)
         return error_response(

@@ -21,10 +21,12 @@ from web.api.schemas import (
     DecisionResponse,
     ExecuteRequest,
     ExecuteResponse,
+    OptionalBodyOperation,
     PendingApprovalResponse,
     ResultsOutput,
     ResultsResponse,
     StatusResponse,
+    error_responses,
 )
 from web.domain import approvals, clock, executions, queue
 from web.domain.api_keys import AuthenticatedKey
@@ -49,6 +51,7 @@ class PublicExecutionsController(Controller):
         guards=[auth.require_runnable_workflow],
         dependencies={"workflow": Provide(auth.provide_workflow, sync_to_thread=False)},
         summary="Execute Agent",
+        responses=error_responses(400, 403, 404, 413),
     )
     async def execute(
         self,
@@ -75,7 +78,11 @@ class PublicExecutionsController(Controller):
             message="Execution started successfully",
         )
 
-    @get("/executions/{execution_id:str}/status", summary="Get Execution Status")
+    @get(
+        "/executions/{execution_id:str}/status",
+        summary="Get Execution Status",
+        responses=error_responses(403, 404),
+    )
     async def status(
         self, execution_id: FromPath[str], api_key: NamedDependency[AuthenticatedKey]
     ) -> StatusResponse:
@@ -89,7 +96,11 @@ class PublicExecutionsController(Controller):
             approval_status=execution["approval_status"],
         )
 
-    @get("/executions/{execution_id:str}/results", summary="Get Execution Results")
+    @get(
+        "/executions/{execution_id:str}/results",
+        summary="Get Execution Results",
+        responses=error_responses(403, 404),
+    )
     async def results(
         self, execution_id: FromPath[str], api_key: NamedDependency[AuthenticatedKey]
     ) -> ResultsResponse:
@@ -104,7 +115,11 @@ class PublicExecutionsController(Controller):
             completed_at=clock.iso(execution["completed_at"]),
         )
 
-    @get("/executions/{execution_id:str}/pending-approval", summary="Get Pending Approval Data")
+    @get(
+        "/executions/{execution_id:str}/pending-approval",
+        summary="Get Pending Approval Data",
+        responses=error_responses(403, 404, 409),
+    )
     async def pending_approval(
         self, execution_id: FromPath[str], api_key: NamedDependency[AuthenticatedKey]
     ) -> PendingApprovalResponse:
@@ -122,6 +137,8 @@ class PublicExecutionsController(Controller):
         "/executions/{execution_id:str}/approve",
         status_code=HTTP_200_OK,
         summary="Approve Execution",
+        responses=error_responses(400, 403, 404, 409),
+        operation_class=OptionalBodyOperation,
     )
     async def approve(
         self,
@@ -142,7 +159,11 @@ class PublicExecutionsController(Controller):
         )
 
     @post(
-        "/executions/{execution_id:str}/reject", status_code=HTTP_200_OK, summary="Reject Execution"
+        "/executions/{execution_id:str}/reject",
+        status_code=HTTP_200_OK,
+        summary="Reject Execution",
+        responses=error_responses(400, 403, 404, 409),
+        operation_class=OptionalBodyOperation,
     )
     async def reject(
         self,

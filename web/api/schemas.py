@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Operation, RequestBody
 
 
 class ExecuteInput(msgspec.Struct, rename="camel"):
@@ -94,3 +97,45 @@ class ErrorBody(msgspec.Struct, rename="camel"):
     message: str
     error: str
     status_code: int
+
+
+class RateLimitedBody(msgspec.Struct, rename="camel"):
+    """public-api.md "429 Too Many Requests"."""
+
+    status_code: int
+    message: str
+    error: str
+    retry_after: int
+
+
+_ERRORS = {
+    400: "The request is invalid: the message names the first problem",
+    401: "Missing, malformed or unknown API key",
+    403: "Key inactive or expired, workflow inactive or not allowed, or monthly quota used up",
+    404: "Execution or workflow not found (another key's execution is not found either)",
+    409: "The execution is not waiting for approval",
+    413: "Request body over the size limit",
+    503: "PostgreSQL or Redis is unreachable; retry",
+}
+
+
+def error_responses(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI documentation of the error answers a handler can give, in the one error shape."""
+    responses = {
+        code: ResponseSpec(data_container=ErrorBody, description=_ERRORS[code], examples=[])
+        for code in (*codes, 400, 401, 503)
+    }
+    responses[429] = ResponseSpec(
+        data_container=RateLimitedBody, description="Rate limit exceeded", examples=[]
+    )
+    return responses
+
+
+@dataclass
+class OptionalBodyOperation(Operation):
+    """Litestar documents every request body as required; approve and reject take an optional
+    one (the comment)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.request_body, RequestBody):
+            self.request_body.required = False

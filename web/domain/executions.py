@@ -57,8 +57,28 @@ def parse_execution_id(value: str) -> UUID:
         raise NotFound(EXECUTION_NOT_FOUND) from None
 
 
+def _nul_path(value: Any, path: str) -> str | None:
+    """The path of the first string (key or value) holding U+0000, which PostgreSQL cannot store."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _nul_path(key, path) or _nul_path(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_path(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
 def check_rows(rows: list[dict[str, Any]], required_fields: tuple[str, ...]) -> None:
-    """InvalidInput naming the first row field that is missing or empty."""
+    """InvalidInput naming the first row field that is missing, empty or unstorable."""
+    found = _nul_path(rows, "input.csvData")
+    if found:
+        raise InvalidInput(f"{found} contains a NUL character (\\u0000)")
     for index, row in enumerate(rows):
         for field in required_fields:
             value = row.get(field)
@@ -80,6 +100,8 @@ async def start_execution(
     if not rows:
         raise InvalidInput("input.csvData must contain at least one row")
     check_rows(rows, workflow.required_fields)
+    if description is not None and "\x00" in description:
+        raise InvalidInput("description contains a NUL character (\\u0000)")
     started_at = clock.now()
     async with db().transaction():
         quota = await limits.consume_quota(key.id, key.monthly_limit)

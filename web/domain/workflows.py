@@ -143,6 +143,8 @@ async def set_active(workflow_id: str, active: bool) -> None:
 
 async def get_runnable_workflow(workflow_id: str, key: AuthenticatedKey) -> RunnableWorkflow:
     """The workflow `key` may start now: NotFound, or Forbidden with the exact reason."""
+    if "\x00" in workflow_id:  # PostgreSQL cannot even compare such a string
+        raise NotFound("Workflow not found")
     row = (
         await Workflow.select(
             Workflow.id,
