@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 BASE_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/flowgate")
@@ -37,6 +37,12 @@ os.environ["FLOWGATE_LOG_LEVEL"] = "WARNING"
 # give their keys the spec's figures (tests/api/test_rate_limits.py).
 os.environ.setdefault("FLOWGATE_RATE_LIMIT_BURST", "10000")
 os.environ.setdefault("FLOWGATE_AUTH_FAILURES_PER_MINUTE", "10000")
+# Webhooks go to tests/receiver.py on 127.0.0.1 over http, with the 1/5/15 s schedule and the
+# 10 s timeout scaled down (tests/worker/test_webhooks.py checks the real defaults too).
+os.environ.setdefault("FLOWGATE_WEBHOOK_ALLOW_HTTP", "true")
+os.environ.setdefault("FLOWGATE_WEBHOOK_ALLOW_PRIVATE", "true")
+os.environ.setdefault("FLOWGATE_WEBHOOK_RETRY_DELAYS", "0.1,0.5,1.5")
+os.environ.setdefault("FLOWGATE_WEBHOOK_TIMEOUT_SECONDS", "1")
 
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
@@ -46,11 +52,15 @@ from arq.connections import ArqRedis, RedisSettings  # noqa: E402
 from litestar import Litestar  # noqa: E402
 
 from tests import factories  # noqa: E402
+from tests.receiver import Receiver  # noqa: E402
 from web.app import create_app  # noqa: E402
 from web.domain import clock, workflows  # noqa: E402
 from web.settings import get_settings  # noqa: E402
 
-TABLES = "api_key, api_key_usage, workflow, execution, execution_row, sandbox_message"
+TABLES = (
+    "api_key, api_key_usage, workflow, execution, execution_row, sandbox_message, "
+    "webhook_event, webhook_attempt"
+)
 
 
 def _recreate_test_database() -> None:
@@ -139,3 +149,10 @@ async def other_api_key(db_pool: None) -> str:
 def run_worker(redis: ArqRedis) -> factories.WorkerRunner:
     """`await run_worker()` runs a real arq worker in burst mode until the queue is empty."""
     return factories.WorkerRunner(redis)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver().start()
+    yield server
+    server.stop()

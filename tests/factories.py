@@ -17,6 +17,7 @@ from litestar import Litestar
 from web.domain import api_keys
 from web.domain.tables import Execution, ExecutionRow
 from web.domain.workflows import BFSI_WORKFLOW_ID
+from web.settings import Settings
 from worker.settings import functions, shutdown, startup
 
 PUBLIC = "/api/v1/public"
@@ -127,14 +128,21 @@ class WorkerRunner:
     def __init__(self, redis: ArqRedis) -> None:
         self.redis = redis
 
-    async def __call__(self) -> None:
+    async def __call__(self, settings: Settings | None = None) -> None:
+        """Run until the queue is empty; `settings` replaces the worker's (e.g. other delays)."""
+
+        async def start(ctx: dict[str, Any]) -> None:
+            await startup(ctx)
+            if settings is not None:
+                ctx["settings"] = settings
+
         worker = Worker(
             functions=functions(),
             redis_pool=self.redis,
             burst=True,
             poll_delay=0,
             handle_signals=False,
-            on_startup=startup,
+            on_startup=start,
             on_shutdown=shutdown,
         )
         try:

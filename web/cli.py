@@ -16,7 +16,7 @@ from uuid import UUID
 
 os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
 
-from web.domain import api_keys, workflows
+from web.domain import api_keys, queue, webhooks, workflows
 from web.domain.errors import DomainError
 from web.settings import get_settings
 
@@ -81,6 +81,8 @@ async def keys_create(args: argparse.Namespace) -> int:
                     "webhookUrl": new.webhook_url,
                     "webhookEvents": new.webhook_events,
                     "webhookSecretSet": new.webhook_secret_set,
+                    # Shown once, like the key: listings never show it again.
+                    "webhookSecret": args.webhook_secret,
                 }
             )
         )
@@ -109,14 +111,57 @@ async def keys_list(args: argparse.Namespace) -> int:
 
 
 async def keys_revoke(args: argparse.Namespace) -> int:
-    try:
-        key_id = UUID(args.id)
-    except ValueError:
-        print(f"not an API key id: {args.id!r}", file=sys.stderr)
-        return 2
+    key_id = _uuid(args.id, "API key id")
     await api_keys.revoke_key(key_id)
     print(f"revoked {key_id}")
     return 0
+
+
+async def webhooks_list(args: argparse.Namespace) -> int:
+    execution_id = _uuid(args.execution, "execution id")
+    events = await webhooks.list_deliveries(execution_id)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    _key_json({**e, "attempts_log": None})
+                    | {"attempts_log": [_key_json(a) for a in e["attempts_log"]]}
+                    for e in events
+                ]
+            )
+        )
+        return 0
+    if not events:
+        print("No webhook events for this execution (is a webhook URL set on its key?)")
+    for event in events:
+        print(f"{event['id']}  #{event['sequence']} {event['event']:28} {event['status']}")
+        for attempt in event["attempts_log"]:
+            outcome = attempt["status_code"] or attempt["error"]
+            print(
+                f"    attempt {attempt['attempt_number']}  {attempt['created_at'].isoformat()}  "
+                f"{outcome}  {attempt['duration_ms']} ms  {attempt['url']}"
+            )
+    return 0
+
+
+async def webhooks_redeliver(args: argparse.Namespace) -> int:
+    event_id = _uuid(args.event_id, "webhook event id")
+    await webhooks.redeliver(event_id)
+    settings = get_settings()
+    redis = queue.connect(settings.redis_url, 5.0)
+    try:
+        await queue.enqueue_webhook(redis, event_id)
+    finally:
+        await redis.aclose()
+    print(f"queued {event_id} for delivery again (same webhook-id)")
+    return 0
+
+
+def _uuid(value: str, what: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise DomainError(f"not a valid {what}: {value!r}") from None
 
 
 async def dev_key(args: argparse.Namespace) -> int:
@@ -212,6 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = keys.add_parser("revoke", help="revoke a key by id")
     p.add_argument("id")
     p.set_defaults(async_handler=keys_revoke)
+
+    hooks = sub.add_parser("webhooks", help="webhook delivery log").add_subparsers(
+        dest="webhooks_command", required=True
+    )
+    p = hooks.add_parser("list", help="events and attempts of one execution")
+    p.add_argument("--execution", required=True, metavar="ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(async_handler=webhooks_list)
+    p = hooks.add_parser("redeliver", help="send an event again (same webhook-id)")
+    p.add_argument("event_id", metavar="EVENT_ID")
+    p.set_defaults(async_handler=webhooks_redeliver)
 
     p = sub.add_parser("dev-key", help=argparse.SUPPRESS)
     p.add_argument("path")

@@ -47,6 +47,11 @@ class Settings:
     auth_failures_per_minute: int
     # Redis calls on the request path give up after this long (then 503), never hang.
     redis_timeout_seconds: float
+    # Webhooks (public-api.md "Webhook Retry Logic"): timeout per attempt, delays between them.
+    webhook_timeout_seconds: float
+    webhook_retry_delays: tuple[float, ...]
+    webhook_allow_http: bool
+    webhook_allow_private: bool
 
 
 @lru_cache(maxsize=1)
@@ -68,4 +73,12 @@ def get_settings() -> Settings:
         rate_limit_refill_per_second=_float("FLOWGATE_RATE_LIMIT_REFILL_PER_SECOND", 1.0),
         auth_failures_per_minute=_int("FLOWGATE_AUTH_FAILURES_PER_MINUTE", 20),
         redis_timeout_seconds=_float("FLOWGATE_REDIS_TIMEOUT_SECONDS", 0.5),
+        webhook_timeout_seconds=_float("FLOWGATE_WEBHOOK_TIMEOUT_SECONDS", 10.0),
+        webhook_retry_delays=tuple(
+            float(part)
+            for part in os.environ.get("FLOWGATE_WEBHOOK_RETRY_DELAYS", "1,5,15").split(",")
+            if part.strip()
+        ),
+        webhook_allow_http=_bool("FLOWGATE_WEBHOOK_ALLOW_HTTP", False),
+        webhook_allow_private=_bool("FLOWGATE_WEBHOOK_ALLOW_PRIVATE", False),
     )

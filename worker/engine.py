@@ -13,8 +13,9 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import httpx
+from arq.connections import ArqRedis
 
-from web.domain import clock, executions
+from web.domain import clock, executions, queue
 from web.domain.errors import UNAVAILABLE_ERRORS
 from web.domain.statuses import ApprovalStatus
 from web.settings import Settings
@@ -35,9 +36,23 @@ def _step_name(step: dict[str, Any], index: int) -> str:
     return str(step.get("name") or step.get("type") or f"step {index + 1}")
 
 
-async def run_execution(execution_id: UUID, settings: Settings, http: httpx.AsyncClient) -> Outcome:
+async def _queue_events(redis: ArqRedis, events: list[UUID] | None) -> None:
+    """Hand recorded webhook events to the delivery jobs. They are already safe in PostgreSQL:
+    if Redis refuses now, the reconciler queues them later."""
+    for event_id in events or []:
+        try:
+            await queue.enqueue_webhook(redis, event_id)
+        except UNAVAILABLE_ERRORS:
+            logger.warning("could not queue webhook event %s now; the reconciler will", event_id)
+
+
+async def run_execution(
+    execution_id: UUID, settings: Settings, http: httpx.AsyncClient, redis: ArqRedis
+) -> Outcome:
     lease = settings.execution_lease_seconds
     claim = await executions.claim(execution_id, uuid4(), lease)
+    if claim is not None:
+        await _queue_events(redis, claim.events)
     if claim is None:
         status = await executions.status_of(execution_id)
         if status in ("pending", "running"):
@@ -59,7 +74,7 @@ async def run_execution(execution_id: UUID, settings: Settings, http: httpx.Asyn
             summary: dict[str, Any]
             if kind == "approval":
                 if claim.approval_status != ApprovalStatus.APPROVED:
-                    await executions.pause_for_approval(claim, index)
+                    await _queue_events(redis, await executions.pause_for_approval(claim, index))
                     logger.info("execution %s waits for approval", execution_id)
                     return Outcome("pending_approval")
                 summary = {"decision": "approved"}
@@ -88,7 +103,7 @@ async def run_execution(execution_id: UUID, settings: Settings, http: httpx.Asyn
             if not await executions.finish_step(claim, index, result, lease):
                 raise LeaseLost
             index += 1
-        await executions.complete(claim)
+        await _queue_events(redis, await executions.complete(claim))
         logger.info("execution %s completed", execution_id)
         return Outcome("completed")
     except LeaseLost:
@@ -101,5 +116,5 @@ async def run_execution(execution_id: UUID, settings: Settings, http: httpx.Asyn
         name = _step_name(steps[index], index) if index < len(steps) else "completion"
         message = f"Step {index + 1} ({name}) failed: {exc}"
         logger.warning("execution %s failed: %s", execution_id, message)
-        await executions.fail(claim, message)
+        await _queue_events(redis, await executions.fail(claim, message))
         return Outcome("failed")

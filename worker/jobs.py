@@ -8,15 +8,18 @@ from uuid import UUID
 
 from arq import Retry
 
+from web.domain import queue
 from web.domain.errors import UNAVAILABLE_ERRORS
-from worker import engine
+from worker import delivery, engine
 
 TRANSIENT_RETRY_DELAYS = (1, 2, 5, 10, 20, 30, 60, 60, 60)
 
 
 async def run_execution(ctx: dict[str, Any], execution_id: str) -> dict[str, Any]:
     try:
-        outcome = await engine.run_execution(UUID(execution_id), ctx["settings"], ctx["http"])
+        outcome = await engine.run_execution(
+            UUID(execution_id), ctx["settings"], ctx["http"], ctx["redis"]
+        )
     except UNAVAILABLE_ERRORS as exc:
         delays = TRANSIENT_RETRY_DELAYS
         raise Retry(defer=delays[min(ctx["job_try"], len(delays)) - 1]) from exc
@@ -24,3 +27,16 @@ async def run_execution(ctx: dict[str, Any], execution_id: str) -> dict[str, Any
         # Another worker holds the lease: look again once it would have expired.
         raise Retry(defer=outcome.retry_after + 0.1)
     return {"execution_id": execution_id, "outcome": outcome.state}
+
+
+async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
+    try:
+        outcome = await delivery.deliver(ctx["http"], UUID(event_id), ctx["settings"])
+    except UNAVAILABLE_ERRORS as exc:
+        delays = TRANSIENT_RETRY_DELAYS
+        raise Retry(defer=delays[min(ctx["job_try"], len(delays)) - 1]) from exc
+    if outcome.retry_in is not None:
+        raise Retry(defer=outcome.retry_in)
+    if outcome.next_event is not None:
+        await queue.enqueue_webhook(ctx["redis"], outcome.next_event)
+    return {"event_id": event_id, "outcome": outcome.state}

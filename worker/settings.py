@@ -45,6 +45,14 @@ def functions() -> list[Any]:
             timeout=settings.job_timeout_seconds,
             max_tries=len(jobs.TRANSIENT_RETRY_DELAYS) + 1,
         ),
+        func(
+            jobs.deliver_webhook,
+            name=queue.DELIVER_WEBHOOK,
+            keep_result=0,
+            timeout=settings.webhook_timeout_seconds + 20,
+            # Our own attempt count decides when to give up; arq's only bounds runaway retries.
+            max_tries=len(settings.webhook_retry_delays) + len(jobs.TRANSIENT_RETRY_DELAYS) + 2,
+        ),
     ]
 
 

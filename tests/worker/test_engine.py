@@ -7,6 +7,7 @@ from uuid import UUID, uuid4
 
 import httpx
 import pytest
+from arq.connections import ArqRedis
 
 from tests.factories import PUBLIC, auth, execution_row, row_states, rows, start
 from web.domain import executions, queue
@@ -71,7 +72,7 @@ async def test_an_unknown_provider_fails_the_execution_instead_of_hanging(
 
 
 async def test_running_a_finished_execution_again_changes_nothing(
-    client: httpx.AsyncClient, api_key: str, run_worker
+    client: httpx.AsyncClient, api_key: str, run_worker, redis: ArqRedis
 ) -> None:
     execution_id = await start(client, api_key, csv_data=rows(3))
     await run_worker()
@@ -79,7 +80,9 @@ async def test_running_a_finished_execution_again_changes_nothing(
     await run_worker()
     before = await execution_row(execution_id)
 
-    outcome = await engine.run_execution(UUID(execution_id), get_settings(), httpx.AsyncClient())
+    outcome = await engine.run_execution(
+        UUID(execution_id), get_settings(), httpx.AsyncClient(), redis
+    )
 
     assert outcome.state == "nothing to do (completed)"
     assert await execution_row(execution_id) == before
@@ -87,25 +90,27 @@ async def test_running_a_finished_execution_again_changes_nothing(
 
 
 async def test_a_run_waiting_for_approval_is_not_resumed_by_a_stray_job(
-    client: httpx.AsyncClient, api_key: str, run_worker
+    client: httpx.AsyncClient, api_key: str, run_worker, redis: ArqRedis
 ) -> None:
     execution_id = await start(client, api_key, csv_data=rows(1))
     await run_worker()
 
-    outcome = await engine.run_execution(UUID(execution_id), get_settings(), httpx.AsyncClient())
+    outcome = await engine.run_execution(
+        UUID(execution_id), get_settings(), httpx.AsyncClient(), redis
+    )
 
     assert outcome.state == "nothing to do (pending_approval)"
     assert (await execution_row(execution_id))["status"] == "pending_approval"
 
 
 async def test_a_second_worker_waits_while_the_first_holds_the_lease(
-    client: httpx.AsyncClient, api_key: str
+    client: httpx.AsyncClient, api_key: str, redis: ArqRedis
 ) -> None:
     execution_id = UUID(await start(client, api_key, csv_data=rows(1)))
     first = await executions.claim(execution_id, uuid4(), lease_seconds=30)
     assert first is not None and first.was_pending
 
-    outcome = await engine.run_execution(execution_id, get_settings(), httpx.AsyncClient())
+    outcome = await engine.run_execution(execution_id, get_settings(), httpx.AsyncClient(), redis)
 
     assert outcome.state == "busy"
     assert outcome.retry_after is not None and 25 < outcome.retry_after <= 30

@@ -15,17 +15,13 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from web.domain import clock
+from web.domain import clock, webhooks
 from web.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from web.domain.tables import ApiKey, Workflow
+from web.settings import get_settings
 
 KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
-WEBHOOK_EVENTS = (
-    "execution.started",
-    "execution.completed",
-    "execution.failed",
-    "execution.pending_approval",
-)
+WEBHOOK_EVENTS = webhooks.EVENTS
 DEFAULT_MONTHLY_LIMIT = 1000
 INVALID_KEY = "Invalid API key"  # public-api.md, "401 Unauthorized"
 
@@ -140,11 +136,14 @@ def _check_webhook_events(events: list[str]) -> list[str]:
 
 
 def _check_webhook_url(url: str | None) -> str | None:
-    if url is None or url == "":
+    if url is None or not url.strip():
         return None
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise InvalidInput("Webhook URL must be an http:// or https:// URL")
-    return url
+    settings = get_settings()
+    return webhooks.check_url(
+        url,
+        allow_http=settings.webhook_allow_http,
+        allow_private=settings.webhook_allow_private,
+    )
 
 
 async def create_key(

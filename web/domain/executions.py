@@ -15,7 +15,7 @@ from uuid import UUID
 
 from piccolo.engine.postgres import PostgresEngine
 
-from web.domain import clock, limits
+from web.domain import clock, limits, webhooks
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.statuses import ExecutionStatus, SendStatus
@@ -43,6 +43,8 @@ class Claim:
     current_step: int
     definition: dict[str, Any]
     approval_status: str | None
+    # Webhook events to queue now (the `execution.started` of a run that was pending).
+    events: list[UUID]
 
 
 def db() -> PostgresEngine:
@@ -196,33 +198,64 @@ async def build_output(execution_id: UUID) -> dict[str, Any]:
 
 async def claim(execution_id: UUID, token: UUID, lease_seconds: float) -> Claim | None:
     """Take (or re-take) the run of an execution that is pending or running and not leased by a
-    live worker. `pending` becomes `running`. None when there is nothing to claim."""
-    rows = await Execution.raw(
-        "UPDATE execution AS e SET "
-        "  status = 'running', lease_token = {}, "
-        "  lease_expires_at = now() + make_interval(secs => {}), updated_at = now() "
-        "FROM (SELECT id, status FROM execution WHERE id = {} FOR UPDATE) AS before "
-        "WHERE e.id = before.id AND e.status IN ('pending', 'running') "
-        "  AND (e.lease_expires_at IS NULL OR e.lease_expires_at < now() OR e.lease_token = {}) "
-        "RETURNING before.status AS previous_status, e.current_step, e.definition, "
-        "  e.approval_status",
-        token,
-        lease_seconds,
-        execution_id,
-        token,
-    )
-    if not rows:
-        return None
-    row = rows[0]
-    definition = row["definition"]
+    live worker. `pending` becomes `running` (and `execution.started` is recorded). None when
+    there is nothing to claim."""
+    async with db().transaction():
+        rows = await Execution.raw(
+            "UPDATE execution AS e SET "  # noqa: S608 (constant columns, values bound)
+            "  status = 'running', lease_token = {}, "
+            "  lease_expires_at = now() + make_interval(secs => {}), updated_at = now() "
+            "FROM (SELECT id, status FROM execution WHERE id = {} FOR UPDATE) AS before "
+            "WHERE e.id = before.id AND e.status IN ('pending', 'running') "
+            "  AND (e.lease_expires_at IS NULL OR e.lease_expires_at < now() "
+            "       OR e.lease_token = {}) "
+            f"RETURNING before.status AS previous_status, e.current_step, e.definition, "
+            f"  e.approval_status, {_EVENT_COLUMNS}",
+            token,
+            lease_seconds,
+            execution_id,
+            token,
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        was_pending = row["previous_status"] == ExecutionStatus.PENDING
+        events = await _record_event(webhooks.STARTED, row) if was_pending else []
     return Claim(
         id=execution_id,
         token=token,
-        was_pending=row["previous_status"] == ExecutionStatus.PENDING,
+        was_pending=was_pending,
         current_step=row["current_step"],
-        definition=json.loads(definition) if isinstance(definition, str) else definition,
+        definition=_json(row["definition"]),
         approval_status=row["approval_status"],
+        events=events,
     )
+
+
+# What a webhook payload needs, as RETURNING columns of a transition.
+_EVENT_COLUMNS = (
+    "e.id, e.workflow, e.api_key, e.status, e.started_at, e.completed_at, e.output, e.error"
+)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+async def _record_event(event: str, row: dict[str, Any]) -> list[UUID]:
+    new = await webhooks.record_event(event, {**row, "output": _json(row.get("output"))})
+    return [new.id] if new is not None and new.queue_now else []
+
+
+async def _transition(event: str, sql: str, *args: Any) -> list[UUID] | None:
+    """Run one guarded UPDATE of `execution AS e` and record its webhook event in the same
+    transaction. None if the guard matched nothing; else the events to queue now."""
+    events: list[UUID] | None = None
+    async with db().transaction():
+        rows = await Execution.raw(f"{sql} RETURNING {_EVENT_COLUMNS}", *args)
+        if rows:
+            events = await _record_event(event, rows[0])
+    return events
 
 
 async def lease_remaining(execution_id: UUID) -> float:
@@ -265,42 +298,41 @@ async def finish_step(
     return bool(rows)
 
 
-async def pause_for_approval(claim: Claim, index: int) -> bool:
-    rows = await Execution.raw(
-        "UPDATE execution SET status = 'pending_approval', approval_status = 'pending', "
+async def pause_for_approval(claim: Claim, index: int) -> list[UUID] | None:
+    return await _transition(
+        webhooks.PENDING_APPROVAL,
+        "UPDATE execution AS e SET status = 'pending_approval', approval_status = 'pending', "
         "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
-        "WHERE id = {} AND lease_token = {} AND status = 'running' AND current_step = {} "
-        "RETURNING id",
+        "WHERE id = {} AND lease_token = {} AND status = 'running' AND current_step = {}",
         claim.id,
         claim.token,
         index,
     )
-    return bool(rows)
 
 
-async def complete(claim: Claim) -> bool:
+async def complete(claim: Claim) -> list[UUID] | None:
     output = await build_output(claim.id)
-    rows = await Execution.raw(
-        "UPDATE execution SET status = 'completed', output = {}::jsonb, completed_at = now(), "
-        "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
-        "WHERE id = {} AND lease_token = {} AND status = 'running' RETURNING id",
+    return await _transition(
+        webhooks.COMPLETED,
+        "UPDATE execution AS e SET status = 'completed', output = {}::jsonb, "
+        "  completed_at = now(), lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
+        "WHERE id = {} AND lease_token = {} AND status = 'running'",
         json.dumps(output),
         claim.id,
         claim.token,
     )
-    return bool(rows)
 
 
-async def fail(claim: Claim, error: str) -> bool:
-    rows = await Execution.raw(
-        "UPDATE execution SET status = 'failed', error = {}, completed_at = now(), "
+async def fail(claim: Claim, error: str) -> list[UUID] | None:
+    return await _transition(
+        webhooks.FAILED,
+        "UPDATE execution AS e SET status = 'failed', error = {}, completed_at = now(), "
         "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
-        "WHERE id = {} AND lease_token = {} AND status = 'running' RETURNING id",
+        "WHERE id = {} AND lease_token = {} AND status = 'running'",
         error,
         claim.id,
         claim.token,
     )
-    return bool(rows)
 
 
 async def release(claim: Claim) -> None:

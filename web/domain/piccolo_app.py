@@ -10,13 +10,24 @@ from web.domain.tables import (
     Execution,
     ExecutionRow,
     SandboxMessage,
+    WebhookAttempt,
+    WebhookEvent,
     Workflow,
 )
 
 APP_CONFIG = AppConfig(
     app_name="domain",
     migrations_folder_path=os.path.join(os.path.dirname(__file__), "piccolo_migrations"),
-    table_classes=[ApiKey, ApiKeyUsage, Workflow, Execution, ExecutionRow, SandboxMessage],
+    table_classes=[
+        ApiKey,
+        ApiKeyUsage,
+        Workflow,
+        Execution,
+        ExecutionRow,
+        SandboxMessage,
+        WebhookEvent,
+        WebhookAttempt,
+    ],
     migration_dependencies=[],
     commands=[],
 )

@@ -12,8 +12,9 @@ from uuid import UUID
 from arq.connections import ArqRedis
 
 RUN_EXECUTION = "run_execution"
+DELIVER_WEBHOOK = "deliver_webhook"
 
-JOB_NAMES = (RUN_EXECUTION,)
+JOB_NAMES = (RUN_EXECUTION, DELIVER_WEBHOOK)
 
 
 def connect(redis_url: str, timeout_seconds: float) -> ArqRedis:
@@ -34,3 +35,12 @@ async def enqueue_run(redis: ArqRedis, execution_id: UUID, step: int = 0) -> Non
     await redis.enqueue_job(
         RUN_EXECUTION, str(execution_id), _job_id=run_job_id(execution_id, step)
     )
+
+
+def webhook_job_id(event_id: UUID) -> str:
+    return f"{DELIVER_WEBHOOK}:{event_id}"
+
+
+async def enqueue_webhook(redis: ArqRedis, event_id: UUID) -> None:
+    """Queue the delivery of one webhook event (once: the job id is the event's)."""
+    await redis.enqueue_job(DELIVER_WEBHOOK, str(event_id), _job_id=webhook_job_id(event_id))

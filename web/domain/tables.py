@@ -126,3 +126,38 @@ class SandboxMessage(Table, tablename="sandbox_message"):
     body = Text()
     message_id = Varchar(length=200, unique=True)
     created_at = Timestamptz(default=TimestamptzNow())
+
+
+class WebhookEvent(Table, tablename="webhook_event"):
+    """One event to tell a customer about (the transactional outbox of webhooks).
+
+    Written in the same transaction as the status change it reports; `payload` is the exact
+    body sent (and signed) on every attempt. `id` is the Standard Webhooks `webhook-id`.
+    Events of one execution are delivered one after the other, in `sequence` order.
+    """
+
+    id = UUID(primary_key=True)
+    execution = ForeignKey(references=Execution, null=False, index=True)
+    api_key = ForeignKey(references=ApiKey, null=False)
+    sequence = Integer()
+    event = Varchar(length=64)
+    payload = Text()
+    status = Varchar(length=16, default="pending", index=True)  # pending, delivered, failed
+    attempts = Integer(default=0)  # in the current delivery cycle (a redelivery starts a new one)
+    created_at = Timestamptz(default=TimestamptzNow())
+    finished_at = Timestamptz(null=True, default=None)
+    unique_execution_sequence = Unique([execution, sequence])
+
+
+class WebhookAttempt(Table, tablename="webhook_attempt"):
+    """One HTTP attempt to deliver a webhook event, whatever came of it."""
+
+    id = UUID(primary_key=True)
+    event = ForeignKey(references=WebhookEvent, null=False, index=True)
+    attempt_number = Integer()
+    url = Text()
+    status_code = Integer(null=True, default=None)
+    duration_ms = Integer(default=0)
+    error = Text(null=True, default=None)
+    response_body = Text(null=True, default=None)  # the first 1 KiB
+    created_at = Timestamptz(default=TimestamptzNow())

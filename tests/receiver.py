@@ -1,0 +1,85 @@
+"""A real HTTP server on 127.0.0.1 (random port) that records webhook requests, and can be told
+to fail: answer a status, hang past the client's timeout, or drop the connection."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float = field(default_factory=time.monotonic)
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self._plan: deque[int | str] = deque()
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = self.rfile.read(length)
+                with receiver._lock:
+                    receiver.requests.append(
+                        Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                    )
+                    action = receiver._plan.popleft() if receiver._plan else 200
+                if action == "hang":
+                    receiver._release.wait(30)
+                    return
+                if action == "close":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                status = int(action)
+                reply = b'{"ok": true}' if status < 300 else b"receiver says no" * 100
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> Receiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def respond_with(self, *actions: int | str) -> None:
+        """The next requests get these answers in turn (status codes, "hang" or "close");
+        after them, 200."""
+        with self._lock:
+            self._plan.extend(actions)
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
+        deadline = time.monotonic() + timeout
+        while len(self.requests) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} requests, got {len(self.requests)}")
+            await asyncio.sleep(0.01)
+        return list(self.requests)

@@ -1,0 +1,397 @@
+"""Signed webhooks: events of a real run delivered to a real receiver, retries, the log,
+redelivery and the URL rules."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import dataclasses
+import hashlib
+import hmac
+import itertools
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+
+from tests.factories import PUBLIC, auth, create_key, rows, start
+from tests.receiver import Receiver
+from web.domain import webhooks
+from web.domain.errors import InvalidInput
+from web.domain.tables import WebhookAttempt, WebhookEvent
+from web.domain.workflows import BFSI_TEMPLATE, save_workflow
+from web.settings import get_settings
+
+SECRET = "your-webhook-secret-key"
+ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+async def hooked_key(receiver: Receiver, **kwargs: Any) -> str:
+    options: dict[str, Any] = {"webhook_url": receiver.url, "webhook_secret": SECRET}
+    options.update(kwargs)
+    return (await create_key(**options)).secret
+
+
+async def run_to_completion(client: httpx.AsyncClient, secret: str, run_worker: Any) -> str:
+    execution_id = await start(client, secret, csv_data=rows(3))
+    await run_worker()
+    approved = await client.post(
+        f"{PUBLIC}/executions/{execution_id}/approve", headers=auth(secret)
+    )
+    assert approved.status_code == 200
+    await run_worker()
+    return execution_id
+
+
+async def test_a_full_run_sends_each_event_in_order_with_the_spec_payload_and_headers(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: Any
+) -> None:
+    secret = await hooked_key(receiver)
+
+    execution_id = await run_to_completion(client, secret, run_worker)
+
+    requests = await receiver.wait_for(3)
+    assert [r.headers["x-webhook-event"] for r in requests] == [
+        "execution.started",
+        "execution.pending_approval",
+        "execution.completed",
+    ]
+    status = (
+        await client.get(f"{PUBLIC}/executions/{execution_id}/status", headers=auth(secret))
+    ).json()
+    bodies = [json.loads(r.body) for r in requests]
+    for body in bodies:
+        assert re.fullmatch(ISO, body.pop("timestamp"))
+    assert bodies == [
+        {
+            "event": "execution.started",
+            "executionId": execution_id,
+            "workflowId": "workflow_bfsi_marketing_template",
+            "data": {"status": "running", "startedAt": status["startedAt"], "completedAt": None},
+        },
+        {
+            "event": "execution.pending_approval",
+            "executionId": execution_id,
+            "workflowId": "workflow_bfsi_marketing_template",
+            "data": {
+                "status": "pending_approval",
+                "startedAt": status["startedAt"],
+                "completedAt": None,
+            },
+        },
+        {
+            "event": "execution.completed",
+            "executionId": execution_id,
+            "workflowId": "workflow_bfsi_marketing_template",
+            "data": {
+                "status": "completed",
+                "startedAt": status["startedAt"],
+                "completedAt": status["completedAt"],
+                "output": {"successCount": 3, "failedCount": 0},
+            },
+        },
+    ]
+    for request in requests:
+        headers = request.headers
+        assert request.path == "/hooks"
+        assert headers["content-type"] == "application/json"
+        assert headers["user-agent"] == "Workflow-Automation-Platform/1.0"
+        assert headers["x-webhook-execution-id"] == execution_id
+        expected = "sha256=" + hmac.new(SECRET.encode(), request.body, hashlib.sha256).hexdigest()
+        assert headers["x-webhook-signature"] == expected
+        assert re.fullmatch(r"\d{10}", headers["webhook-timestamp"])
+        UUID(headers["webhook-id"])
+    assert len({r.headers["webhook-id"] for r in requests}) == 3
+
+
+def verify_standard_webhooks(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """The Standard Webhooks check a receiver would write (README shows the same)."""
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest())
+    return any(
+        hmac.compare_digest(sig.removeprefix("v1,"), expected.decode())
+        for sig in headers["webhook-signature"].split()
+    )
+
+
+NODE_VERIFY = """
+const crypto = require('crypto');
+const fs = require('fs');
+function verifyWebhookSignature(payload, signature, secret) {
+  const expectedSignature = `sha256=${crypto
+    .createHmac('sha256', secret)
+    .update(payload)
+    .digest('hex')}`;
+  return crypto.timingSafeEqual(Buffer.from(signature), Buffer.from(expectedSignature));
+}
+const payload = fs.readFileSync(process.argv[2]).toString('utf8');
+process.stdout.write(String(verifyWebhookSignature(payload, process.argv[3], process.argv[4])));
+"""
+
+
+async def test_signatures_verify_with_the_spec_node_code_and_standard_webhooks(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: Any, tmp_path: Any
+) -> None:
+    secret = await hooked_key(receiver)
+    data = rows(1, name="Zoë Ünïcode “quoted”")
+    await start(client, secret, csv_data=data)
+    await run_worker()
+    requests = await receiver.wait_for(2)
+
+    for request in requests:
+        assert verify_standard_webhooks(SECRET, request.headers, request.body)
+        assert not verify_standard_webhooks("wrong secret", request.headers, request.body)
+        node = shutil.which("node")
+        if node is None:
+            pytest.skip("node is not installed")
+        body_file = tmp_path / "body.json"
+        body_file.write_bytes(request.body)
+        script = tmp_path / "verify.js"
+        script.write_text(NODE_VERIFY)
+        verdict = subprocess.run(
+            [node, str(script), str(body_file), request.headers["x-webhook-signature"], SECRET],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert verdict.stdout == "true"
+
+
+async def test_without_a_secret_no_signature_headers_are_sent(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: Any
+) -> None:
+    secret = await hooked_key(receiver, webhook_secret=None)
+    await start(client, secret)
+    await run_worker()
+
+    requests = await receiver.wait_for(2)
+
+    for request in requests:
+        assert "x-webhook-signature" not in request.headers
+        assert "webhook-signature" not in request.headers
+        assert request.headers["webhook-id"]
+
+
+async def test_only_the_events_the_key_asked_for_are_sent(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: Any
+) -> None:
+    secret = await hooked_key(receiver, webhook_events=["execution.completed"])
+
+    await run_to_completion(client, secret, run_worker)
+
+    requests = await receiver.wait_for(1)
+    assert [r.headers["x-webhook-event"] for r in requests] == ["execution.completed"]
+    assert await WebhookEvent.count() == 1
+
+
+async def test_a_failed_run_sends_execution_failed_with_the_error(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: Any
+) -> None:
+    definition = copy.deepcopy(BFSI_TEMPLATE)
+    definition["id"] = "workflow_broken"
+    definition["steps"][0]["settings"]["template"] = "{{ name | nope }}"
+    await save_workflow(definition)
+    secret = await hooked_key(receiver)
+    execution_id = await start(client, secret, workflow_id="workflow_broken")
+
+    await run_worker()
+
+    requests = await receiver.wait_for(2)
+    failed = json.loads(requests[1].body)
+    assert failed["event"] == "execution.failed"
+    assert failed["executionId"] == execution_id
+    assert failed["data"]["status"] == "failed"
+    assert failed["data"]["error"].startswith("Step 1 (Generate personalised message) failed")
+    assert re.fullmatch(ISO, failed["data"]["completedAt"])
+
+
+async def test_failures_are_retried_on_schedule_then_given_up_with_every_attempt_logged(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: Any
+) -> None:
+    secret = await hooked_key(receiver, webhook_events=["execution.started"])
+    receiver.respond_with(500, 503, 500, 502)
+    execution_id = await start(client, secret)
+
+    await run_worker()
+
+    requests = await receiver.wait_for(4)
+    assert len(requests) == 4
+    gaps = [b.at - a.at for a, b in itertools.pairwise(requests)]
+    delays = get_settings().webhook_retry_delays  # 0.1, 0.5, 1.5 in tests (1, 5, 15 s live)
+    for gap, delay in zip(gaps, delays, strict=True):
+        assert delay * 0.9 <= gap < delay + 1.0
+    assert len({r.headers["webhook-id"] for r in requests}) == 1  # the same event each time
+    assert len({r.body for r in requests}) == 1
+    event = await WebhookEvent.select().first()
+    assert event is not None and event["status"] == "failed"
+    attempts = await WebhookAttempt.select().order_by(WebhookAttempt.attempt_number)
+    assert [(a["attempt_number"], a["status_code"]) for a in attempts] == [
+        (1, 500),
+        (2, 503),
+        (3, 500),
+        (4, 502),
+    ]
+    assert all(a["url"] == receiver.url for a in attempts)
+    assert attempts[0]["response_body"] == ("receiver says no" * 100)[:1024]
+    # The receiver's trouble never touched the run itself.
+    assert (
+        await client.get(f"{PUBLIC}/executions/{execution_id}/status", headers=auth(secret))
+    ).json()["status"] == "pending_approval"
+
+
+async def test_a_receiver_that_hangs_times_out_and_the_retry_succeeds(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: Any
+) -> None:
+    secret = await hooked_key(receiver, webhook_events=["execution.started"])
+    receiver.respond_with("hang", "close")
+
+    await start(client, secret)
+    await run_worker()
+
+    await receiver.wait_for(3)
+    attempts = await WebhookAttempt.select().order_by(WebhookAttempt.attempt_number)
+    assert attempts[0]["error"] == "Timed out after 1 s"  # FLOWGATE_WEBHOOK_TIMEOUT_SECONDS
+    assert 900 <= attempts[0]["duration_ms"] < 3000
+    assert attempts[1]["status_code"] is None and attempts[1]["error"]
+    assert attempts[2]["status_code"] == 200 and attempts[2]["error"] is None
+    event = await WebhookEvent.select(WebhookEvent.status).first()
+    assert event == {"status": "delivered"}
+
+
+async def test_events_of_an_execution_wait_for_the_earlier_one(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: Any
+) -> None:
+    secret = await hooked_key(receiver)
+    receiver.respond_with(500, 500)  # execution.started fails twice before it gets through
+
+    await start(client, secret)
+    await run_worker()
+
+    requests = await receiver.wait_for(4)
+    assert [r.headers["x-webhook-event"] for r in requests] == [
+        "execution.started",
+        "execution.started",
+        "execution.started",
+        "execution.pending_approval",
+    ]
+
+
+async def test_a_receiver_that_is_down_never_delays_or_fails_the_run(
+    client: httpx.AsyncClient, run_worker: Any
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    secret = (await create_key(webhook_url=f"http://127.0.0.1:{port}/nobody")).secret
+
+    execution_id = await run_to_completion(client, secret, run_worker)
+
+    status = (
+        await client.get(f"{PUBLIC}/executions/{execution_id}/status", headers=auth(secret))
+    ).json()
+    assert status["status"] == "completed"
+    events = await WebhookEvent.select(WebhookEvent.event, WebhookEvent.status).order_by(
+        WebhookEvent.sequence
+    )
+    assert events == [
+        {"event": e, "status": "failed"}
+        for e in ("execution.started", "execution.pending_approval", "execution.completed")
+    ]
+    assert await WebhookAttempt.count() == 12  # 4 attempts each, all logged
+    attempt = await WebhookAttempt.select(WebhookAttempt.error).first()
+    assert attempt is not None and attempt["error"].startswith("ConnectError")
+
+
+def flowgate(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "web.cli", *args], capture_output=True, text=True, check=False
+    )
+
+
+async def test_redelivery_sends_the_same_event_again_and_the_log_shows_it(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: Any
+) -> None:
+    secret = await hooked_key(receiver, webhook_events=["execution.started"])
+    execution_id = await start(client, secret)
+    await run_worker()
+    (first,) = await receiver.wait_for(1)
+    event = await WebhookEvent.select(WebhookEvent.id).first()
+    assert event is not None
+
+    result = flowgate("webhooks", "redeliver", str(event["id"]))
+    assert result.returncode == 0, result.stderr
+    await run_worker()
+
+    second = (await receiver.wait_for(2))[1]
+    assert second.headers["webhook-id"] == first.headers["webhook-id"] == str(event["id"])
+    assert second.body == first.body
+    assert second.headers["x-webhook-signature"] == first.headers["x-webhook-signature"]
+    listed = flowgate("webhooks", "list", "--execution", execution_id, "--json")
+    assert listed.returncode == 0, listed.stderr
+    (logged,) = json.loads(listed.stdout)
+    assert logged["event"] == "execution.started"
+    assert logged["status"] == "delivered"
+    assert [a["attempt_number"] for a in logged["attempts_log"]] == [1, 2]
+    assert [a["status_code"] for a in logged["attempts_log"]] == [200, 200]
+    text = flowgate("webhooks", "list", "--execution", execution_id)
+    assert "attempt 2" in text.stdout and SECRET not in text.stdout
+
+
+def test_webhook_urls_must_be_https_and_public_unless_allowed() -> None:
+    strict = {"allow_http": False, "allow_private": False}
+    assert webhooks.check_url("https://hooks.example.com/x", **strict) == (
+        "https://hooks.example.com/x"
+    )
+    for url, message in [
+        ("ftp://hooks.example.com", "Webhook URL must be an http:// or https:// URL with a host"),
+        ("https://", "Webhook URL must be an http:// or https:// URL with a host"),
+        ("http://hooks.example.com", "Webhook URL must use https"),
+        ("https://127.0.0.1/x", "Webhook URL must not point to a private or loopback address"),
+        ("https://10.1.2.3/x", "Webhook URL must not point to a private or loopback address"),
+        ("https://[::1]/x", "Webhook URL must not point to a private or loopback address"),
+        ("https://localhost/x", "Webhook URL must not point to a private or loopback address"),
+        ("https://169.254.169.254/", "Webhook URL must not point to a private or loopback address"),
+    ]:
+        with pytest.raises(InvalidInput) as refused:
+            webhooks.check_url(url, **strict)
+        assert refused.value.message == message, url
+    assert webhooks.check_url("http://127.0.0.1:9/x", allow_http=True, allow_private=True)
+
+
+async def test_a_host_name_resolving_to_loopback_is_refused_when_sending(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: Any
+) -> None:
+    name = socket.gethostname()
+    try:
+        address = socket.getaddrinfo(name, 80)[0][4][0]
+    except OSError:
+        pytest.skip(f"this machine's name {name!r} does not resolve")
+    if webhooks.is_public_address(str(address)):
+        pytest.skip(f"{name!r} resolves to a public address here")
+    port = receiver.url.split(":")[2].split("/")[0]
+    secret = await hooked_key(receiver, webhook_url=f"http://{name}:{port}/hooks")
+    strict = dataclasses.replace(get_settings(), webhook_allow_private=False)
+
+    await start(client, secret)
+    await run_worker(settings=strict)
+
+    assert receiver.requests == []
+    attempt = await WebhookAttempt.select(WebhookAttempt.error).first()
+    assert attempt is not None
+    assert attempt["error"] == (
+        f"Refused: {name} resolves to a private or loopback address ({address})"
+    )
+
+
+async def test_creating_a_key_checks_its_webhook_url(client: httpx.AsyncClient) -> None:
+    with pytest.raises(InvalidInput):
+        await create_key(webhook_url="gopher://example.com")
+    with pytest.raises(InvalidInput):
+        await create_key(webhook_events=["execution.exploded"])

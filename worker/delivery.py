@@ -1,0 +1,123 @@
+"""Sends one webhook attempt over httpx and records it (web.domain.webhooks builds, this sends).
+
+A receiver that is slow, down or wrong only ever costs this job: the timeout bounds each
+attempt, and the execution that produced the event never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import httpx
+
+from web.domain import webhooks
+from web.domain.webhooks import AttemptResult, Delivery
+from web.settings import Settings
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """`retry_in` seconds when the event should be tried again; `next_event` to queue after a
+    finished one (events of an execution go out in order)."""
+
+    state: str
+    retry_in: float | None = None
+    next_event: UUID | None = None
+
+
+async def _refusal(url: str, settings: Settings) -> str | None:
+    """Why `url` may not be called now (rules of web.domain.webhooks.check_url, plus the DNS
+    answer of a host name), or None."""
+    try:
+        webhooks.check_url(
+            url,
+            allow_http=settings.webhook_allow_http,
+            allow_private=settings.webhook_allow_private,
+        )
+    except Exception as exc:  # InvalidInput: the URL no longer passes the rules
+        return f"Refused: {exc}"
+    if settings.webhook_allow_private:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"DNS lookup of {host} failed: {exc}"
+    for *_, sockaddr in answers:
+        address = str(sockaddr[0])
+        if not webhooks.is_public_address(address):
+            return f"Refused: {host} resolves to a private or loopback address ({address})"
+    return None
+
+
+async def _attempt(
+    http: httpx.AsyncClient, delivery: Delivery, settings: Settings
+) -> AttemptResult:
+    url = delivery.url or ""
+    started = time.monotonic()
+
+    def result(status: int | None, error: str | None, body: str | None) -> AttemptResult:
+        elapsed = int((time.monotonic() - started) * 1000)
+        return AttemptResult(url, status, elapsed, error, body)
+
+    if not url:
+        return result(None, "No webhook URL is configured for this API key", None)
+    refusal = await _refusal(url, settings)
+    if refusal:
+        return result(None, refusal, None)
+    body = delivery.payload.encode()
+    headers = webhooks.delivery_headers(
+        delivery.event,
+        str(delivery.execution_id),
+        str(delivery.event_id),
+        body,
+        delivery.secret,
+        int(time.time()),
+    )
+    try:
+        async with http.stream(
+            "POST",
+            url,
+            content=body,
+            headers=headers,
+            timeout=settings.webhook_timeout_seconds,
+            follow_redirects=False,
+        ) as response:
+            received = b""
+            async for chunk in response.aiter_bytes():
+                received += chunk
+                if len(received) >= webhooks.RESPONSE_BODY_LIMIT:
+                    break
+            text = received[: webhooks.RESPONSE_BODY_LIMIT].decode("utf-8", "replace")
+            return result(response.status_code, None, text)
+    except httpx.TimeoutException:
+        return result(None, f"Timed out after {settings.webhook_timeout_seconds:g} s", None)
+    except httpx.HTTPError as exc:
+        return result(
+            None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, None
+        )
+
+
+async def deliver(http: httpx.AsyncClient, event_id: UUID, settings: Settings) -> Outcome:
+    """One attempt at `event_id`. Attempts 1..n+1 follow settings.webhook_retry_delays (n of
+    them); after the last, the event is given up as failed."""
+    delivery = await webhooks.load_delivery(event_id)
+    if delivery is None or delivery.status != "pending":
+        return Outcome("nothing to do")
+    result = await _attempt(http, delivery, settings)
+    delays = settings.webhook_retry_delays
+    attempt = delivery.attempts + 1  # in this delivery cycle
+    final = result.ok or attempt > len(delays)
+    next_event = await webhooks.record_attempt(delivery, result, final=final)
+    if result.ok:
+        return Outcome("delivered", next_event=next_event)
+    if final:
+        return Outcome("failed", next_event=next_event)
+    return Outcome("retry", retry_in=delays[attempt - 1])
