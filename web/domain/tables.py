@@ -41,6 +41,9 @@ class ApiKey(Table, tablename="api_key"):
     created_at = Timestamptz(default=TimestamptzNow())
     last_used_at = Timestamptz(null=True, default=None)
     revoked_at = Timestamptz(null=True, default=None)
+    # Rotation: the replaced secret's hash keeps working until previous_key_expires_at.
+    previous_key_hash = Varchar(length=64, null=True, default=None, index=True)
+    previous_key_expires_at = Timestamptz(null=True, default=None)
 
 
 class ApiKeyUsage(Table, tablename="api_key_usage"):
@@ -109,6 +112,13 @@ class ExecutionRow(Table, tablename="execution_row"):
     compliance_status = Varchar(length=16, null=True, default=None)
     compliance_reasons = JSONB(default="[]")
     decision = Varchar(length=16, null=True, default=None)
+    decided_by = Varchar(length=200, null=True, default=None)
+    decided_at = Timestamptz(null=True, default=None)
+    # A reviewer's edit of the generated message: original_content keeps what was generated.
+    edited_by = Varchar(length=200, null=True, default=None)
+    edited_at = Timestamptz(null=True, default=None)
+    # Token usage of the content provider for this row ({prompt_tokens, completion_tokens, ...}).
+    content_usage = JSONB(null=True, default=None)
     send_status = Varchar(length=16, null=True, default=None)
     message_id = Varchar(length=200, null=True, default=None)
     error = Text(null=True, default=None)
@@ -161,3 +171,15 @@ class WebhookAttempt(Table, tablename="webhook_attempt"):
     error = Text(null=True, default=None)
     response_body = Text(null=True, default=None)  # the first 1 KiB
     created_at = Timestamptz(default=TimestamptzNow())
+
+
+class User(Table, tablename="dashboard_user"):
+    """A person who signs in to the dashboard: `admin` or `reviewer`."""
+
+    id = UUID(primary_key=True)
+    email = Varchar(length=320, unique=True, index=True)
+    password_hash = Text()  # argon2
+    role = Varchar(length=16, default="reviewer")
+    active = Boolean(default=True)
+    created_at = Timestamptz(default=TimestamptzNow())
+    last_login_at = Timestamptz(null=True, default=None)
