@@ -11,8 +11,15 @@ export PICCOLO_CONF=piccolo_conf
 export FLOWGATE_WEBHOOK_ALLOW_HTTP=${FLOWGATE_WEBHOOK_ALLOW_HTTP:-true}
 export FLOWGATE_WEBHOOK_ALLOW_PRIVATE=${FLOWGATE_WEBHOOK_ALLOW_PRIVATE:-true}
 
+# One secret for every process of this checkout (CSRF tokens), kept across restarts.
+if [ ! -s .dev/secret-key ]; then
+    (umask 077 && "$bin/python" -c 'import secrets; print(secrets.token_hex(32))' > .dev/secret-key)
+fi
+export FLOWGATE_SECRET_KEY=${FLOWGATE_SECRET_KEY:-$(cat .dev/secret-key)}
+
 "$bin/flowgate" migrate >/dev/null
 key=$("$bin/flowgate" dev-key .dev/demo-api-key)
+admin=$("$bin/flowgate" dev-admin)
 
 pids=()
 stop() {
@@ -38,6 +45,8 @@ cat <<MSG
 
   flowgate is running.
     API base URL   $base
+    Dashboard      http://localhost:$port/dashboard
+$admin
     OpenAPI schema http://localhost:$port/schema
     Demo API key   $key   (saved in .dev/demo-api-key)
 

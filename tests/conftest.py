@@ -43,6 +43,7 @@ os.environ.setdefault("FLOWGATE_WEBHOOK_ALLOW_HTTP", "true")
 os.environ.setdefault("FLOWGATE_WEBHOOK_ALLOW_PRIVATE", "true")
 os.environ.setdefault("FLOWGATE_WEBHOOK_RETRY_DELAYS", "0.1,0.5,1.5")
 os.environ.setdefault("FLOWGATE_WEBHOOK_TIMEOUT_SECONDS", "1")
+os.environ.setdefault("FLOWGATE_SECRET_KEY", "test-secret-key-for-csrf-tokens-only")
 
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
@@ -54,7 +55,7 @@ from litestar import Litestar  # noqa: E402
 from tests import factories  # noqa: E402
 from tests.receiver import Receiver  # noqa: E402
 from web.app import create_app  # noqa: E402
-from web.domain import clock, workflows  # noqa: E402
+from web.domain import clock, users, workflows  # noqa: E402
 from web.settings import get_settings  # noqa: E402
 
 TABLES = (
@@ -156,3 +157,30 @@ def receiver() -> Iterator[Receiver]:
     server = Receiver().start()
     yield server
     server.stop()
+
+
+async def _signed_in(app: Litestar, role: str) -> AsyncIterator[httpx.AsyncClient]:
+    email = f"{role}@example.com"
+    await users.create_user(email, factories.PASSWORD, role)
+    async with (
+        factories.serving(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver.local"
+        ) as browser,
+    ):
+        await factories.sign_in(browser, email)
+        yield browser
+
+
+@pytest.fixture
+async def admin_client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """A dashboard session of an admin (admin@example.com)."""
+    async for browser in _signed_in(app, "admin"):
+        yield browser
+
+
+@pytest.fixture
+async def reviewer_client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """A dashboard session of a reviewer (reviewer@example.com)."""
+    async for browser in _signed_in(app, "reviewer"):
+        yield browser

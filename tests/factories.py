@@ -124,6 +124,33 @@ async def serving(app: Litestar) -> AsyncIterator[None]:
         await task
 
 
+PASSWORD = "correct horse battery staple"
+CSRF_COOKIE = "flowgate_csrf"
+
+
+async def csrf_token(browser: httpx.AsyncClient, page: str = "/dashboard/login") -> str:
+    """The CSRF token of this browser (double-submit: the cookie's value goes in the form)."""
+    if CSRF_COOKIE not in browser.cookies:
+        await browser.get(page)
+    return str(browser.cookies[CSRF_COOKIE])
+
+
+async def post_form(
+    browser: httpx.AsyncClient, url: str, data: dict[str, str] | None = None, **kwargs: Any
+) -> Response:
+    """A plain HTML form post, CSRF token included, without following the redirect."""
+    form = {"_csrf_token": await csrf_token(browser), **(data or {})}
+    return await browser.post(url, data=form, **kwargs)
+
+
+async def sign_in(browser: httpx.AsyncClient, email: str, password: str = PASSWORD) -> Response:
+    response = await post_form(
+        browser, "/dashboard/login", {"email": email, "password": password, "next": "/dashboard"}
+    )
+    assert response.status_code == 303, response.text
+    return response
+
+
 class WorkerRunner:
     def __init__(self, redis: ArqRedis) -> None:
         self.redis = redis

@@ -8,18 +8,27 @@ from pathlib import Path
 from typing import Any
 
 from arq.connections import ArqRedis
-from litestar import Litestar, Router, get
+from litestar import Litestar, Request, Response, Router, get
+from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.middleware.session.server_side import ServerSideSessionConfig
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.flash import FlashConfig, FlashPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
-from litestar.response import Template
+from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
+from litestar.stores.redis import RedisStore
 from litestar.template import TemplateConfig
 
 from web.api.errors import EXCEPTION_HANDLERS
 from web.api.executions import PublicExecutionsController
 from web.api.limit_headers import limit_headers_middleware
+from web.dashboard.auth import LoginRequired
+from web.dashboard.errors import error_page, redirect_to_login
+from web.dashboard.router import dashboard_router
+from web.dashboard.templating import register_template_helpers
 from web.domain import health as health_checks
 from web.domain import queue
 from web.logs import configure_logging
@@ -73,13 +82,38 @@ async def health(state: State) -> dict[str, Any]:
 
 
 @get("/", include_in_schema=False)
-async def index() -> Template:
-    return Template(template_name="index.html", context={"api_base": PUBLIC_API_PATH})
+async def index() -> Redirect:
+    return Redirect("/dashboard", status_code=303)
+
+
+def _by_path(api_handler: Any, page_handler: Any) -> Any:
+    """Errors under /dashboard are pages; everywhere else, the public API's JSON shape."""
+
+    def handle(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        if request.url.path.startswith("/dashboard"):
+            return page_handler(request, exc)  # type: ignore[no-any-return]
+        return api_handler(request, exc)  # type: ignore[no-any-return]
+
+    return handle
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    template_config = TemplateConfig(
+        directory=ROOT / "templates",
+        engine=JinjaTemplateEngine,
+        engine_callback=register_template_helpers,
+    )
+    sessions = ServerSideSessionConfig(
+        store="sessions",
+        key="flowgate_session",
+        max_age=settings.session_max_age_seconds,
+        secure=settings.cookie_secure,
+        httponly=True,
+        samesite="lax",
+        exclude=["^/api/", "^/static/", "^/schema", "^/health"],
+    )
     public_api = Router(
         path=PUBLIC_API_PATH,
         route_handlers=[PublicExecutionsController],
@@ -88,19 +122,32 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             public_api,
+            dashboard_router(),
             health,
             index,
             create_static_files_router(path="/static", directories=[ROOT / "static"]),
         ],
+        middleware=[sessions.middleware],
+        stores={"sessions": RedisStore.with_client(url=settings.redis_url, namespace="flowgate")},
+        csrf_config=CSRFConfig(
+            secret=settings.secret_key,
+            cookie_name="flowgate_csrf",
+            cookie_secure=settings.cookie_secure,
+            exclude=["^/api/"],
+        ),
+        plugins=[FlashPlugin(config=FlashConfig(template_config=template_config))],
         state=State({"settings": settings}),
         dependencies={
             "settings": Provide(provide_settings, sync_to_thread=False),
             "arq": Provide(provide_arq, sync_to_thread=False),
         },
         lifespan=[database, job_queue],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers={
+            LoginRequired: _by_path(EXCEPTION_HANDLERS[HTTPException], redirect_to_login),
+            **{kind: _by_path(handler, error_page) for kind, handler in EXCEPTION_HANDLERS.items()},
+        },
         request_max_body_size=settings.max_body_bytes,
-        template_config=TemplateConfig(directory=ROOT / "templates", engine=JinjaTemplateEngine),
+        template_config=template_config,
         openapi_config=OpenAPIConfig(
             title="flowgate public API",
             version="1.0.0",

@@ -16,7 +16,7 @@ from uuid import UUID
 
 os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
 
-from web.domain import api_keys, queue, webhooks, workflows
+from web.domain import api_keys, queue, users, webhooks, workflows
 from web.domain.errors import DomainError
 from web.settings import get_settings
 
@@ -164,6 +164,30 @@ def _uuid(value: str, what: str) -> UUID:
         raise DomainError(f"not a valid {what}: {value!r}") from None
 
 
+async def users_create(args: argparse.Namespace) -> int:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        generated = False
+    else:
+        password = users.generate_password()
+        generated = True
+    user = await users.create_user(args.email, password, args.role)
+    print(f"Created {user.role} {user.email} (id {user.id}).")
+    if generated:
+        print(f"Password (shown once): {password}")
+    return 0
+
+
+async def dev_admin(_: argparse.Namespace) -> int:
+    """For `make run`: on an empty database, create a demo admin and print its login once."""
+    if await users.count_users():
+        return 0
+    password = users.generate_password()
+    user = await users.create_user("admin@flowgate.local", password, "admin")
+    print(f"    Dashboard login {user.email} / {password}   (shown once)")
+    return 0
+
+
 async def dev_key(args: argparse.Namespace) -> int:
     """For `make run`: reuse the demo key saved in PATH while it still works, else make one."""
     path = Path(args.path)
@@ -268,6 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = hooks.add_parser("redeliver", help="send an event again (same webhook-id)")
     p.add_argument("event_id", metavar="EVENT_ID")
     p.set_defaults(async_handler=webhooks_redeliver)
+
+    people = sub.add_parser("users", help="dashboard users").add_subparsers(
+        dest="users_command", required=True
+    )
+    p = people.add_parser("create", help="create a dashboard user")
+    p.add_argument("--email", required=True)
+    p.add_argument("--role", required=True, choices=["admin", "reviewer"])
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (default: generate one and print it once)",
+    )
+    p.set_defaults(async_handler=users_create)
+
+    p = sub.add_parser("dev-admin", help=argparse.SUPPRESS)
+    p.set_defaults(async_handler=dev_admin)
 
     p = sub.add_parser("dev-key", help=argparse.SUPPRESS)
     p.add_argument("path")

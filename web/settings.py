@@ -5,7 +5,9 @@ Plain Python: imported by the web app, the worker and the CLI alike; never impor
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -23,6 +25,18 @@ def _bool(name: str, default: bool) -> bool:
     if value is None:
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _secret_key() -> str:
+    value = os.environ.get("FLOWGATE_SECRET_KEY")
+    if value:
+        return value
+    # Good for one process only (tokens signed by one process fail in another): scripts/run.sh
+    # sets a persistent one, production must set FLOWGATE_SECRET_KEY.
+    logging.getLogger("flowgate.settings").warning(
+        "FLOWGATE_SECRET_KEY is not set: using a random key for this process only"
+    )
+    return secrets.token_hex(32)
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,10 @@ class Settings:
     webhook_retry_delays: tuple[float, ...]
     webhook_allow_http: bool
     webhook_allow_private: bool
+    # Dashboard: signs CSRF tokens; every web process of a deployment needs the same value.
+    secret_key: str
+    cookie_secure: bool
+    session_max_age_seconds: int
 
 
 @lru_cache(maxsize=1)
@@ -81,4 +99,7 @@ def get_settings() -> Settings:
         ),
         webhook_allow_http=_bool("FLOWGATE_WEBHOOK_ALLOW_HTTP", False),
         webhook_allow_private=_bool("FLOWGATE_WEBHOOK_ALLOW_PRIVATE", False),
+        secret_key=_secret_key(),
+        cookie_secure=_bool("FLOWGATE_COOKIE_SECURE", False),
+        session_max_age_seconds=_int("FLOWGATE_SESSION_MAX_AGE_SECONDS", 12 * 3600),
     )

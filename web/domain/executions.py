@@ -352,3 +352,79 @@ async def require_status(execution_id: UUID, expected: ExecutionStatus) -> None:
         raise NotFound(EXECUTION_NOT_FOUND)
     if status != expected:
         raise Conflict(f"Execution is not {expected.replace('_', ' ')} (status: {status})")
+
+
+# --- reading for the dashboard --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecutionFilters:
+    status: str | None = None
+    workflow: str | None = None
+    api_key: UUID | None = None
+    created_from: datetime | None = None
+    created_before: datetime | None = None
+
+
+async def list_executions(
+    filters: ExecutionFilters, page: int, per_page: int
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of executions, newest first, and how many match in all."""
+    conditions = []
+    if filters.status:
+        conditions.append(Execution.status == filters.status)
+    if filters.workflow:
+        conditions.append(Execution.workflow == filters.workflow)
+    if filters.api_key:
+        conditions.append(Execution.api_key == filters.api_key)
+    if filters.created_from:
+        conditions.append(Execution.created_at >= filters.created_from)
+    if filters.created_before:
+        conditions.append(Execution.created_at < filters.created_before)
+    query = Execution.select(
+        Execution.id,
+        Execution.workflow,
+        Execution.api_key.name.as_alias("key_name"),
+        Execution.status,
+        Execution.approval_status,
+        Execution.row_count,
+        Execution.created_at,
+        Execution.completed_at,
+    )
+    count = Execution.count()
+    if conditions:
+        query = query.where(*conditions)
+        count = count.where(*conditions)
+    rows = (
+        await query.order_by(Execution.created_at, ascending=False)
+        .limit(per_page)
+        .offset((page - 1) * per_page)
+    )
+    return rows, int(await count)
+
+
+async def get_detail(execution_id: UUID) -> dict[str, Any]:
+    """Everything the dashboard shows about one execution; NotFound if there is none."""
+    row = (
+        await Execution.select(
+            *Execution.all_columns(exclude=[Execution.lease_token]),
+            Execution.api_key.name.as_alias("key_name"),
+        )
+        .where(Execution.id == execution_id)
+        .output(load_json=True)
+        .first()
+    )
+    if row is None:
+        raise NotFound(EXECUTION_NOT_FOUND)
+    result: dict[str, Any] = row
+    return result
+
+
+async def list_rows(execution_id: UUID) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = (
+        await ExecutionRow.select()
+        .where(ExecutionRow.execution == execution_id)
+        .order_by(ExecutionRow.position)
+        .output(load_json=True)
+    )
+    return rows

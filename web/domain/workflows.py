@@ -1,11 +1,25 @@
-"""Workflow definitions as data: the step types, their settings, the seeded BFSI template, and
-the checks that decide whether a key may run a workflow. Imports only web.domain and Piccolo."""
+"""Workflow definitions as data: the step types and the schema of their settings, reading and
+writing definitions as YAML or JSON files, the seeded BFSI template (workflows/ at the root of the
+repository), and the checks that decide whether a key may run a workflow.
+
+Secrets never appear in a definition: provider settings name the environment variable that holds
+them (`api_key_env`, `access_token_env`, `token_env`), and the worker reads it when it runs.
+Imports only web.domain, Piccolo and PyYAML.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from web.domain import clock
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Forbidden, InvalidInput, NotFound
 from web.domain.tables import Workflow
@@ -14,75 +28,312 @@ STEP_TYPES = ("generate_content", "compliance_check", "approval", "send_message"
 
 BFSI_WORKFLOW_ID = "workflow_bfsi_marketing_template"
 
-_BFSI_MESSAGE = (
-    "Dear {{ (name or 'Customer').split(' ')[0] }}, "
-    "{% set score = credit_score | default(0) | int(0) %}"
-    "{% if score >= 750 %}as a valued customer you are pre-approved for our Platinum credit card"
-    "{% elif score >= 650 %}you qualify for a personal loan at a special rate"
-    "{% else %}start building your credit with our secured card{% endif %}"
-    "{% if income_bracket %} matched to your income bracket ({{ income_bracket }}){% endif %}"
-    "{% if city %}. Visit your nearest {{ city }} branch or reply YES to learn more"
-    "{% else %}. Reply YES to learn more{% endif %}. "
-    "T&C apply. Reply STOP to opt out."
-)
+# The repository's workflows/ folder (the package is installed editable, as `make` does).
+WORKFLOWS_DIR = Path(__file__).resolve().parents[2] / "workflows"
+BFSI_TEMPLATE_PATH = WORKFLOWS_DIR / "bfsi_marketing_template.yaml"
 
-BFSI_TEMPLATE: dict[str, Any] = {
-    "id": BFSI_WORKFLOW_ID,
-    "name": "BFSI Marketing Campaign",
-    "description": (
-        "Generate a personalised WhatsApp offer per customer, check it for compliance, "
-        "wait for a reviewer's approval, then send the approved messages."
-    ),
-    "active": True,
-    "required_fields": ["customerId", "name", "phone"],
-    "steps": [
-        {
-            "name": "Generate personalised message",
-            "type": "generate_content",
-            "settings": {"provider": "template", "template": _BFSI_MESSAGE},
-        },
-        {
-            "name": "Compliance check",
-            "type": "compliance_check",
-            "settings": {
-                "banned_phrases": [
-                    "guaranteed returns",
-                    "risk-free",
-                    "risk free",
-                    "100% guaranteed",
-                    "no risk",
-                    "double your money",
-                ],
-                "required_text": ["Reply STOP to opt out"],
-                "max_length": 1000,
-                "phone_field": "phone",
-                "required_fields": ["customerId", "name", "phone"],
-            },
-        },
-        {
-            "name": "Manual approval",
-            "type": "approval",
-            "settings": {
-                "title": "Review Generated WhatsApp Messages",
-                "description": "Please review the AI-generated content",
-                "allowBulkApproval": True,
-                "requireComment": False,
-                "displayFields": [
-                    "customerId",
-                    "name",
-                    "phone",
-                    "generated_content",
-                    "compliance_status",
-                ],
-            },
-        },
-        {
-            "name": "Send WhatsApp message",
-            "type": "send_message",
-            "settings": {"channel": "whatsapp", "provider": "sandbox", "to_field": "phone"},
-        },
-    ],
+FILE_FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
+
+
+class InvalidDefinition(InvalidInput):
+    """A workflow definition with problems, each naming its exact path
+    (`steps[2].settings.model: required`). The message is all of them, joined by "; "."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+# --- the schema ------------------------------------------------------------------------------
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_WORKFLOW_ID = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its kind, whether it is required, and the bounds of its value.
+
+    Kinds: "string", "text" (a non-empty string, e.g. a template), "id" (a string or an integer,
+    as YAML reads unquoted digits), "url" (http or https), "env" (the NAME of an environment
+    variable), "integer", "number", "boolean", "strings" (a list of strings), "headers" (a map of
+    strings) and "object" (checked against `fields`).
+    """
+
+    kind: str
+    required: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    fields: Mapping[str, Setting] = field(default_factory=dict)
+
+
+# How an HTTP provider calls out: per-request timeout, retries on 429/5xx, concurrency.
+_HTTP_CALLS = {
+    "concurrency": Setting("integer", minimum=1, maximum=64),
+    "timeout_seconds": Setting("number", minimum=0.001, maximum=600),
+    "max_retries": Setting("integer", minimum=0, maximum=10),
+    "retry_backoff_seconds": Setting("number", minimum=0, maximum=600),
+    "max_retry_wait_seconds": Setting("number", minimum=0, maximum=3600),
 }
+
+CONTENT_PROVIDERS: dict[str, dict[str, Setting]] = {
+    "template": {"template": Setting("text", required=True)},
+    "openai_compatible": {
+        "base_url": Setting("url", required=True),
+        "model": Setting("text", required=True),
+        "api_key_env": Setting("env", required=True),
+        "prompt_template": Setting("text", required=True),
+        "system_prompt": Setting("string"),
+        "temperature": Setting("number", minimum=0, maximum=2),
+        "max_tokens": Setting("integer", minimum=1),
+        **_HTTP_CALLS,
+    },
+}
+
+MESSAGING_PROVIDERS: dict[str, dict[str, Setting]] = {
+    "sandbox": {},
+    "whatsapp_cloud": {
+        "phone_number_id": Setting("id", required=True),
+        "access_token_env": Setting("env", required=True),
+        "base_url": Setting("url"),
+        "template": Setting(
+            "object",
+            fields={
+                "name": Setting("text", required=True),
+                "language": Setting("text", required=True),
+                "body_parameters": Setting("strings"),
+            },
+        ),
+        **_HTTP_CALLS,
+    },
+    "http": {
+        "url": Setting("url", required=True),
+        "token_env": Setting("env"),
+        "headers": Setting("headers"),
+        **_HTTP_CALLS,
+    },
+}
+
+# Settings of each step type whatever its provider; `provider` picks the rest from above.
+STEP_SETTINGS: dict[str, dict[str, Setting]] = {
+    "generate_content": {"provider": Setting("string", choices=tuple(CONTENT_PROVIDERS))},
+    "compliance_check": {
+        "banned_phrases": Setting("strings"),
+        "required_text": Setting("strings"),
+        "max_length": Setting("integer", minimum=1),
+        "phone_field": Setting("string"),
+        "required_fields": Setting("strings"),
+    },
+    "approval": {
+        "title": Setting("string"),
+        "description": Setting("string"),
+        "allowBulkApproval": Setting("boolean"),
+        "requireComment": Setting("boolean"),
+        "displayFields": Setting("strings"),
+    },
+    "send_message": {
+        "provider": Setting("string", choices=tuple(MESSAGING_PROVIDERS)),
+        "channel": Setting("string", choices=("whatsapp",)),
+        "to_field": Setting("string"),
+        "batch_size": Setting("integer", minimum=1, maximum=1000),
+    },
+}
+DEFAULT_PROVIDERS = {"generate_content": "template", "send_message": "sandbox"}
+PROVIDERS = {"generate_content": CONTENT_PROVIDERS, "send_message": MESSAGING_PROVIDERS}
+
+_TOP_LEVEL = {
+    "id": Setting("string", required=True),
+    "name": Setting("text", required=True),
+    "description": Setting("string"),
+    "active": Setting("boolean"),
+    "required_fields": Setting("strings"),
+    "steps": Setting("list", required=True),
+}
+_STEP_KEYS = ("name", "type", "settings")
+
+
+def _kind_problem(setting: Setting, value: Any) -> str | None:
+    """Why `value` is not of the setting's kind (and bounds), or None."""
+    kind = setting.kind
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if kind in ("string", "text", "url", "env") and not isinstance(value, str):
+        return "must be a string"
+    if kind == "text" and not value.strip():
+        return "must not be empty"
+    if kind == "id" and (
+        isinstance(value, bool) or not isinstance(value, str | int) or value == ""
+    ):
+        return "must be a string"
+    if kind == "url" and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        return "must be an http:// or https:// URL"
+    if kind == "env" and not _ENV_NAME.fullmatch(value):
+        return (
+            "must be the name of an environment variable (such as OPENAI_API_KEY), "
+            "never the secret itself"
+        )
+    if kind == "integer" and (not number or not float(value).is_integer()):
+        return "must be an integer"
+    if kind == "number" and not number:
+        return "must be a number"
+    if kind == "boolean" and not isinstance(value, bool):
+        return "must be true or false"
+    if kind == "strings" and (
+        not isinstance(value, list) or not all(isinstance(item, str) for item in value)
+    ):
+        return "must be a list of strings"
+    if kind == "headers" and (
+        not isinstance(value, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    ):
+        return "must be a map of header names to strings"
+    if kind == "object" and not isinstance(value, dict):
+        return "must be an object"
+    if kind == "list" and not isinstance(value, list):
+        return "must be a list"
+    if setting.choices and value not in setting.choices:
+        return f"must be one of {', '.join(setting.choices)}"
+    if number and kind in ("integer", "number"):
+        if setting.minimum is not None and value < setting.minimum:
+            return f"must be at least {setting.minimum:g}"
+        if setting.maximum is not None and value > setting.maximum:
+            return f"must be at most {setting.maximum:g}"
+    return None
+
+
+def _check_fields(
+    values: Mapping[str, Any], schema: Mapping[str, Setting], path: str, what: str
+) -> list[str]:
+    """Problems of an object against its schema: required fields, kinds, unknown fields."""
+    prefix = f"{path}." if path else ""
+    problems = [
+        f"{prefix}{name}: required"
+        for name, setting in schema.items()
+        if setting.required and values.get(name) is None
+    ]
+    for name, value in values.items():
+        setting = schema.get(name)
+        if setting is None:
+            problems.append(f"{prefix}{name}: unknown {what}")
+            continue
+        if value is None:
+            continue
+        problem = _kind_problem(setting, value)
+        if problem:
+            problems.append(f"{prefix}{name}: {problem}")
+        elif setting.kind == "object":
+            problems.extend(_check_fields(value, setting.fields, f"{prefix}{name}", "field"))
+    return problems
+
+
+def _step_problems(index: int, step: Any) -> list[str]:
+    path = f"steps[{index}]"
+    if not isinstance(step, dict):
+        return [f"{path}: must be an object"]
+    problems = [f"{path}.{key}: unknown field" for key in step if key not in _STEP_KEYS]
+    if "name" in step and not isinstance(step["name"], str):
+        problems.append(f"{path}.name: must be a string")
+    kind = step.get("type")
+    if kind is None:
+        return [*problems, f"{path}.type: required"]
+    if kind not in STEP_TYPES:
+        return [*problems, f"{path}.type: must be one of {', '.join(STEP_TYPES)}"]
+    settings = step.get("settings", {})
+    if not isinstance(settings, dict):
+        return [*problems, f"{path}.settings: must be an object"]
+    schema = dict(STEP_SETTINGS[kind])
+    what = f"setting of {kind}"
+    if kind in PROVIDERS:
+        provider = settings.get("provider", DEFAULT_PROVIDERS[kind])
+        if provider in PROVIDERS[kind]:
+            schema.update(PROVIDERS[kind][provider])
+            what = f"setting of the {provider} provider"
+    return [*problems, *_check_fields(settings, schema, f"{path}.settings", what)]
+
+
+def definition_problems(definition: Any) -> list[str]:
+    """Every problem of a workflow definition, each naming its exact path; [] when valid."""
+    if not isinstance(definition, dict):
+        return ["the workflow must be an object (a YAML mapping)"]
+    problems = _check_fields(definition, _TOP_LEVEL, "", "field")
+    workflow_id = definition.get("id")
+    if isinstance(workflow_id, str) and not _WORKFLOW_ID.fullmatch(workflow_id):
+        problems.append(
+            "id: must be 1 to 200 letters, digits, '_', '-' or '.' (e.g. workflow_my_campaign)"
+        )
+    steps = definition.get("steps")
+    if isinstance(steps, list):
+        if not steps:
+            problems.append("steps: must not be empty")
+        for index, step in enumerate(steps):
+            problems.extend(_step_problems(index, step))
+        approvals = [
+            i for i, s in enumerate(steps) if isinstance(s, dict) and s.get("type") == "approval"
+        ]
+        if len(approvals) > 1:
+            problems.append(f"steps[{approvals[1]}]: a workflow has at most one approval step")
+    return problems
+
+
+def check_definition(definition: Any) -> None:
+    """Raise InvalidDefinition listing every problem of a workflow definition."""
+    problems = definition_problems(definition)
+    if problems:
+        raise InvalidDefinition(problems)
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def parse_definition(text: str, fmt: str) -> dict[str, Any]:
+    """A definition from YAML or JSON text, checked. InvalidInput on syntax or schema problems."""
+    try:
+        definition = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise InvalidDefinition([f"not valid {fmt.upper()}: {exc}"]) from None
+    check_definition(definition)
+    result: dict[str, Any] = definition
+    return result
+
+
+def read_definition_file(path: Path) -> dict[str, Any]:
+    """A definition from a .yaml, .yml or .json file, checked."""
+    fmt = FILE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InvalidInput(f"{path.name}: give a .yaml, .yml or .json file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse_definition(text, fmt)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (prompts, templates) as literal blocks, the way people write them."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def dump_definition(definition: dict[str, Any], fmt: str = "yaml") -> str:
+    """The definition as a file's text; parse_definition(dump_definition(d, f), f) == d."""
+    if fmt == "json":
+        return json.dumps(definition, indent=2, ensure_ascii=False) + "\n"
+    text: str = yaml.dump(
+        definition, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100
+    )
+    return text
+
+
+BFSI_TEMPLATE: dict[str, Any] = read_definition_file(BFSI_TEMPLATE_PATH)
+
+
+# --- stored workflows ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -92,38 +343,69 @@ class RunnableWorkflow:
     definition: dict[str, Any]
 
 
-def check_definition(definition: dict[str, Any]) -> None:
-    """Raise InvalidInput naming the first problem of a workflow definition."""
-    steps = definition.get("steps")
-    if not isinstance(steps, list) or not steps:
-        raise InvalidInput("steps: must be a non-empty list")
-    for index, step in enumerate(steps):
-        if not isinstance(step, dict):
-            raise InvalidInput(f"steps[{index}]: must be an object")
-        if step.get("type") not in STEP_TYPES:
-            raise InvalidInput(f"steps[{index}].type: must be one of {', '.join(STEP_TYPES)}")
-        if not isinstance(step.get("settings", {}), dict):
-            raise InvalidInput(f"steps[{index}].settings: must be an object")
-
-
 async def save_workflow(definition: dict[str, Any], *, replace: bool = True) -> bool:
-    """Create or (when `replace`) update a workflow; True if anything was written."""
+    """Create or (when `replace`) update a workflow; True if anything was written. Executions
+    already started keep the definition they started with (Execution.definition)."""
     check_definition(definition)
     exists = await Workflow.exists().where(Workflow.id == definition["id"])
     if exists and not replace:
         return False
     fields: dict[str, Any] = {
         "name": definition["name"],
-        "description": definition.get("description", ""),
+        "description": definition.get("description") or "",
         "active": definition.get("active", True),
-        "required_fields": list(definition.get("required_fields", [])),
+        "required_fields": list(definition.get("required_fields") or []),
         "steps": definition["steps"],
     }
     if exists:
-        await Workflow.update(**fields).where(Workflow.id == definition["id"])
+        await Workflow.update(**fields, updated_at=clock.now()).where(
+            Workflow.id == definition["id"]
+        )
     else:
         await Workflow.insert(Workflow(id=definition["id"], **fields))
     return True
+
+
+async def get_definition(workflow_id: str) -> dict[str, Any]:
+    """A stored workflow as a definition (what `workflows export` prints). NotFound if unknown."""
+    row = (
+        await Workflow.select(
+            Workflow.id,
+            Workflow.name,
+            Workflow.description,
+            Workflow.active,
+            Workflow.required_fields,
+            Workflow.steps,
+        )
+        .where(Workflow.id == workflow_id)
+        .output(load_json=True)
+        .first()
+    )
+    if row is None:
+        raise NotFound("Workflow not found")
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "description": row["description"],
+        "active": row["active"],
+        "required_fields": list(row["required_fields"] or []),
+        "steps": row["steps"],
+    }
+
+
+async def list_workflows() -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = (
+        await Workflow.select(
+            Workflow.id,
+            Workflow.name,
+            Workflow.active,
+            Workflow.steps,
+            Workflow.updated_at,
+        )
+        .order_by(Workflow.id)
+        .output(load_json=True)
+    )
+    return rows
 
 
 async def seed_workflows() -> bool:
@@ -170,10 +452,14 @@ async def get_runnable_workflow(workflow_id: str, key: AuthenticatedKey) -> Runn
     )
 
 
-def approval_settings(definition: dict[str, Any]) -> dict[str, Any]:
-    """The settings of the definition's first approval step ({} when it has none)."""
+def step_settings(definition: dict[str, Any], step_type: str) -> dict[str, Any]:
+    """The settings of the definition's first step of `step_type` ({} when it has none)."""
     for step in definition.get("steps", []):
-        if step.get("type") == "approval":
+        if step.get("type") == step_type:
             settings: dict[str, Any] = step.get("settings", {})
             return settings
     return {}
+
+
+def approval_settings(definition: dict[str, Any]) -> dict[str, Any]:
+    return step_settings(definition, "approval")

@@ -1,0 +1,25 @@
+// flowgate dashboard: dates in the viewer's local time, and copy buttons. No framework.
+(function () {
+  function localise(root) {
+    root.querySelectorAll("time[datetime]").forEach(function (el) {
+      var when = new Date(el.getAttribute("datetime"));
+      if (!isNaN(when)) {
+        el.title = el.getAttribute("datetime");
+        el.textContent = when.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+      }
+    });
+  }
+  function copy(event) {
+    var button = event.target.closest("[data-copy]");
+    if (!button) return;
+    var target = document.getElementById(button.getAttribute("data-copy"));
+    if (!target) return;
+    navigator.clipboard.writeText(target.textContent.trim()).then(function () {
+      button.textContent = "Copied";
+      setTimeout(function () { button.textContent = "Copy"; }, 1500);
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { localise(document); });
+  document.addEventListener("htmx:afterSwap", function (event) { localise(event.target); });
+  document.addEventListener("click", copy);
+})();

@@ -1,0 +1,144 @@
+"""Executions pages: the filterable list, the live status badge, and the detail page."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from arq.connections import ArqRedis
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery
+from litestar.response import Template
+
+from web.dashboard.auth import back_to, is_htmx, page, require_admin, require_user
+from web.domain import api_keys, executions, queue, webhooks
+from web.domain.errors import InvalidInput
+from web.domain.statuses import ExecutionStatus
+from web.domain.tables import Workflow
+
+PER_PAGE = 50
+LIVE = (ExecutionStatus.PENDING, ExecutionStatus.RUNNING)
+
+
+def _date(value: str | None, field: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise InvalidInput(f"{field} must be a date like 2025-10-23") from None
+
+
+def _uuid(value: str | None) -> UUID | None:
+    try:
+        return UUID(value) if value else None
+    except ValueError:
+        raise InvalidInput("Unknown API key") from None
+
+
+class ExecutionsController(Controller):
+    path = "/dashboard/executions"
+    guards = [require_user]
+    include_in_schema = False
+
+    @get("/")
+    async def list_page(
+        self,
+        request: Request[Any, Any, Any],
+        status: FromQuery[str | None] = None,
+        workflow: FromQuery[str | None] = None,
+        api_key: FromQuery[str | None] = None,
+        created_from: FromQuery[str | None] = None,
+        created_to: FromQuery[str | None] = None,
+        page_number: FromQuery[int] = 1,
+    ) -> Template:
+        before = _date(created_to, "To")
+        filters = executions.ExecutionFilters(
+            status=status or None,
+            workflow=workflow or None,
+            api_key=_uuid(api_key),
+            created_from=_date(created_from, "From"),
+            created_before=before + timedelta(days=1) if before else None,
+        )
+        page_number = max(page_number, 1)
+        rows, total = await executions.list_executions(filters, page_number, PER_PAGE)
+        context: dict[str, Any] = {
+            "rows": rows,
+            "total": total,
+            "page_number": page_number,
+            "pages": max(math.ceil(total / PER_PAGE), 1),
+            "filters": {
+                "status": status or "",
+                "workflow": workflow or "",
+                "api_key": api_key or "",
+                "created_from": created_from or "",
+                "created_to": created_to or "",
+            },
+            "statuses": [s.value for s in ExecutionStatus],
+            "workflows": [
+                r["id"] for r in await Workflow.select(Workflow.id).order_by(Workflow.id)
+            ],
+            "keys": await api_keys.list_keys(),
+        }
+        template = (
+            "executions/_table.html"
+            if is_htmx(request) and request.headers.get("hx-target") == "executions-table"
+            else "executions/list.html"
+        )
+        return page(request, template, **context)
+
+    @get("/{execution_id:uuid}/status")
+    async def status_badge(
+        self,
+        request: Request[Any, Any, Any],
+        execution_id: FromPath[UUID],
+        shown: FromQuery[str | None] = None,
+    ) -> Response[Any]:
+        """The live status: polled every 2 s while the run is live (the partial stops asking
+        once it is not). On the detail page (`shown` = the status it was rendered with), a
+        change reloads the page so rows and results appear."""
+        detail = await executions.get_detail(execution_id)
+        response = page(request, "executions/_status.html", execution=detail, live=LIVE)
+        if shown and shown != detail["status"]:
+            response.headers["HX-Refresh"] = "true"
+        return response
+
+    @get("/{execution_id:uuid}")
+    async def detail_page(
+        self, request: Request[Any, Any, Any], execution_id: FromPath[UUID]
+    ) -> Template:
+        detail = await executions.get_detail(execution_id)
+        steps = detail["definition"].get("steps", [])
+        results = {r["index"]: r for r in detail["step_results"]}
+        return page(
+            request,
+            "executions/detail.html",
+            execution=detail,
+            live=LIVE,
+            steps=[{**step, "result": results.get(i)} for i, step in enumerate(steps)],
+            rows=await executions.list_rows(execution_id),
+            deliveries=await webhooks.list_deliveries(execution_id),
+        )
+
+    @post("/{execution_id:uuid}/webhooks/{event_id:uuid}/redeliver", guards=[require_admin])
+    async def redeliver(
+        self,
+        request: Request[Any, Any, Any],
+        execution_id: FromPath[UUID],
+        event_id: FromPath[UUID],
+        arq: NamedDependency[ArqRedis],
+    ) -> Response[Any]:
+        await webhooks.redeliver(event_id)
+        await queue.enqueue_webhook(arq, event_id)
+        if is_htmx(request):
+            return page(
+                request,
+                "executions/_deliveries.html",
+                execution={"id": execution_id},
+                deliveries=await webhooks.list_deliveries(execution_id),
+                notice="Queued for redelivery",
+            )
+        return back_to(request, f"/dashboard/executions/{execution_id}#webhooks")

@@ -1,0 +1,23 @@
+"""The dashboard's routes, under /dashboard."""
+
+from __future__ import annotations
+
+from litestar import Router, get
+from litestar.response import Redirect
+
+from web.dashboard.approvals import ApprovalsController
+from web.dashboard.auth import AuthController
+from web.dashboard.executions import ExecutionsController
+
+
+@get("/dashboard", include_in_schema=False)
+async def home() -> Redirect:
+    return Redirect("/dashboard/executions", status_code=303)
+
+
+def dashboard_router() -> Router:
+    return Router(
+        path="/",
+        route_handlers=[home, AuthController, ExecutionsController, ApprovalsController],
+        include_in_schema=False,
+    )

@@ -1,0 +1,158 @@
+"""Dashboard users: argon2 password hashes, roles, and sign-in with a lockout per email.
+
+The lockout counter lives in Redis (10 failed sign-ins for an email within 15 minutes lock it
+for 15 minutes), so it holds across web processes. Imports only web.domain, Piccolo, redis.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from redis.asyncio import Redis
+
+from web.domain import clock
+from web.domain.errors import Conflict, InvalidInput, NotFound, TooManyRequests, Unauthorized
+from web.domain.tables import User
+
+LOCKOUT_FAILURES = 10
+LOCKOUT_SECONDS = 15 * 60
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+|[^@\s]+@localhost")
+BAD_LOGIN = "Wrong email or password"
+
+_hasher = PasswordHasher()
+# Verified against when the email is unknown, so both cases take the same time.
+_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    REVIEWER = "reviewer"
+
+
+@dataclass(frozen=True)
+class SignedInUser:
+    id: UUID
+    email: str
+    role: Role
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == Role.ADMIN
+
+
+def _check_email(email: str) -> str:
+    email = email.strip().lower()
+    if not EMAIL.fullmatch(email) or len(email) > 320:
+        raise InvalidInput("Enter a valid email address")
+    return email
+
+
+def _check_password(password: str) -> str:
+    if len(password) < 10:
+        raise InvalidInput("The password must be at least 10 characters long")
+    return password
+
+
+def _check_role(role: str) -> Role:
+    try:
+        return Role(role)
+    except ValueError:
+        raise InvalidInput("Role must be admin or reviewer") from None
+
+
+async def create_user(email: str, password: str, role: str) -> SignedInUser:
+    email = _check_email(email)
+    checked_role = _check_role(role)
+    if await User.exists().where(User.email == email):
+        raise Conflict(f"A user with the email {email} already exists")
+    user = User(
+        email=email, password_hash=_hasher.hash(_check_password(password)), role=checked_role
+    )
+    await user.save()
+    return SignedInUser(id=user.id, email=email, role=checked_role)
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+async def count_users() -> int:
+    return int(await User.count())
+
+
+def _lock_key(email: str) -> str:
+    return f"flowgate:loginfail:{email}"
+
+
+async def sign_in(redis: Redis, email: str, password: str) -> SignedInUser:
+    """The user, or Unauthorized (wrong email or password, inactive user), or TooManyRequests
+    while the email is locked out."""
+    email = email.strip().lower()
+    key = _lock_key(email)
+    failures = int(await redis.get(key) or 0)
+    if failures >= LOCKOUT_FAILURES:
+        ttl = max(int(await redis.ttl(key)), 1)
+        minutes = -(-ttl // 60)
+        raise TooManyRequests(
+            f"Too many failed sign-ins for this email. Try again in {minutes} minute"
+            + ("s" if minutes != 1 else ""),
+            ttl,
+        )
+    row = (
+        await User.select(User.id, User.email, User.password_hash, User.role, User.active)
+        .where(User.email == email)
+        .first()
+    )
+    try:
+        _hasher.verify(row["password_hash"] if row else _DUMMY_HASH, password)
+        ok = row is not None and bool(row["active"])
+    except (VerificationError, InvalidHashError):
+        ok = False
+    if not ok or row is None:
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, LOCKOUT_SECONDS, nx=True)
+            await pipe.execute()
+        raise Unauthorized(BAD_LOGIN)
+    await redis.delete(key)
+    await User.update({User.last_login_at: clock.now()}).where(User.id == row["id"])
+    return SignedInUser(id=row["id"], email=row["email"], role=Role(row["role"]))
+
+
+async def get_active_user(user_id: UUID) -> SignedInUser | None:
+    row = (
+        await User.select(User.id, User.email, User.role)
+        .where(User.id == user_id, User.active.eq(True))
+        .first()
+    )
+    return None if row is None else SignedInUser(row["id"], row["email"], Role(row["role"]))
+
+
+async def list_users() -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = await User.select(
+        User.id, User.email, User.role, User.active, User.created_at, User.last_login_at
+    ).order_by(User.email)
+    return rows
+
+
+async def set_role(user_id: UUID, role: str) -> None:
+    updated = (
+        await User.update({User.role: _check_role(role)})
+        .where(User.id == user_id)
+        .returning(User.id)
+    )
+    if not updated:
+        raise NotFound("User not found")
+
+
+async def set_active(user_id: UUID, active: bool) -> None:
+    updated = await User.update({User.active: active}).where(User.id == user_id).returning(User.id)
+    if not updated:
+        raise NotFound("User not found")
