@@ -67,6 +67,7 @@ class ExecutionsController(Controller):
         rows, total = await executions.list_executions(filters, page_number, PER_PAGE)
         context: dict[str, Any] = {
             "rows": rows,
+            "live": LIVE,
             "total": total,
             "page_number": page_number,
             "pages": max(math.ceil(total / PER_PAGE), 1),
