@@ -11,7 +11,7 @@ from arq.connections import ArqRedis
 
 from tests.factories import PUBLIC, auth, execution_row, row_states, rows, start
 from web.domain import executions, queue
-from web.domain.tables import SandboxMessage
+from web.domain.tables import SandboxMessage, Workflow
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 from web.settings import get_settings
 from worker import engine
@@ -58,7 +58,14 @@ async def test_a_step_that_raises_fails_the_execution_with_a_readable_error(
 async def test_an_unknown_provider_fails_the_execution_instead_of_hanging(
     client: httpx.AsyncClient, api_key: str, run_worker
 ) -> None:
-    workflow_id = await _workflow("workflow_odd", send_message={"provider": "carrier_pigeon"})
+    # Imports refuse such a definition (tests/test_workflow_files.py); one stored before that
+    # check existed, or written to the table directly, must still fail cleanly at run time.
+    definition = copy.deepcopy(BFSI_TEMPLATE)
+    definition["steps"][3]["settings"]["provider"] = "carrier_pigeon"
+    await Workflow.insert(
+        Workflow(id="workflow_odd", name="Odd", steps=definition["steps"], required_fields=[])
+    )
+    workflow_id = "workflow_odd"
     execution_id = await start(client, api_key, csv_data=rows(1), workflow_id=workflow_id)
     await run_worker()
     await client.post(f"{PUBLIC}/executions/{execution_id}/approve", headers=auth(api_key))
