@@ -3,14 +3,17 @@ twice, which the engine's lease and saved steps make harmless."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from uuid import UUID
 
 from arq import Retry
 
-from web.domain import queue
+from web.domain import queue, recovery
 from web.domain.errors import UNAVAILABLE_ERRORS
 from worker import delivery, engine
+
+logger = logging.getLogger("flowgate.jobs")
 
 TRANSIENT_RETRY_DELAYS = (1, 2, 5, 10, 20, 30, 60, 60, 60)
 
@@ -40,3 +43,18 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
     if outcome.next_event is not None:
         await queue.enqueue_webhook(ctx["redis"], outcome.next_event)
     return {"event_id": event_id, "outcome": outcome.state}
+
+
+async def reconcile(ctx: dict[str, Any]) -> dict[str, Any]:
+    """arq cron (and once at worker start): queue again what Redis lost."""
+    requeued = await recovery.requeue_stalled(ctx["redis"], ctx["settings"].stalled_after_seconds)
+    if requeued.executions or requeued.webhook_events:
+        logger.warning(
+            "reconciler queued %d execution(s) and %d webhook event(s) again",
+            len(requeued.executions),
+            len(requeued.webhook_events),
+        )
+    return {
+        "executions": len(requeued.executions),
+        "webhook_events": len(requeued.webhook_events),
+    }

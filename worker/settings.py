@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 from arq.connections import RedisSettings
+from arq.cron import cron
 from arq.worker import func
 
 from web.domain import queue
@@ -58,6 +59,8 @@ def functions() -> list[Any]:
 
 class WorkerSettings:
     functions = functions()
+    # Every minute, and once when the worker starts: queue again what Redis may have lost.
+    cron_jobs = [cron(jobs.reconcile, second=0, run_at_startup=True, unique=True, timeout=60)]
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
