@@ -88,9 +88,11 @@ def handle_http_exception(
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    # The JSON decoder raises these past Litestar's own handling of bad bodies.
     if isinstance(exc, RecursionError):
-        # Raised by the JSON decoder for bodies nested deeper than Python's recursion limit.
         return error_response(400, "Request body is nested too deeply")
+    if isinstance(exc, UnicodeDecodeError):
+        return error_response(400, "Request body is not valid JSON: it is not UTF-8")
     if isinstance(exc, UNAVAILABLE_ERRORS):
         logger.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, exc)
         return error_response(
