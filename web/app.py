@@ -147,6 +147,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             **{kind: _by_path(handler, error_page) for kind, handler in EXCEPTION_HANDLERS.items()},
         },
         request_max_body_size=settings.max_body_bytes,
+        # Our JSON logs (web.logs) stay the root handler; Litestar's own config would replace it.
+        logging_config=None,
         template_config=template_config,
         openapi_config=OpenAPIConfig(
             title="flowgate public API",

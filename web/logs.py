@@ -33,12 +33,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Idempotent: safe to call from the app factory, the worker and the CLI."""
+    """Install the JSON handler on the root logger once per process; later calls (the app
+    factory, the worker, the CLI may all call it) change nothing, and handlers others added
+    (pytest's log capture, say) are left in place."""
     root = logging.getLogger()
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
-        root.setLevel(level)
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    root.handlers = [handler]
+    root.addHandler(handler)
     root.setLevel(level)
