@@ -7,6 +7,7 @@ Only the worker holding the execution's lease writes; a lost lease stops the loo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,11 @@ async def run_execution(
         await _queue_events(redis, await executions.complete(claim))
         logger.info("execution %s completed", execution_id)
         return Outcome("completed")
+    except asyncio.CancelledError:
+        # The worker is stopping (SIGTERM past its grace time) or the job timed out: give the
+        # lease back so the re-queued job resumes at once, from the last saved step.
+        await asyncio.shield(executions.release(claim))
+        raise
     except LeaseLost:
         logger.warning("execution %s: lease lost at step %s, stopping", execution_id, index)
         return Outcome("lease_lost")

@@ -65,4 +65,7 @@ class WorkerSettings:
     on_shutdown = shutdown
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
     max_jobs = 20
+    # On SIGTERM: stop taking jobs, let running ones finish for this long, then cancel them
+    # (arq queues a cancelled job again; the engine resumes it from the last saved step).
+    job_completion_wait = 20
     health_check_interval = 30
