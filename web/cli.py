@@ -1,5 +1,6 @@
-"""The `flowgate` command: serve, worker, migrate, keys. Imports the worker lazily (only the
-`worker` command needs it), so the CLI stays usable on a web-only host."""
+"""The `flowgate` command: serve, worker, migrate, keys, workflows, webhooks, users. Imports
+the worker lazily (only the `worker` command needs it), so the CLI stays usable on a web-only
+host."""
 
 from __future__ import annotations
 
@@ -157,6 +158,53 @@ async def webhooks_redeliver(args: argparse.Namespace) -> int:
     return 0
 
 
+async def workflows_list(args: argparse.Namespace) -> int:
+    rows = await workflows.list_workflows()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": row["id"],
+                        "name": row["name"],
+                        "active": row["active"],
+                        "steps": [step.get("type") for step in row["steps"]],
+                        "updatedAt": row["updated_at"].isoformat(),
+                    }
+                    for row in rows
+                ]
+            )
+        )
+        return 0
+    if not rows:
+        print("No workflows yet: flowgate workflows import FILE.yaml")
+    for row in rows:
+        state = "active" if row["active"] else "inactive"
+        steps = " -> ".join(str(step.get("type")) for step in row["steps"])
+        print(f"{row['id']}  {state:8}  {row['name']}  ({steps})")
+    return 0
+
+
+async def workflows_import(args: argparse.Namespace) -> int:
+    """Create or update a workflow from a YAML or JSON file; every problem on its own line."""
+    try:
+        definition = workflows.read_definition_file(Path(args.file))
+    except workflows.InvalidDefinition as exc:
+        for problem in exc.problems:
+            print(f"error: {args.file}: {problem}", file=sys.stderr)
+        return 1
+    existed = await workflows.workflow_exists(definition["id"])
+    await workflows.save_workflow(definition)
+    print(f"{'updated' if existed else 'created'} workflow {definition['id']}")
+    return 0
+
+
+async def workflows_export(args: argparse.Namespace) -> int:
+    definition = await workflows.get_definition(args.id)
+    sys.stdout.write(workflows.dump_definition(definition, args.format))
+    return 0
+
+
 def _uuid(value: str, what: str) -> UUID:
     try:
         return UUID(value)
@@ -292,6 +340,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = hooks.add_parser("redeliver", help="send an event again (same webhook-id)")
     p.add_argument("event_id", metavar="EVENT_ID")
     p.set_defaults(async_handler=webhooks_redeliver)
+
+    flows = sub.add_parser("workflows", help="workflows as YAML or JSON files").add_subparsers(
+        dest="workflows_command", required=True
+    )
+    p = flows.add_parser("list", help="list workflows")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(async_handler=workflows_list)
+    p = flows.add_parser("import", help="create or update a workflow from a .yaml or .json file")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(async_handler=workflows_import)
+    p = flows.add_parser("export", help="print a workflow as YAML (or JSON)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    p.set_defaults(async_handler=workflows_export)
 
     people = sub.add_parser("users", help="dashboard users").add_subparsers(
         dest="users_command", required=True

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from web.domain.statuses import SendStatus
+from web.domain.statuses import SENDING, SendStatus
 from web.domain.tables import ExecutionRow
 
 
@@ -26,6 +26,7 @@ class RowState:
     decision: str | None
     send_status: str | None
     message_id: str | None
+    error: str | None
 
 
 async def load(execution_id: UUID) -> list[RowState]:
@@ -40,6 +41,7 @@ async def load(execution_id: UUID) -> list[RowState]:
             ExecutionRow.decision,
             ExecutionRow.send_status,
             ExecutionRow.message_id,
+            ExecutionRow.error,
         )
         .where(ExecutionRow.execution == execution_id)
         .order_by(ExecutionRow.position)
@@ -48,18 +50,22 @@ async def load(execution_id: UUID) -> list[RowState]:
     return [RowState(**row) for row in rows]
 
 
-async def save_generated(items: list[tuple[UUID, str | None, str | None]]) -> None:
-    """(row id, generated content, error) for each row."""
+async def save_generated(
+    items: list[tuple[UUID, str | None, str | None, dict[str, Any] | None]],
+) -> None:
+    """(row id, generated content, error, provider token usage) for each row."""
     if not items:
         return
-    ids, contents, errors = zip(*items, strict=True)
     await ExecutionRow.raw(
-        "UPDATE execution_row AS r SET generated_content = v.content, error = v.error "
-        "FROM unnest({}::uuid[], {}::text[], {}::text[]) AS v(id, content, error) "
+        "UPDATE execution_row AS r SET generated_content = v.content, error = v.error, "
+        "  content_usage = v.usage::jsonb "
+        "FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[]) "
+        "  AS v(id, content, error, usage) "
         "WHERE r.id = v.id",
-        list(ids),
-        list(contents),
-        list(errors),
+        [item[0] for item in items],
+        [item[1] for item in items],
+        [item[2] for item in items],
+        [None if item[3] is None else json.dumps(item[3]) for item in items],
     )
 
 
@@ -94,3 +100,29 @@ async def save_send_results(items: list[tuple[UUID, SendStatus, str | None, str 
         [item[2] for item in items],
         [item[3] for item in items],
     )
+
+
+async def mark_sending(row_id: UUID) -> bool:
+    """Claim a row for one call to an HTTP messaging provider, committed before the call.
+    False when the row is no longer unsent (another worker took it): then it is not sent."""
+    rows = await ExecutionRow.raw(
+        "UPDATE execution_row SET send_status = {} "
+        "WHERE id = {} AND send_status IS NULL RETURNING id",
+        SENDING,
+        row_id,
+    )
+    return bool(rows)
+
+
+async def fail_unfinished_sends(execution_id: UUID, error: str) -> int:
+    """Rows left `sending` by a worker that died mid-call become `failed` with `error`: whether
+    the provider delivered them is unknown, and sending again could deliver twice."""
+    rows = await ExecutionRow.raw(
+        "UPDATE execution_row SET send_status = {}, error = {} "
+        "WHERE execution = {} AND send_status = {} RETURNING id",
+        str(SendStatus.FAILED),
+        error,
+        execution_id,
+        SENDING,
+    )
+    return len(rows)

@@ -40,3 +40,9 @@ class SendStatus(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     REJECTED = "rejected"
+
+
+# Not a result: a row an HTTP messaging provider is being asked to send right now. Written (and
+# committed) just before the call and replaced by the result right after; a row still `sending`
+# when a re-run starts was cut off by a crash and is reported failed, never sent again.
+SENDING = "sending"

@@ -202,9 +202,10 @@ def _kind_problem(setting: Setting, value: Any) -> str | None:
 
 
 def _check_fields(
-    values: Mapping[str, Any], schema: Mapping[str, Setting], path: str, what: str
+    values: Mapping[str, Any], schema: Mapping[str, Setting], path: str, what: str | None
 ) -> list[str]:
-    """Problems of an object against its schema: required fields, kinds, unknown fields."""
+    """Problems of an object against its schema: required fields, kinds, and unknown fields
+    (called `unknown {what}`; not reported when `what` is None)."""
     prefix = f"{path}." if path else ""
     problems = [
         f"{prefix}{name}: required"
@@ -214,7 +215,8 @@ def _check_fields(
     for name, value in values.items():
         setting = schema.get(name)
         if setting is None:
-            problems.append(f"{prefix}{name}: unknown {what}")
+            if what is not None:
+                problems.append(f"{prefix}{name}: unknown {what}")
             continue
         if value is None:
             continue
@@ -242,12 +244,14 @@ def _step_problems(index: int, step: Any) -> list[str]:
     if not isinstance(settings, dict):
         return [*problems, f"{path}.settings: must be an object"]
     schema = dict(STEP_SETTINGS[kind])
-    what = f"setting of {kind}"
+    what: str | None = f"setting of {kind}"
     if kind in PROVIDERS:
         provider = settings.get("provider", DEFAULT_PROVIDERS[kind])
         if provider in PROVIDERS[kind]:
             schema.update(PROVIDERS[kind][provider])
             what = f"setting of the {provider} provider"
+        else:
+            what = None  # the provider's own problem says it all
     return [*problems, *_check_fields(settings, schema, f"{path}.settings", what)]
 
 
@@ -364,6 +368,10 @@ async def save_workflow(definition: dict[str, Any], *, replace: bool = True) -> 
     else:
         await Workflow.insert(Workflow(id=definition["id"], **fields))
     return True
+
+
+async def workflow_exists(workflow_id: str) -> bool:
+    return bool(await Workflow.exists().where(Workflow.id == workflow_id))
 
 
 async def get_definition(workflow_id: str) -> dict[str, Any]:

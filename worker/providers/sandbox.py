@@ -7,34 +7,24 @@ message and message id, so a row is never recorded as sent twice.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from uuid import UUID
+from collections.abc import Sequence
 
 from web.domain.statuses import SendStatus
 from web.domain.tables import SandboxMessage
+from worker.providers.messaging import OutgoingMessage, SendResult
 
-
-@dataclass(frozen=True)
-class OutgoingMessage:
-    row_id: UUID
-    recipient: str
-    body: str
-
-
-@dataclass(frozen=True)
-class SendResult:
-    row_id: UUID
-    status: SendStatus
-    message_id: str | None
-    error: str | None = None
+__all__ = ["OutgoingMessage", "SandboxMessenger", "SendResult"]
 
 
 class SandboxMessenger:
+    resend_safe = True
+    concurrency = 1
+
     def __init__(self, channel: str, delay_seconds: float = 0.0) -> None:
         self.channel = channel
         self.delay_seconds = delay_seconds
 
-    async def send(self, messages: list[OutgoingMessage]) -> list[SendResult]:
+    async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         if not messages:
             return []
         if self.delay_seconds:

@@ -1,24 +1,47 @@
-"""The `template` content provider: a sandboxed Jinja2 template over the row's fields."""
+"""The `template` content provider: a sandboxed Jinja2 template over the row's fields. The same
+sandbox renders the prompts of the `openai_compatible` provider."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from jinja2 import TemplateError
+from jinja2 import Template, TemplateError
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
+
+from worker.providers import ProviderConfigError, ProviderError
+from worker.providers.content import Generated
 
 _env = SandboxedEnvironment(autoescape=False, keep_trailing_newline=False)
 
 
+def compile_template(settings: dict[str, Any], setting: str) -> Template:
+    source = settings.get(setting)
+    if not isinstance(source, str) or not source.strip():
+        raise ProviderConfigError(f"settings.{setting} is required")
+    try:
+        return _env.from_string(source)
+    except TemplateError as exc:
+        raise ProviderConfigError(f"settings.{setting} is not a valid template: {exc}") from exc
+
+
+def render(template: Template, row: dict[str, Any]) -> str:
+    """The template over the row; ProviderError (this row fails) if it cannot render."""
+    try:
+        return template.render(**row).strip()
+    except (TemplateError, SecurityError, TypeError, ValueError) as exc:
+        raise ProviderError(str(exc)) from exc
+
+
 class TemplateProvider:
+    remote = False
+    concurrency = 1
+
     def __init__(self, settings: dict[str, Any]) -> None:
-        source = settings.get("template")
-        if not isinstance(source, str) or not source.strip():
-            raise ValueError("settings.template is required")
-        try:
-            self._template = _env.from_string(source)
-        except TemplateError as exc:
-            raise ValueError(f"settings.template is not a valid template: {exc}") from exc
+        self._template = compile_template(settings, "template")
 
     def render(self, row: dict[str, Any]) -> str:
-        return self._template.render(**row).strip()
+        return render(self._template, row)
+
+    async def generate(self, row: dict[str, Any]) -> Generated:
+        return Generated(self.render(row))

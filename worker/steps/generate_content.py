@@ -1,31 +1,63 @@
-"""`generate_content`: one message per row that has none yet (a re-run keeps earlier ones)."""
+"""`generate_content`: one message per row that has none yet (a re-run keeps earlier ones).
+
+The provider comes from the step's settings (web.domain.workflows). Local templates render every
+row and save them in one batch. Remote providers generate `concurrency` rows at a time and save
+each row as soon as it is done, so a crash loses at most the rows in flight. A row the provider
+fails on gets its error and no content (it then fails compliance); the run goes on.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
-
-from jinja2.exceptions import SecurityError, TemplateError
+from uuid import UUID
 
 from web.domain import execution_rows
-from worker.providers.template import TemplateProvider
-from worker.steps import StepContext, StepError
+from web.domain.execution_rows import RowState
+from worker.providers import ProviderConfigError, ProviderError
+from worker.providers.content import ContentProvider, content_provider
+from worker.steps import StepContext, StepError, keeping_lease, run_all
+
+Item = tuple[UUID, str | None, str | None, dict[str, Any] | None]
+
+
+async def _generate(provider: ContentProvider, row: RowState) -> Item:
+    try:
+        generated = await provider.generate(row.data)
+    except ProviderError as exc:
+        return (row.id, None, f"Content generation failed: {exc}", None)
+    return (row.id, generated.content, None, generated.usage)
+
+
+async def _generate_remote(provider: ContentProvider, rows: list[RowState]) -> list[Item]:
+    limit = asyncio.Semaphore(provider.concurrency)
+
+    async def one(row: RowState) -> Item:
+        async with limit:
+            item = await _generate(provider, row)
+        await execution_rows.save_generated([item])
+        return item
+
+    return await run_all([one(row) for row in rows])
 
 
 async def run(ctx: StepContext) -> dict[str, Any]:
-    provider_name = ctx.settings.get("provider", "template")
-    if provider_name != "template":
-        raise StepError(f"Unknown content provider {provider_name!r}")
     try:
-        provider = TemplateProvider(ctx.settings)
-    except ValueError as exc:
+        provider = content_provider(ctx.settings, ctx.http)
+    except ProviderConfigError as exc:
         raise StepError(str(exc)) from exc
     rows = [r for r in await execution_rows.load(ctx.execution_id) if r.generated_content is None]
-    items: list[tuple[Any, str | None, str | None]] = []
-    for row in rows:
-        try:
-            items.append((row.id, provider.render(row.data), None))
-        except (TemplateError, SecurityError, TypeError, ValueError) as exc:
-            items.append((row.id, None, f"Content generation failed: {exc}"))
-    await execution_rows.save_generated(items)
+    if provider.remote:
+        items = await keeping_lease(ctx, _generate_remote(provider, rows))
+    else:
+        items = [await _generate(provider, row) for row in rows]
+        await execution_rows.save_generated(items)
     failed = sum(1 for item in items if item[2])
-    return {"generated": len(items) - failed, "failed": failed}
+    summary: dict[str, Any] = {"generated": len(items) - failed, "failed": failed}
+    usages = [item[3] for item in items if item[3]]
+    if usages:
+        summary["usage"] = {
+            key: sum(u[key] for u in usages if isinstance(u.get(key), int))
+            for key in ("prompt_tokens", "completion_tokens", "total_tokens")
+        }
+    return summary

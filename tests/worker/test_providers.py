@@ -1,0 +1,786 @@
+"""Real providers against real HTTP servers on 127.0.0.1 (tests/fake_providers.py): generation
+through an OpenAI-compatible chat-completions server, sending through the WhatsApp Cloud API and
+a customer's own gateway; per-row failures, retries, concurrency, crashes and secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from arq.connections import ArqRedis
+
+from tests.factories import PUBLIC, auth, execution_row, row_states, rows, start
+from tests.fake_providers import FakeChatCompletions, FakeGateway, FakeWhatsAppCloud, Reply
+from web.domain import queue
+from web.domain.tables import Execution, ExecutionRow
+from web.domain.workflows import BFSI_TEMPLATE, save_workflow
+from web.logs import JsonFormatter
+from worker.steps.send_message import UNKNOWN_DELIVERY
+
+LLM_KEY_ENV = "FLOWGATE_TEST_LLM_API_KEY"
+WHATSAPP_TOKEN_ENV = "FLOWGATE_TEST_WHATSAPP_TOKEN"
+GATEWAY_TOKEN_ENV = "FLOWGATE_TEST_GATEWAY_TOKEN"
+SYSTEM_PROMPT = "You write short, compliant WhatsApp offers for a bank's customers."
+PROMPT = "Offer for {{ name }} ({{ customerId }}) in {{ city }}."
+WORKFLOW_ID = "workflow_real_providers"
+
+# What the BFSI template's compliance step says about a row that has no content.
+NO_CONTENT_REASONS = "Generated content is empty; Missing required text: 'Reply STOP to opt out'"
+
+
+def _prompt(row: dict[str, Any]) -> str:
+    return f"Offer for {row['name']} ({row['customerId']}) in {row['city']}."
+
+
+def _message(row: dict[str, Any]) -> str:
+    return FakeChatCompletions.reply_for(_prompt(row))
+
+
+def _digits(row: dict[str, Any]) -> str:
+    return str(row["phone"]).lstrip("+")
+
+
+@pytest.fixture
+def llm_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    key = "sk-test-" + secrets.token_urlsafe(24)
+    monkeypatch.setenv(LLM_KEY_ENV, key)
+    return key
+
+
+@pytest.fixture
+def whatsapp_token(monkeypatch: pytest.MonkeyPatch) -> str:
+    token = "EAAG" + secrets.token_urlsafe(32)
+    monkeypatch.setenv(WHATSAPP_TOKEN_ENV, token)
+    return token
+
+
+@pytest.fixture
+def llm(llm_key: str) -> Iterator[FakeChatCompletions]:
+    server = FakeChatCompletions(llm_key)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def whatsapp(whatsapp_token: str) -> Iterator[FakeWhatsAppCloud]:
+    server = FakeWhatsAppCloud(whatsapp_token)
+    server.start()
+    yield server
+    server.stop()
+
+
+def llm_settings(llm: FakeChatCompletions, **overrides: Any) -> dict[str, Any]:
+    return {
+        "provider": "openai_compatible",
+        "base_url": llm.url,
+        "model": llm.model,
+        "api_key_env": LLM_KEY_ENV,
+        "system_prompt": SYSTEM_PROMPT,
+        "prompt_template": PROMPT,
+        "timeout_seconds": 5,
+        "retry_backoff_seconds": 0.01,
+        **overrides,
+    }
+
+
+def whatsapp_settings(whatsapp: FakeWhatsAppCloud, **overrides: Any) -> dict[str, Any]:
+    return {
+        "channel": "whatsapp",
+        "provider": "whatsapp_cloud",
+        "base_url": whatsapp.url,
+        "phone_number_id": whatsapp.phone_number_id,
+        "access_token_env": WHATSAPP_TOKEN_ENV,
+        "to_field": "phone",
+        "timeout_seconds": 5,
+        "retry_backoff_seconds": 0.01,
+        **overrides,
+    }
+
+
+async def save(content: dict[str, Any] | None = None, send: dict[str, Any] | None = None) -> str:
+    """The BFSI workflow with these generate_content / send_message settings, as WORKFLOW_ID."""
+    definition = copy.deepcopy(BFSI_TEMPLATE)
+    definition["id"] = WORKFLOW_ID
+    definition["name"] = "BFSI through real providers"
+    if content is not None:
+        definition["steps"][0]["settings"] = content
+    if send is not None:
+        definition["steps"][3]["settings"] = send
+    await save_workflow(definition)
+    return WORKFLOW_ID
+
+
+async def approve(client: httpx.AsyncClient, api_key: str, execution_id: str) -> None:
+    response = await client.post(
+        f"{PUBLIC}/executions/{execution_id}/approve", headers=auth(api_key)
+    )
+    assert response.status_code == 200, response.text
+
+
+async def results(client: httpx.AsyncClient, api_key: str, execution_id: str) -> dict[str, Any]:
+    response = await client.get(
+        f"{PUBLIC}/executions/{execution_id}/results", headers=auth(api_key)
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def completed(execution_id: str, body: dict[str, Any], items: list[dict[str, Any]]) -> dict:
+    """The whole results body of a completed run with these per-row results."""
+    return {
+        "id": execution_id,
+        "status": "completed",
+        "output": {
+            "successCount": sum(1 for item in items if item["status"] == "sent"),
+            "failedCount": sum(1 for item in items if item["status"] == "failed"),
+            "results": items,
+        },
+        "error": None,
+        "startedAt": body["startedAt"],
+        "completedAt": body["completedAt"],
+    }
+
+
+async def run_through_approval(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, data: list[dict[str, Any]]
+) -> tuple[str, dict[str, Any]]:
+    execution_id = await start(client, api_key, csv_data=data, workflow_id=WORKFLOW_ID)
+    await run_worker()
+    await approve(client, api_key, execution_id)
+    await run_worker()
+    return execution_id, await results(client, api_key, execution_id)
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+async def test_a_bfsi_run_through_openai_compatible_and_whatsapp_cloud_ends_with_whatsapp_ids(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    llm: FakeChatCompletions,
+    whatsapp: FakeWhatsAppCloud,
+    llm_key: str,
+    whatsapp_token: str,
+) -> None:
+    await save(llm_settings(llm), whatsapp_settings(whatsapp))
+    data = rows(3)
+    execution_id = await start(client, api_key, csv_data=data, workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    pending = await client.get(
+        f"{PUBLIC}/executions/{execution_id}/pending-approval", headers=auth(api_key)
+    )
+    assert pending.status_code == 200
+    assert [(r["customerId"], r["generated_content"], r["compliance_status"])
+            for r in pending.json()["approvalData"]["rows"]] == [
+        (row["customerId"], _message(row), "passed") for row in data
+    ]  # fmt: skip
+    assert whatsapp.requests == []  # nothing goes out before the approval
+
+    await approve(client, api_key, execution_id)
+    await run_worker()
+
+    body = await results(client, api_key, execution_id)
+    message_ids = {to: message_id for to, _, message_id in whatsapp.sent}
+    assert body == completed(
+        execution_id,
+        body,
+        [
+            {
+                "customerId": row["customerId"],
+                "status": "sent",
+                "messageId": message_ids[_digits(row)],
+            }
+            for row in data
+        ],
+    )
+    assert all(m.startswith("wamid.") for m in message_ids.values())
+    # Every request as the vendors document it, with the bearer from the environment.
+    assert llm.problems == [] and whatsapp.problems == []
+    assert sorted((r.json for r in llm.requests), key=str) == sorted(
+        (
+            {
+                "model": "flowgate-test-model",
+                "messages": [
+                    {"role": "system", "content": SYSTEM_PROMPT},
+                    {"role": "user", "content": _prompt(row)},
+                ],
+            }
+            for row in data
+        ),
+        key=str,
+    )
+    assert {r.headers["authorization"] for r in llm.requests} == {f"Bearer {llm_key}"}
+    assert sorted((r.json for r in whatsapp.requests), key=str) == sorted(
+        (
+            {
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": _digits(row),
+                "type": "text",
+                "text": {"body": _message(row)},
+            }
+            for row in data
+        ),
+        key=str,
+    )
+    assert {r.headers["authorization"] for r in whatsapp.requests} == {f"Bearer {whatsapp_token}"}
+    # Token usage per row, and its sum in the step's result.
+    usages = [
+        FakeChatCompletions.usage_for(
+            [{"content": SYSTEM_PROMPT}, {"content": _prompt(row)}], _message(row)
+        )
+        for row in data
+    ]
+    stored_rows = await row_states(execution_id)
+    assert [r["content_usage"] for r in stored_rows] == usages
+    assert [r["send_status"] for r in stored_rows] == ["sent"] * 3
+    steps = (await execution_row(execution_id))["step_results"]
+    assert steps[0]["usage"] == {
+        key: sum(u[key] for u in usages)
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
+    assert steps[3]["sent"] == 3 and steps[3]["failed"] == 0
+
+
+async def test_the_http_provider_posts_the_row_and_takes_the_message_id_from_the_answer(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = secrets.token_urlsafe(24)
+    monkeypatch.setenv(GATEWAY_TOKEN_ENV, token)
+    gateway = FakeGateway(token)
+    gateway.start()
+    try:
+        await save(
+            send={
+                "channel": "whatsapp",
+                "provider": "http",
+                "url": gateway.url,
+                "token_env": GATEWAY_TOKEN_ENV,
+                "headers": {"X-Tenant": "acme"},
+                "retry_backoff_seconds": 0.01,
+            }
+        )
+        data = rows(2)
+        execution_id, body = await run_through_approval(client, api_key, run_worker, data)
+    finally:
+        gateway.stop()
+
+    ids = dict(gateway.sent)
+    assert body == completed(
+        execution_id,
+        body,
+        [{"customerId": r["customerId"], "status": "sent", "messageId": ids[r["customerId"]]}
+         for r in data],
+    )  # fmt: skip
+    assert gateway.problems == []
+    stored = await row_states(execution_id)
+    requests = sorted(gateway.requests, key=lambda r: r.json["customerId"])
+    assert [r.json for r in requests] == [
+        {
+            "executionId": execution_id,
+            "customerId": row["customerId"],
+            "to": row["phone"],
+            "message": state["generated_content"],
+            "row": row,
+        }
+        for row, state in zip(data, stored, strict=True)
+    ]
+    assert [
+        (r.headers["authorization"], r.headers["x-tenant"], r.headers["idempotency-key"])
+        for r in requests
+    ] == [(f"Bearer {token}", "acme", str(state["id"])) for state in stored]
+
+
+async def test_whatsapp_template_messages_carry_the_template_and_its_body_parameters(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, whatsapp: FakeWhatsAppCloud
+) -> None:
+    template = {"name": "bfsi_offer", "language": "en_US", "body_parameters": ["name", "message"]}
+    await save(send=whatsapp_settings(whatsapp, template=template))
+    data = rows(1)
+
+    execution_id, body = await run_through_approval(client, api_key, run_worker, data)
+
+    assert body["output"]["successCount"] == 1
+    content = (await row_states(execution_id))[0]["generated_content"]
+    assert whatsapp.problems == []
+    assert [r.json for r in whatsapp.requests] == [
+        {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": _digits(data[0]),
+            "type": "template",
+            "template": {
+                "name": "bfsi_offer",
+                "language": {"code": "en_US"},
+                "components": [
+                    {
+                        "type": "body",
+                        "parameters": [
+                            {"type": "text", "text": data[0]["name"]},
+                            {"type": "text", "text": content},
+                        ],
+                    }
+                ],
+            },
+        }
+    ]
+
+
+# --- one row fails, the others go on ---------------------------------------------------------
+
+
+async def test_a_row_the_llm_refuses_ends_skipped_with_the_providers_error_and_the_others_are_sent(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    llm: FakeChatCompletions,
+    whatsapp: FakeWhatsAppCloud,
+) -> None:
+    error = {
+        "error": {
+            "message": "This model's maximum context length is 8192 tokens.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    }
+    llm.answer_when(lambda r: "CUST002" in FakeChatCompletions.prompt_of(r), Reply(400, error))
+    await save(llm_settings(llm), whatsapp_settings(whatsapp))
+    data = rows(3)
+
+    execution_id, body = await run_through_approval(client, api_key, run_worker, data)
+
+    ids = {to: message_id for to, _, message_id in whatsapp.sent}
+    generation_error = (
+        "Content generation failed: the provider answered 400: "
+        "This model's maximum context length is 8192 tokens."
+    )
+    assert body == completed(
+        execution_id,
+        body,
+        [
+            {"customerId": "CUST001", "status": "sent", "messageId": ids[_digits(data[0])]},
+            {
+                "customerId": "CUST002",
+                "status": "skipped",
+                "messageId": None,
+                "reason": f"Compliance check failed: {generation_error}; {NO_CONTENT_REASONS}",
+            },
+            {"customerId": "CUST003", "status": "sent", "messageId": ids[_digits(data[2])]},
+        ],
+    )
+    # A 400 is not retried; the row kept no content and no usage.
+    assert sum("CUST002" in FakeChatCompletions.prompt_of(r) for r in llm.requests) == 1
+    second = (await row_states(execution_id))[1]
+    assert (second["generated_content"], second["content_usage"]) == (None, None)
+    assert second["compliance_reasons"][0] == generation_error
+    assert {to for to, _, _ in whatsapp.sent} == {_digits(data[0]), _digits(data[2])}
+
+
+async def test_a_number_whatsapp_refuses_fails_with_the_providers_message_and_the_others_are_sent(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, whatsapp: FakeWhatsAppCloud
+) -> None:
+    data = rows(3)
+    whatsapp.reject_number(_digits(data[1]))
+    await save(send=whatsapp_settings(whatsapp))
+
+    execution_id, body = await run_through_approval(client, api_key, run_worker, data)
+
+    ids = {to: message_id for to, _, message_id in whatsapp.sent}
+    assert body == completed(
+        execution_id,
+        body,
+        [
+            {"customerId": "CUST001", "status": "sent", "messageId": ids[_digits(data[0])]},
+            {
+                "customerId": "CUST002",
+                "status": "failed",
+                "messageId": None,
+                "error": "WhatsApp Cloud API error 131026: (#131026) Message undeliverable "
+                "(Message failed to send because the recipient is not a WhatsApp user)",
+            },
+            {"customerId": "CUST003", "status": "sent", "messageId": ids[_digits(data[2])]},
+        ],
+    )
+    assert len(whatsapp.requests) == 3  # a 400 is final: not retried
+    assert whatsapp.problems == []
+
+
+async def test_an_expired_whatsapp_token_fails_every_row_with_the_providers_message(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, whatsapp: FakeWhatsAppCloud
+) -> None:
+    whatsapp.access_token = "a-newer-token"  # the one we hold is no longer valid
+    await save(send=whatsapp_settings(whatsapp))
+    data = rows(2)
+
+    execution_id, body = await run_through_approval(client, api_key, run_worker, data)
+
+    error = (
+        "WhatsApp Cloud API error 190: (#190) Error validating access token "
+        "(The access token has expired)"
+    )
+    assert body == completed(
+        execution_id,
+        body,
+        [{"customerId": r["customerId"], "status": "failed", "messageId": None, "error": error}
+         for r in data],
+    )  # fmt: skip
+    assert len(whatsapp.requests) == 2
+
+
+# --- retries, timeouts, concurrency ----------------------------------------------------------
+
+
+async def test_generation_waits_for_retry_after_on_429_then_succeeds(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, llm: FakeChatCompletions
+) -> None:
+    llm.respond_with(Reply(429, retry_after="1"))
+    await save(llm_settings(llm))
+    data = rows(1)
+    execution_id = await start(client, api_key, csv_data=data, workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    first, second = llm.requests
+    assert second.at - first.at >= 1.0  # Retry-After, not the 0.01 s backoff
+    assert first.json == second.json
+    (row,) = await row_states(execution_id)
+    assert (row["generated_content"], row["error"]) == (_message(data[0]), None)
+
+
+async def test_generation_retries_5xx_with_backoff_then_succeeds(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, llm: FakeChatCompletions
+) -> None:
+    llm.respond_with(500, 503)
+    await save(llm_settings(llm, retry_backoff_seconds=0.1))
+    data = rows(1)
+    execution_id = await start(client, api_key, csv_data=data, workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    times = [r.at for r in llm.requests]
+    assert len(times) == 3
+    assert times[1] - times[0] >= 0.1 and times[2] - times[1] >= 0.2  # exponential backoff
+    (row,) = await row_states(execution_id)
+    assert row["generated_content"] == _message(data[0])
+
+
+async def test_generation_gives_up_after_max_retries_and_fails_only_that_row(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, llm: FakeChatCompletions
+) -> None:
+    llm.respond_with(500, 500, 500)
+    # One at a time, so the three 500s all go to the first row.
+    await save(llm_settings(llm, max_retries=2, concurrency=1))
+    data = rows(2)
+    execution_id = await start(client, api_key, csv_data=data, workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    assert len(llm.requests) == 4
+    first, second = await row_states(execution_id)
+    assert (first["generated_content"], first["error"]) == (
+        None,
+        "Content generation failed: the provider answered 500: "
+        "The server had an error while processing your request.",
+    )
+    assert (second["generated_content"], second["error"]) == (_message(data[1]), None)
+    assert (await execution_row(execution_id))["status"] == "pending_approval"
+
+
+async def test_a_retry_after_longer_than_the_setting_allows_fails_the_row_at_once(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, llm: FakeChatCompletions
+) -> None:
+    llm.respond_with(Reply(429, retry_after="3600"))
+    await save(llm_settings(llm, max_retry_wait_seconds=5))
+    execution_id = await start(client, api_key, csv_data=rows(1), workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    assert len(llm.requests) == 1
+    (row,) = await row_states(execution_id)
+    assert row["error"] == (
+        "Content generation failed: the provider answered 429: Rate limit reached for requests"
+    )
+
+
+async def test_a_slow_llm_answer_times_out_and_fails_the_row(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, llm: FakeChatCompletions
+) -> None:
+    llm.delay_seconds = 1.0
+    await save(llm_settings(llm, timeout_seconds=0.2, max_retries=0))
+    execution_id = await start(client, api_key, csv_data=rows(1), workflow_id=WORKFLOW_ID)
+
+    started = time.monotonic()
+    await run_worker()
+
+    assert time.monotonic() - started < 1.0
+    (row,) = await row_states(execution_id)
+    assert (row["generated_content"], row["error"]) == (
+        None,
+        "Content generation failed: the chat-completions server did not answer within 0.2 s",
+    )
+
+
+async def test_generation_never_has_more_requests_in_flight_than_the_concurrency_setting(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, llm: FakeChatCompletions
+) -> None:
+    llm.delay_seconds = 0.15
+    await save(llm_settings(llm, concurrency=3))
+    execution_id = await start(client, api_key, csv_data=rows(10), workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    assert len(llm.requests) == 10
+    assert llm.max_in_flight == 3
+    assert all(r["generated_content"] for r in await row_states(execution_id))
+
+
+async def test_sending_never_has_more_requests_in_flight_than_the_concurrency_setting(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, whatsapp: FakeWhatsAppCloud
+) -> None:
+    whatsapp.delay_seconds = 0.15
+    await save(send=whatsapp_settings(whatsapp, concurrency=2))
+
+    _, body = await run_through_approval(client, api_key, run_worker, rows(7))
+
+    assert body["output"]["successCount"] == 7
+    assert whatsapp.max_in_flight == 2
+
+
+async def test_whatsapp_429_and_5xx_are_retried_honouring_retry_after_and_the_row_is_sent_once(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, whatsapp: FakeWhatsAppCloud
+) -> None:
+    whatsapp.respond_with(Reply(429, retry_after="1"), 503)
+    await save(send=whatsapp_settings(whatsapp))
+    data = rows(1)
+
+    execution_id, body = await run_through_approval(client, api_key, run_worker, data)
+
+    ((to, _, message_id),) = whatsapp.sent
+    assert body == completed(
+        execution_id, body, [{"customerId": "CUST001", "status": "sent", "messageId": message_id}]
+    )
+    first, second, third = whatsapp.requests
+    assert second.at - first.at >= 1.0
+    assert first.json == second.json == third.json and to == _digits(data[0])
+
+
+# --- re-runs ---------------------------------------------------------------------------------
+
+
+async def test_rows_that_already_have_content_are_not_generated_again(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, llm: FakeChatCompletions
+) -> None:
+    await save(llm_settings(llm))
+    data = rows(3)
+    execution_id = await start(client, api_key, csv_data=data, workflow_id=WORKFLOW_ID)
+    # A worker that died mid-step had saved the first row's message already.
+    await ExecutionRow.update({ExecutionRow.generated_content: "Kept from the first run."}).where(
+        ExecutionRow.execution == UUID(execution_id), ExecutionRow.position == 0
+    )
+
+    await run_worker()
+
+    assert sorted(FakeChatCompletions.prompt_of(r) for r in llm.requests) == sorted(
+        [_prompt(data[1]), _prompt(data[2])]
+    )
+    assert [r["generated_content"] for r in await row_states(execution_id)] == [
+        "Kept from the first run.",
+        _message(data[1]),
+        _message(data[2]),
+    ]
+
+
+async def _send_status(execution_id: str, position: int) -> str | None:
+    row = (
+        await ExecutionRow.select(ExecutionRow.send_status)
+        .where(ExecutionRow.execution == UUID(execution_id), ExecutionRow.position == position)
+        .first()
+    )
+    assert row is not None
+    status: str | None = row["send_status"]
+    return status
+
+
+async def test_a_rerun_after_a_worker_is_killed_mid_send_sends_no_row_twice(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    redis: ArqRedis,
+    whatsapp: FakeWhatsAppCloud,
+) -> None:
+    await save(send=whatsapp_settings(whatsapp, concurrency=1))
+    data = rows(5)
+    execution_id = await start(client, api_key, csv_data=data, workflow_id=WORKFLOW_ID)
+    await run_worker()
+    await approve(client, api_key, execution_id)
+    # Two rows go through; WhatsApp never answers the third: the worker is killed waiting.
+    whatsapp.respond_with(200, 200, "hang")
+    env = {**os.environ, "FLOWGATE_EXECUTION_LEASE_SECONDS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "web.cli", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await whatsapp.wait_for(3, timeout=30)
+        deadline = time.monotonic() + 10
+        while await _send_status(execution_id, 2) != "sending":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert [await _send_status(execution_id, i) for i in range(5)] == [
+        "sent", "sent", "sending", None, None
+    ]  # fmt: skip
+    # arq would hand the cut-off job to another worker after its timeout; do it now.
+    assert await redis.delete(f"arq:in-progress:{queue.run_job_id(UUID(execution_id), 2)}") == 1
+
+    await run_worker()
+
+    # Every row reached WhatsApp exactly once: the third (maybe delivered) is not sent again.
+    assert [r.json["to"] for r in whatsapp.requests] == [_digits(row) for row in data]
+    ids = {to: message_id for to, _, message_id in whatsapp.sent}
+    body = await results(client, api_key, execution_id)
+    assert body == completed(
+        execution_id,
+        body,
+        [
+            {"customerId": "CUST001", "status": "sent", "messageId": ids[_digits(data[0])]},
+            {"customerId": "CUST002", "status": "sent", "messageId": ids[_digits(data[1])]},
+            {
+                "customerId": "CUST003",
+                "status": "failed",
+                "messageId": None,
+                "error": "Delivery state unknown after a worker crash; "
+                "not resent to avoid a duplicate",
+            },
+            {"customerId": "CUST004", "status": "sent", "messageId": ids[_digits(data[3])]},
+            {"customerId": "CUST005", "status": "sent", "messageId": ids[_digits(data[4])]},
+        ],
+    )
+    assert body["output"]["results"][2]["error"] == UNKNOWN_DELIVERY
+
+
+# --- secrets ---------------------------------------------------------------------------------
+
+
+async def test_a_missing_api_key_variable_fails_the_step_naming_the_variable(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    llm: FakeChatCompletions,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(LLM_KEY_ENV)
+    await save(llm_settings(llm))
+    execution_id = await start(client, api_key, csv_data=rows(2), workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    stored = await execution_row(execution_id)
+    assert (stored["status"], stored["error"]) == (
+        "failed",
+        "Step 1 (Generate personalised message) failed: Environment variable "
+        "FLOWGATE_TEST_LLM_API_KEY (settings.api_key_env) is not set on the worker",
+    )
+    assert llm.requests == []
+
+
+async def test_a_missing_whatsapp_token_variable_fails_the_send_step_and_touches_no_row(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    whatsapp: FakeWhatsAppCloud,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await save(send=whatsapp_settings(whatsapp))
+    execution_id = await start(client, api_key, csv_data=rows(2), workflow_id=WORKFLOW_ID)
+    await run_worker()
+    await approve(client, api_key, execution_id)
+    monkeypatch.delenv(WHATSAPP_TOKEN_ENV)
+
+    await run_worker()
+
+    stored = await execution_row(execution_id)
+    assert (stored["status"], stored["error"]) == (
+        "failed",
+        "Step 4 (Send WhatsApp message) failed: Environment variable "
+        "FLOWGATE_TEST_WHATSAPP_TOKEN (settings.access_token_env) is not set on the worker",
+    )
+    assert [r["send_status"] for r in await row_states(execution_id)] == [None, None]
+    assert whatsapp.requests == []
+
+
+async def _database_text() -> str:
+    """Every row of every table, as JSON text."""
+    tables = await Execution.raw(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+    )
+    parts = []
+    for table in tables:
+        name = table["table_name"]
+        rows_ = await Execution.raw(f'SELECT row_to_json(t)::text AS j FROM "{name}" AS t')
+        parts.extend(row["j"] for row in rows_)
+    return "\n".join(parts)
+
+
+async def test_provider_secrets_are_stored_nowhere_and_never_logged(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    llm: FakeChatCompletions,
+    whatsapp: FakeWhatsAppCloud,
+    llm_key: str,
+    whatsapp_token: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    # One row fails at each provider too, so error paths are covered: this server even echoes
+    # the key it was sent in its error message.
+    echo = {"error": {"message": f"Incorrect API key provided: {llm_key}.", "type": "auth"}}
+    llm.answer_when(lambda r: "CUST002" in FakeChatCompletions.prompt_of(r), Reply(401, echo))
+    data = rows(3)
+    whatsapp.reject_number(_digits(data[2]))
+    await save(llm_settings(llm), whatsapp_settings(whatsapp))
+
+    execution_id, body = await run_through_approval(client, api_key, run_worker, data)
+
+    assert [r["status"] for r in body["output"]["results"]] == ["sent", "skipped", "failed"]
+    assert body["output"]["results"][1]["reason"].startswith(
+        "Compliance check failed: Content generation failed: the provider answered 401: "
+        "Incorrect API key provided: [redacted]."
+    )
+    stored = await _database_text()
+    assert execution_id in stored and LLM_KEY_ENV in stored and WHATSAPP_TOKEN_ENV in stored
+    assert llm_key not in stored
+    assert whatsapp_token not in stored
+    # The logs did see the provider calls, never their credentials.
+    assert any("chat/completions" in record.getMessage() for record in caplog.records)
+    formatter = JsonFormatter()
+    logged = "\n".join(
+        [caplog.text, *(formatter.format(r) for r in caplog.records), *map(str, caplog.records)]
+    )
+    logged += "\n".join(str(vars(record)) for record in caplog.records)
+    assert llm_key not in logged
+    assert whatsapp_token not in logged

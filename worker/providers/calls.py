@@ -1,0 +1,144 @@
+"""How every HTTP provider calls out: one JSON POST over the worker's shared httpx client, with a
+deadline per attempt and retries on 429 and 5xx answers that honour `Retry-After`.
+
+All the numbers come from the step's settings (see web.domain.workflows `_HTTP_CALLS`), so tests
+shrink them. Whether a failed attempt may be repeated depends on the call: generating content
+again only costs tokens, but a message whose request may have reached the provider must not be
+sent again (`resend_unsure=False`): then only failures that prove the request never left
+(connection refused, connect timeout) are retried, besides 429/5xx answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from worker.providers import ProviderError
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_BACKOFF_SECONDS = 1.0
+DEFAULT_MAX_RETRY_WAIT_SECONDS = 60.0
+DEFAULT_CONCURRENCY = 4
+
+# Failures that prove the request was never sent: always safe to try again.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    max_retries: int = DEFAULT_MAX_RETRIES
+    backoff_seconds: float = DEFAULT_BACKOFF_SECONDS
+    # A Retry-After longer than this is not waited for: the row fails with the answer instead.
+    max_retry_wait_seconds: float = DEFAULT_MAX_RETRY_WAIT_SECONDS
+    concurrency: int = DEFAULT_CONCURRENCY
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> CallPolicy:
+        def number(name: str, default: float) -> float:
+            value = settings.get(name)
+            return default if value is None else float(value)
+
+        return cls(
+            timeout_seconds=number("timeout_seconds", DEFAULT_TIMEOUT_SECONDS),
+            max_retries=int(number("max_retries", DEFAULT_MAX_RETRIES)),
+            backoff_seconds=number("retry_backoff_seconds", DEFAULT_BACKOFF_SECONDS),
+            max_retry_wait_seconds=number("max_retry_wait_seconds", DEFAULT_MAX_RETRY_WAIT_SECONDS),
+            concurrency=max(int(number("concurrency", DEFAULT_CONCURRENCY)), 1),
+        )
+
+    def backoff(self, retry: int) -> float:
+        """Exponential backoff with a little jitter, so parallel rows do not retry in step."""
+        return self.backoff_seconds * (2.0**retry) * random.uniform(1.0, 1.25)
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """`Retry-After` as seconds: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def is_retryable(response: httpx.Response) -> bool:
+    return response.status_code == 429 or response.status_code >= 500
+
+
+async def post_json(
+    http: httpx.AsyncClient,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    policy: CallPolicy,
+    *,
+    resend_unsure: bool,
+    who: str,
+) -> httpx.Response:
+    """POST `body` as JSON; the last answer once it is not 429/5xx or retries are spent.
+
+    Raises ProviderError when no answer came (timeout, connection error), naming `who`.
+    """
+    retry = 0
+    while True:
+        try:
+            async with asyncio.timeout(policy.timeout_seconds):
+                response = await http.post(
+                    url,
+                    json=body,
+                    headers=headers,
+                    timeout=httpx.Timeout(policy.timeout_seconds),
+                )
+        except (TimeoutError, httpx.TimeoutException, httpx.TransportError) as exc:
+            unsent = isinstance(exc, _NOT_SENT)
+            if (unsent or resend_unsure) and retry < policy.max_retries:
+                await asyncio.sleep(policy.backoff(retry))
+                retry += 1
+                continue
+            raise ProviderError(_describe(exc, who, policy, unsent, resend_unsure)) from None
+        if not is_retryable(response) or retry >= policy.max_retries:
+            return response
+        wait = retry_after_seconds(response)
+        if wait is None:
+            wait = policy.backoff(retry)
+        elif wait > policy.max_retry_wait_seconds:
+            return response
+        await asyncio.sleep(wait)
+        retry += 1
+
+
+def _describe(
+    exc: Exception, who: str, policy: CallPolicy, unsent: bool, resend_unsure: bool
+) -> str:
+    if unsent:
+        reason = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
+        return f"could not reach {who} ({reason})"
+    if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        text = f"{who} did not answer within {policy.timeout_seconds:g} s"
+    else:
+        text = f"the connection to {who} failed ({type(exc).__name__})"
+    if not resend_unsure:
+        text += "; not retried, as the request may have been received"
+    return text
+
+
+def error_text(response: httpx.Response, limit: int = 300) -> str:
+    """The start of an error answer's body, for a row's error."""
+    text = response.text.strip().replace("\n", " ")
+    return text[:limit] + ("…" if len(text) > limit else "")

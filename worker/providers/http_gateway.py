@@ -1,0 +1,98 @@
+"""The `http` messaging provider: a customer's own gateway.
+
+`POST settings.url` with the JSON
+
+    {"executionId": "<uuid>", "customerId": "<row customerId>", "to": "<recipient>",
+     "message": "<text>", "row": {<the row's input fields>}}
+
+an optional `Authorization: Bearer <token>` (read from the environment variable named by
+`token_env`), the extra `headers` of the settings (not for secrets: they are stored with the
+workflow) and `Idempotency-Key: <row id>`, so a gateway that keeps keys can drop a repeat. A 2xx
+answer must be JSON with `messageId`; anything else fails the row (429/5xx after retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import httpx
+
+from web.domain.statuses import SendStatus
+from worker.providers import ProviderConfigError, ProviderError
+from worker.providers.calls import CallPolicy, error_text, post_json
+from worker.providers.messaging import OutgoingMessage, SendResult
+from worker.providers.secrets import read_secret, scrub
+
+
+class HttpGatewayMessenger:
+    resend_safe = False
+
+    def __init__(
+        self, settings: dict[str, Any], http: httpx.AsyncClient, execution_id: UUID
+    ) -> None:
+        self._http = http
+        self._url = str(settings.get("url") or "")
+        if not self._url:
+            raise ProviderConfigError("settings.url is required")
+        self._execution_id = execution_id
+        self._headers = {str(k): str(v) for k, v in (settings.get("headers") or {}).items()}
+        self._token = read_secret(settings, "token_env") if settings.get("token_env") else ""
+        if self._token:
+            self._headers["Authorization"] = f"Bearer {self._token}"
+        self._policy = CallPolicy.from_settings(settings)
+        self.concurrency = self._policy.concurrency
+
+    def request_body(self, message: OutgoingMessage) -> dict[str, Any]:
+        return {
+            "executionId": str(self._execution_id),
+            "customerId": message.data.get("customerId"),
+            "to": message.recipient,
+            "message": message.body,
+            "row": message.data,
+        }
+
+    async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(message: OutgoingMessage) -> SendResult:
+            async with limit:
+                return await self._send_one(message)
+
+        return list(await asyncio.gather(*(one(m) for m in messages)))
+
+    async def _send_one(self, message: OutgoingMessage) -> SendResult:
+        try:
+            response = await post_json(
+                self._http,
+                self._url,
+                self.request_body(message),
+                {**self._headers, "Idempotency-Key": str(message.row_id)},
+                self._policy,
+                resend_unsure=False,
+                who="the gateway",
+            )
+        except ProviderError as exc:
+            return _failed(message, str(exc))
+        if response.status_code >= 300:
+            text = scrub(error_text(response), self._token)
+            return _failed(message, f"the gateway answered {response.status_code}: {text}")
+        try:
+            message_id = response.json()["messageId"]
+        except (ValueError, KeyError, TypeError):
+            message_id = None
+        if (
+            not isinstance(message_id, str | int)
+            or isinstance(message_id, bool)
+            or message_id == ""
+        ):
+            return _failed(
+                message, f"the gateway's answer has no messageId: {error_text(response)}"
+            )
+        return SendResult(message.row_id, SendStatus.SENT, str(message_id))
+
+
+def _failed(message: OutgoingMessage, error: str) -> SendResult:
+    return SendResult(message.row_id, SendStatus.FAILED, None, error)

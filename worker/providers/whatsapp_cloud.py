@@ -1,0 +1,135 @@
+"""The `whatsapp_cloud` messaging provider: the WhatsApp Business Cloud API.
+
+`POST {base_url}/{phone_number_id}/messages` with `Authorization: Bearer <token>` (read from the
+environment variable named by `access_token_env`) and
+
+    {"messaging_product": "whatsapp", "recipient_type": "individual", "to": "<digits>",
+     "type": "text", "text": {"body": "<message>"}}
+
+or, with `settings.template` ({name, language, body_parameters}), a template message whose body
+parameters are row fields (`message` is the generated text). The answer's `messages[0].id`
+(`wamid.…`) becomes the row's messageId. An error answer (`{"error": {"message", "type", "code",
+"error_data": {"details"}}}`: invalid number, expired token, rate limit) fails that row with the
+API's message; 429 and 5xx are retried first (honouring Retry-After).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from web.domain.statuses import SendStatus
+from worker.providers import ProviderConfigError, ProviderError
+from worker.providers.calls import CallPolicy, error_text, post_json
+from worker.providers.messaging import OutgoingMessage, SendResult
+from worker.providers.secrets import read_secret, scrub
+
+DEFAULT_BASE_URL = "https://graph.facebook.com/v21.0"
+
+
+class WhatsAppCloudMessenger:
+    resend_safe = False
+
+    def __init__(self, settings: dict[str, Any], http: httpx.AsyncClient) -> None:
+        self._http = http
+        base_url = str(settings.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
+        phone_number_id = str(settings.get("phone_number_id") or "").strip()
+        if not phone_number_id:
+            raise ProviderConfigError("settings.phone_number_id is required")
+        self._url = f"{base_url}/{phone_number_id}/messages"
+        self._template: dict[str, Any] | None = settings.get("template")
+        self._token = read_secret(settings, "access_token_env")
+        self._policy = CallPolicy.from_settings(settings)
+        self.concurrency = self._policy.concurrency
+
+    def request_body(self, message: OutgoingMessage) -> dict[str, Any]:
+        """The Cloud API's message object for one row; ProviderError if it cannot be built."""
+        to = re.sub(r"\D", "", message.recipient)
+        if not to:
+            raise ProviderError("the row has no phone number to send to")
+        body: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "recipient_type": "individual",
+            "to": to,
+        }
+        if self._template is None:
+            return {**body, "type": "text", "text": {"body": message.body}}
+        template: dict[str, Any] = {
+            "name": self._template["name"],
+            "language": {"code": self._template["language"]},
+        }
+        names = self._template.get("body_parameters") or []
+        if names:
+            template["components"] = [
+                {
+                    "type": "body",
+                    "parameters": [
+                        {"type": "text", "text": self._parameter(message, name)} for name in names
+                    ],
+                }
+            ]
+        return {**body, "type": "template", "template": template}
+
+    @staticmethod
+    def _parameter(message: OutgoingMessage, name: str) -> str:
+        value = message.body if name == "message" else message.data.get(name)
+        if value is None or str(value) == "":
+            raise ProviderError(f"template parameter {name!r} is missing in the row")
+        return str(value)
+
+    async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(message: OutgoingMessage) -> SendResult:
+            async with limit:
+                return await self._send_one(message)
+
+        return list(await asyncio.gather(*(one(m) for m in messages)))
+
+    async def _send_one(self, message: OutgoingMessage) -> SendResult:
+        try:
+            response = await post_json(
+                self._http,
+                self._url,
+                self.request_body(message),
+                {"Authorization": f"Bearer {self._token}"},
+                self._policy,
+                resend_unsure=False,
+                who="the WhatsApp Cloud API",
+            )
+        except ProviderError as exc:
+            return _failed(message, str(exc))
+        if response.status_code >= 400:
+            return _failed(message, scrub(_error(response), self._token))
+        try:
+            message_id = response.json()["messages"][0]["id"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            message_id = None
+        if not isinstance(message_id, str) or not message_id:
+            return _failed(
+                message, f"the WhatsApp Cloud API answer has no message id: {error_text(response)}"
+            )
+        return SendResult(message.row_id, SendStatus.SENT, message_id)
+
+
+def _failed(message: OutgoingMessage, error: str) -> SendResult:
+    return SendResult(message.row_id, SendStatus.FAILED, None, error)
+
+
+def _error(response: httpx.Response) -> str:
+    """`WhatsApp Cloud API error 131026: (#131026) Message undeliverable (details)`."""
+    try:
+        error = response.json()["error"]
+        text = str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"WhatsApp Cloud API answered {response.status_code}: {error_text(response)}"
+    code = error.get("code")
+    details = (error.get("error_data") or {}).get("details")
+    prefix = f"WhatsApp Cloud API error {code}" if code is not None else "WhatsApp Cloud API error"
+    if details and details != text:
+        text = f"{text} ({details})"
+    return f"{prefix}: {text}"
