@@ -1,4 +1,4 @@
-// flowgate dashboard: dates in the viewer's local time, and copy buttons. No framework.
+// flowgate dashboard: dates in the viewer's local time, copy buttons, confirmations. No framework.
 (function () {
   function localise(root) {
     root.querySelectorAll("time[datetime]").forEach(function (el) {
@@ -19,7 +19,16 @@
       setTimeout(function () { button.textContent = "Copy"; }, 1500);
     });
   }
+  // <form data-confirm="Revoke …?">: ask first (HTMX forms use hx-confirm instead).
+  function confirmSubmit(event) {
+    var form = event.target.closest && event.target.closest("form[data-confirm]");
+    if (form && !window.confirm(form.getAttribute("data-confirm"))) {
+      event.preventDefault();
+      event.stopPropagation();
+    }
+  }
   document.addEventListener("DOMContentLoaded", function () { localise(document); });
+  document.addEventListener("submit", confirmSubmit, true);
   document.addEventListener("htmx:afterSwap", function (event) { localise(event.target); });
   document.addEventListener("click", copy);
 })();

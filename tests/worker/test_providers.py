@@ -24,7 +24,7 @@ from arq.connections import ArqRedis
 from tests.factories import PUBLIC, auth, execution_row, row_states, rows, start
 from tests.fake_providers import FakeChatCompletions, FakeGateway, FakeWhatsAppCloud, Reply
 from web.domain import queue
-from web.domain.tables import Execution, ExecutionRow
+from web.domain.tables import Execution, ExecutionRow, SandboxMessage
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 from web.logs import JsonFormatter
 from worker.steps.send_message import UNKNOWN_DELIVERY
@@ -784,3 +784,49 @@ async def test_provider_secrets_are_stored_nowhere_and_never_logged(
     logged += "\n".join(str(vars(record)) for record in caplog.records)
     assert llm_key not in logged
     assert whatsapp_token not in logged
+
+
+async def test_a_worker_killed_mid_generation_is_finished_by_another_without_regenerating(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    redis: ArqRedis,
+    llm: FakeChatCompletions,
+) -> None:
+    await save(content=llm_settings(llm, concurrency=1))
+    data = rows(5)
+    execution_id = await start(client, api_key, csv_data=data, workflow_id=WORKFLOW_ID)
+    # Two rows are generated; the LLM never answers the third: the worker is killed waiting.
+    llm.respond_with(200, 200, "hang")
+    env = {**os.environ, "FLOWGATE_EXECUTION_LEASE_SECONDS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "web.cli", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await llm.wait_for(3, timeout=30)
+        deadline = time.monotonic() + 10
+        while sum(1 for r in await row_states(execution_id) if r["generated_content"]) < 2:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert [bool(r["generated_content"]) for r in await row_states(execution_id)] == [
+        True, True, False, False, False
+    ]  # fmt: skip
+    assert await redis.delete(f"arq:in-progress:{queue.run_job_id(UUID(execution_id), 0)}") == 1
+
+    await run_worker()
+    await approve(client, api_key, execution_id)
+    await run_worker()
+
+    prompts = [FakeChatCompletions.prompt_of(r) for r in llm.requests]
+    # Rows 1 and 2 were asked once; row 3 twice (the killed worker's request went unanswered).
+    assert prompts == [_prompt(data[i]) for i in (0, 1, 2, 2, 3, 4)]
+    body = await results(client, api_key, execution_id)
+    assert body["status"] == "completed"
+    assert [r["status"] for r in body["output"]["results"]] == ["sent"] * 5
+    assert await SandboxMessage.count() == 5

@@ -8,6 +8,9 @@ from litestar.response import Redirect
 from web.dashboard.approvals import ApprovalsController
 from web.dashboard.auth import AuthController
 from web.dashboard.executions import ExecutionsController
+from web.dashboard.keys import KeysController
+from web.dashboard.users import UsersController
+from web.dashboard.workflows import WorkflowsController
 
 
 @get("/dashboard", include_in_schema=False)
@@ -18,6 +21,14 @@ async def home() -> Redirect:
 def dashboard_router() -> Router:
     return Router(
         path="/",
-        route_handlers=[home, AuthController, ExecutionsController, ApprovalsController],
+        route_handlers=[
+            home,
+            AuthController,
+            ExecutionsController,
+            ApprovalsController,
+            KeysController,
+            WorkflowsController,
+            UsersController,
+        ],
         include_in_schema=False,
     )

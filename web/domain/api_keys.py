@@ -1,8 +1,10 @@
-"""API keys: create, hash, look up, list and revoke.
+"""API keys: create, hash, look up, list, edit, rotate and revoke.
 
 A key is 64 random lowercase hex characters (256 bits). Only its SHA-256 is stored, plus an
 8-character prefix for display; a fast hash is right for a random secret of that size, and keeps
-the hot path (every public request) cheap. Imports only web.domain and Piccolo.
+the hot path (every public request) cheap. A rotated key's old hash stays valid until the end of
+the grace period chosen (`previous_key_hash`, `previous_key_expires_at`).
+Imports only web.domain and Piccolo.
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
 from uuid import UUID
 
-from web.domain import clock, webhooks
-from web.domain.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from web.domain import clock, limits, webhooks
+from web.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from web.domain.tables import ApiKey, Workflow
 from web.settings import get_settings
 
@@ -24,6 +27,10 @@ KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 WEBHOOK_EVENTS = webhooks.EVENTS
 DEFAULT_MONTHLY_LIMIT = 1000
 INVALID_KEY = "Invalid API key"  # public-api.md, "401 Unauthorized"
+DEFAULT_ROTATION_GRACE = timedelta(hours=24)
+MAX_ROTATION_GRACE = timedelta(days=30)
+GRACE_OUT_OF_RANGE = "Grace period must be between 0 and 720 hours"
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 (a label, not a secret)
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,11 @@ def parse_bearer(authorization: str | None) -> str:
 
 async def authenticate(authorization: str | None) -> AuthenticatedKey:
     """Resolve the bearer key; Unauthorized for a missing, malformed or unknown key. The key
-    may still be unusable (inactive, expired): see `AuthenticatedKey.unusable_reason`."""
+    may still be unusable (inactive, expired): see `AuthenticatedKey.unusable_reason`.
+    A rotated key's previous secret is accepted until its grace period ends."""
     secret = parse_bearer(authorization)
+    digest = hash_key(secret)
+    current = clock.now()
     row = (
         await ApiKey.select(
             ApiKey.id,
@@ -95,13 +105,16 @@ async def authenticate(authorization: str | None) -> AuthenticatedKey:
             ApiKey.rate_limit_refill_per_second,
             ApiKey.last_used_at,
         )
-        .where(ApiKey.key_hash == hash_key(secret))
+        # One query on two indexed columns (a BitmapOr): this is every public request.
+        .where(
+            (ApiKey.key_hash == digest)
+            | ((ApiKey.previous_key_hash == digest) & (ApiKey.previous_key_expires_at > current))
+        )
         .first()
     )
     if row is None:
         raise Unauthorized(INVALID_KEY)
     last_used = row["last_used_at"]
-    current = clock.now()
     if row["active"] and (last_used is None or (current - last_used).total_seconds() > 60):
         # Written at most once a minute per key, so the hot path stays read-only.
         await ApiKey.update({ApiKey.last_used_at: current}).where(ApiKey.id == row["id"])
@@ -146,18 +159,32 @@ def _check_webhook_url(url: str | None) -> str | None:
     )
 
 
-async def create_key(
+@dataclass(frozen=True)
+class KeySettings:
+    """The editable settings of a key, checked (`_check_settings`)."""
+
+    name: str
+    monthly_limit: int
+    expires_at: datetime | None
+    allowed_workflows: list[str]
+    webhook_url: str | None
+    webhook_events: list[str]
+    rate_limit_burst: int | None
+    rate_limit_refill_per_second: float | None
+
+
+async def _check_settings(
     name: str,
     *,
-    monthly_limit: int = DEFAULT_MONTHLY_LIMIT,
-    expires_at: datetime | None = None,
-    allowed_workflows: list[str] | None = None,
-    webhook_url: str | None = None,
-    webhook_events: list[str] | None = None,
-    webhook_secret: str | None = None,
-    rate_limit_burst: int | None = None,
-    rate_limit_refill_per_second: float | None = None,
-) -> NewKey:
+    monthly_limit: int,
+    expires_at: datetime | None,
+    allowed_workflows: list[str] | None,
+    webhook_url: str | None,
+    webhook_events: list[str] | None,
+    rate_limit_burst: int | None,
+    rate_limit_refill_per_second: float | None,
+) -> KeySettings:
+    """The settings, or InvalidInput naming the first problem (create and edit alike)."""
     name = name.strip()
     if not name or len(name) > 200:
         raise InvalidInput("Name must be between 1 and 200 characters")
@@ -181,32 +208,70 @@ async def create_key(
     events = _check_webhook_events(
         list(WEBHOOK_EVENTS) if webhook_events is None else webhook_events
     )
-    url = _check_webhook_url(webhook_url)
-    secret = secrets.token_hex(32)
-    key = ApiKey(
+    return KeySettings(
         name=name,
-        key_hash=hash_key(secret),
-        prefix=secret[:8],
         monthly_limit=monthly_limit,
         expires_at=expires_at,
         allowed_workflows=workflows,
-        webhook_url=url,
+        webhook_url=_check_webhook_url(webhook_url),
         webhook_events=events,
-        webhook_secret=webhook_secret or None,
         rate_limit_burst=rate_limit_burst,
         rate_limit_refill_per_second=rate_limit_refill_per_second,
+    )
+
+
+def generate_webhook_secret() -> str:
+    """A webhook signing secret (shown once; stored as it is, since signing needs it)."""
+    return WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+async def create_key(
+    name: str,
+    *,
+    monthly_limit: int = DEFAULT_MONTHLY_LIMIT,
+    expires_at: datetime | None = None,
+    allowed_workflows: list[str] | None = None,
+    webhook_url: str | None = None,
+    webhook_events: list[str] | None = None,
+    webhook_secret: str | None = None,
+    rate_limit_burst: int | None = None,
+    rate_limit_refill_per_second: float | None = None,
+) -> NewKey:
+    checked = await _check_settings(
+        name,
+        monthly_limit=monthly_limit,
+        expires_at=expires_at,
+        allowed_workflows=allowed_workflows,
+        webhook_url=webhook_url,
+        webhook_events=webhook_events,
+        rate_limit_burst=rate_limit_burst,
+        rate_limit_refill_per_second=rate_limit_refill_per_second,
+    )
+    secret = secrets.token_hex(32)
+    key = ApiKey(
+        name=checked.name,
+        key_hash=hash_key(secret),
+        prefix=secret[:8],
+        monthly_limit=checked.monthly_limit,
+        expires_at=checked.expires_at,
+        allowed_workflows=checked.allowed_workflows,
+        webhook_url=checked.webhook_url,
+        webhook_events=checked.webhook_events,
+        webhook_secret=webhook_secret or None,
+        rate_limit_burst=checked.rate_limit_burst,
+        rate_limit_refill_per_second=checked.rate_limit_refill_per_second,
     )
     await key.save()
     return NewKey(
         id=key.id,
-        name=name,
+        name=checked.name,
         secret=secret,
         prefix=secret[:8],
-        monthly_limit=monthly_limit,
-        expires_at=expires_at,
-        allowed_workflows=workflows,
-        webhook_url=url,
-        webhook_events=events,
+        monthly_limit=checked.monthly_limit,
+        expires_at=checked.expires_at,
+        allowed_workflows=checked.allowed_workflows,
+        webhook_url=checked.webhook_url,
+        webhook_events=checked.webhook_events,
         webhook_secret_set=bool(webhook_secret),
     )
 
@@ -241,3 +306,165 @@ async def revoke_key(key_id: UUID) -> None:
     )
     if not updated:
         raise NotFound("API key not found")
+
+
+# --- the dashboard's view of keys: status, usage, edit, rotate --------------------------------
+
+KeyStatus = Literal["active", "revoked", "expired"]
+
+
+class SecretChange(StrEnum):
+    """What an edit does to the webhook secret."""
+
+    KEEP = "keep"
+    GENERATE = "generate"  # a new one, shown once
+    REMOVE = "remove"
+
+
+# Every column the dashboard may show: never key_hash, previous_key_hash or webhook_secret.
+_SHOWN_COLUMNS = (
+    "k.id, k.name, k.prefix, k.active, k.expires_at, k.monthly_limit, k.rate_limit_burst, "
+    "k.rate_limit_refill_per_second, k.allowed_workflows, k.webhook_url, k.webhook_events, "
+    "k.webhook_secret IS NOT NULL AS webhook_secret_set, k.created_at, k.last_used_at, "
+    "k.revoked_at, k.previous_key_expires_at, COALESCE(u.used, 0) AS used"
+)
+
+
+def key_status(active: bool, expires_at: datetime | None) -> KeyStatus:
+    if not active:
+        return "revoked"
+    if expires_at is not None and expires_at <= clock.now():
+        return "expired"
+    return "active"
+
+
+def _shown(row: dict[str, Any]) -> dict[str, Any]:
+    current = clock.now()
+    grace_until = row["previous_key_expires_at"]
+    return {
+        **row,
+        "status": key_status(row["active"], row["expires_at"]),
+        # The old secret of a rotation, while it still works.
+        "previous_valid_until": grace_until if grace_until and grace_until > current else None,
+    }
+
+
+async def list_keys_with_usage() -> list[dict[str, Any]]:
+    """Every key, newest first, with its status and its executions this month (`used`), in one
+    query. No hash and no webhook secret (only whether one is set)."""
+    rows = await ApiKey.raw(
+        f"SELECT {_SHOWN_COLUMNS} FROM api_key AS k "  # noqa: S608 (constant columns)
+        "LEFT JOIN api_key_usage AS u ON u.api_key = k.id AND u.month = {} "
+        "ORDER BY k.created_at DESC",
+        limits.month_of(clock.now()),
+    )
+    return [_shown(row) for row in rows]
+
+
+async def get_key(key_id: UUID) -> dict[str, Any]:
+    """One key as `list_keys_with_usage` shows it; NotFound if there is none."""
+    rows = await ApiKey.raw(
+        f"SELECT {_SHOWN_COLUMNS} FROM api_key AS k "  # noqa: S608 (constant columns)
+        "LEFT JOIN api_key_usage AS u ON u.api_key = k.id AND u.month = {} "
+        "WHERE k.id = {}",
+        limits.month_of(clock.now()),
+        key_id,
+    )
+    if not rows:
+        raise NotFound("API key not found")
+    return _shown(rows[0])
+
+
+async def update_key(
+    key_id: UUID,
+    *,
+    name: str,
+    monthly_limit: int,
+    expires_at: datetime | None,
+    allowed_workflows: list[str],
+    webhook_url: str | None,
+    webhook_events: list[str],
+    rate_limit_burst: int | None,
+    rate_limit_refill_per_second: float | None,
+    webhook_secret: SecretChange = SecretChange.KEEP,
+) -> str | None:
+    """Replace the key's settings (checked as `create_key` checks them). Returns the new webhook
+    secret when one was generated (to show once), else None. NotFound for an unknown id.
+    The token bucket picks up new burst/refill figures at the next request."""
+    checked = await _check_settings(
+        name,
+        monthly_limit=monthly_limit,
+        expires_at=expires_at,
+        allowed_workflows=allowed_workflows,
+        webhook_url=webhook_url,
+        webhook_events=webhook_events,
+        rate_limit_burst=rate_limit_burst,
+        rate_limit_refill_per_second=rate_limit_refill_per_second,
+    )
+    values: dict[Any, Any] = {
+        ApiKey.name: checked.name,
+        ApiKey.monthly_limit: checked.monthly_limit,
+        ApiKey.expires_at: checked.expires_at,
+        ApiKey.allowed_workflows: checked.allowed_workflows,
+        ApiKey.webhook_url: checked.webhook_url,
+        ApiKey.webhook_events: checked.webhook_events,
+        ApiKey.rate_limit_burst: checked.rate_limit_burst,
+        ApiKey.rate_limit_refill_per_second: checked.rate_limit_refill_per_second,
+    }
+    new_secret = generate_webhook_secret() if webhook_secret is SecretChange.GENERATE else None
+    if webhook_secret is not SecretChange.KEEP:
+        values[ApiKey.webhook_secret] = new_secret
+    updated = await ApiKey.update(values).where(ApiKey.id == key_id).returning(ApiKey.id)
+    if not updated:
+        raise NotFound("API key not found")
+    return new_secret
+
+
+@dataclass(frozen=True)
+class RotatedKey:
+    """The new secret of a rotated key (shown once) and until when the old one still works."""
+
+    id: UUID
+    name: str
+    secret: str
+    prefix: str
+    previous_valid_until: datetime
+
+
+def rotation_grace(hours: float | None) -> timedelta:
+    """A grace period given in hours (None: the default, 24 h); InvalidInput out of range."""
+    if hours is None:
+        return DEFAULT_ROTATION_GRACE
+    if not 0 <= hours <= MAX_ROTATION_GRACE.total_seconds() / 3600:
+        raise InvalidInput(GRACE_OUT_OF_RANGE)
+    return timedelta(hours=hours)
+
+
+async def rotate_key(key_id: UUID, grace: timedelta = DEFAULT_ROTATION_GRACE) -> RotatedKey:
+    """Give the key a new secret; the current one keeps working for `grace` (0 to 30 days), then
+    stops. A previous rotation's old secret, if still in its grace period, stops at once (one
+    UPDATE: the old hash moves over as the new one is set). Conflict for a revoked key."""
+    if grace < timedelta(0) or grace > MAX_ROTATION_GRACE:
+        raise InvalidInput(GRACE_OUT_OF_RANGE)
+    secret = secrets.token_hex(32)
+    until = clock.now() + grace
+    rows = await ApiKey.raw(
+        "UPDATE api_key SET previous_key_hash = key_hash, previous_key_expires_at = {}, "
+        "  key_hash = {}, prefix = {} "
+        "WHERE id = {} AND active RETURNING name",
+        until,
+        hash_key(secret),
+        secret[:8],
+        key_id,
+    )
+    if not rows:
+        if await ApiKey.exists().where(ApiKey.id == key_id):
+            raise Conflict("A revoked API key cannot be rotated")
+        raise NotFound("API key not found")
+    return RotatedKey(
+        id=key_id,
+        name=rows[0]["name"],
+        secret=secret,
+        prefix=secret[:8],
+        previous_valid_until=until,
+    )

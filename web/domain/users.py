@@ -18,7 +18,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
 
 from web.domain import clock
-from web.domain.errors import Conflict, InvalidInput, NotFound, TooManyRequests, Unauthorized
+from web.domain.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
 from web.domain.tables import User
 
 LOCKOUT_FAILURES = 10
@@ -156,3 +163,46 @@ async def set_active(user_id: UUID, active: bool) -> None:
     updated = await User.update({User.active: active}).where(User.id == user_id).returning(User.id)
     if not updated:
         raise NotFound("User not found")
+
+
+# --- managing users from the dashboard ------------------------------------------------------
+
+CANNOT_DEMOTE_SELF = "You cannot change your own role: ask another admin to do it"
+CANNOT_DEACTIVATE_SELF = "You cannot deactivate yourself: ask another admin to do it"
+
+
+async def invite_user(email: str, role: str) -> tuple[SignedInUser, str]:
+    """Create a user with a generated password; returns the user and the password (shown once,
+    only its argon2 hash is stored)."""
+    password = generate_password()
+    return await create_user(email, password, role), password
+
+
+async def get_user(user_id: UUID) -> dict[str, Any]:
+    """One user as `list_users` shows it; NotFound if there is none."""
+    row = (
+        await User.select(
+            User.id, User.email, User.role, User.active, User.created_at, User.last_login_at
+        )
+        .where(User.id == user_id)
+        .first()
+    )
+    if row is None:
+        raise NotFound("User not found")
+    result: dict[str, Any] = row
+    return result
+
+
+async def change_role(acting: SignedInUser, user_id: UUID, role: str) -> None:
+    """`set_role` on behalf of `acting`, who may not demote themselves (so an admin is left)."""
+    if user_id == acting.id and _check_role(role) != acting.role:
+        raise Forbidden(CANNOT_DEMOTE_SELF)
+    await set_role(user_id, role)
+
+
+async def change_active(acting: SignedInUser, user_id: UUID, active: bool) -> None:
+    """`set_active` on behalf of `acting`, who may not deactivate themselves. A deactivated
+    user's sessions stop working at their next request (the guard reads `active` each time)."""
+    if user_id == acting.id and not active:
+        raise Forbidden(CANNOT_DEACTIVATE_SELF)
+    await set_active(user_id, active)

@@ -1,0 +1,344 @@
+"""API keys pages (admins only): the list with usage bars, create and edit forms, the show-once
+page for new secrets, revoke, rotate, and a key's page with a 30-day chart (inline SVG)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import FormMultiDict
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+from litestar.plugins.flash import flash
+from litestar.response import Template
+
+from web.dashboard.auth import back_to, page, require_admin, require_user
+from web.domain import api_keys, executions
+from web.domain.errors import Conflict, InvalidInput
+from web.settings import Settings
+
+BASE = "/dashboard/keys"
+INT_MAX = 2**31 - 1  # the columns are PostgreSQL integers
+EXPIRY_FORMAT = "%Y-%m-%dT%H:%M"  # <input type="datetime-local">, read as UTC
+
+# The inline SVG chart: a viewBox in user units, scaled by CSS to the card's width.
+CHART_WIDTH, CHART_HEIGHT = 640, 200
+CHART_LEFT, CHART_RIGHT, CHART_TOP, CHART_BOTTOM = 34, 22, 10, 26
+
+
+def _text(form: FormMultiDict, name: str) -> str:
+    return str(form.get(name, "") or "").strip()
+
+
+def _values_from_form(form: FormMultiDict) -> dict[str, Any]:
+    """What the form sent, as strings and lists: re-rendered as typed when it has a problem."""
+    return {
+        "name": _text(form, "name"),
+        "monthly_limit": _text(form, "monthly_limit"),
+        "rate_limit_burst": _text(form, "rate_limit_burst"),
+        "rate_limit_refill_per_second": _text(form, "rate_limit_refill_per_second"),
+        "expires_at": _text(form, "expires_at"),
+        "allowed_workflows": [str(v) for v in form.getall("allowed_workflows", [])],
+        "webhook_url": _text(form, "webhook_url"),
+        "webhook_events": [str(v) for v in form.getall("webhook_events", [])],
+        "generate_secret": _text(form, "generate_secret") == "on",
+        "webhook_secret": _text(form, "webhook_secret") or api_keys.SecretChange.KEEP.value,
+    }
+
+
+def _values_of(key: dict[str, Any]) -> dict[str, Any]:
+    """A stored key as the edit form's values (never its secrets)."""
+
+    def shown(value: Any) -> str:
+        return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    expires: datetime | None = key["expires_at"]
+    return {
+        "name": key["name"],
+        "monthly_limit": str(key["monthly_limit"]),
+        "rate_limit_burst": shown(key["rate_limit_burst"]),
+        "rate_limit_refill_per_second": shown(key["rate_limit_refill_per_second"]),
+        "expires_at": expires.astimezone(UTC).strftime(EXPIRY_FORMAT) if expires else "",
+        "allowed_workflows": list(key["allowed_workflows"] or []),
+        "webhook_url": key["webhook_url"] or "",
+        "webhook_events": list(key["webhook_events"] or []),
+        "generate_secret": False,
+        "webhook_secret": api_keys.SecretChange.KEEP.value,
+    }
+
+
+NEW_KEY_VALUES: dict[str, Any] = {
+    "name": "",
+    "monthly_limit": str(api_keys.DEFAULT_MONTHLY_LIMIT),
+    "rate_limit_burst": "",
+    "rate_limit_refill_per_second": "",
+    "expires_at": "",
+    "allowed_workflows": [],
+    "webhook_url": "",
+    "webhook_events": list(api_keys.WEBHOOK_EVENTS),
+    "generate_secret": True,
+    "webhook_secret": api_keys.SecretChange.KEEP.value,
+}
+
+
+def _integer(value: str, label: str) -> int | None:
+    if not value:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidInput(f"{label} must be a whole number") from None
+    if number > INT_MAX:
+        raise InvalidInput(f"{label} must be at most {INT_MAX}")
+    return number
+
+
+def _number(value: str, label: str) -> float | None:
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise InvalidInput(f"{label} must be a number")
+    return number
+
+
+def _expiry(value: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput("Expiry must be a date and time like 2026-01-01T00:00") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _secret_change(value: str) -> api_keys.SecretChange:
+    try:
+        return api_keys.SecretChange(value)
+    except ValueError:
+        raise InvalidInput("Choose to keep, replace or remove the webhook secret") from None
+
+
+def _settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `create_key` / `update_key`; InvalidInput for a field that is
+    not even a number or a date (the domain checks the rest)."""
+    monthly_limit = _integer(values["monthly_limit"], "Monthly limit")
+    if monthly_limit is None:
+        raise InvalidInput("Monthly limit is required (0 blocks every execution)")
+    return {
+        "name": values["name"],
+        "monthly_limit": monthly_limit,
+        "rate_limit_burst": _integer(values["rate_limit_burst"], "Burst"),
+        "rate_limit_refill_per_second": _number(
+            values["rate_limit_refill_per_second"], "Refill rate"
+        ),
+        "expires_at": _expiry(values["expires_at"]),
+        "allowed_workflows": values["allowed_workflows"],
+        "webhook_url": values["webhook_url"] or None,
+        "webhook_events": values["webhook_events"],
+    }
+
+
+def _chart(days: list[dict[str, Any]]) -> dict[str, Any]:
+    """Bars, ticks and labels of the executions-per-day chart, in the SVG's user units."""
+    plot_width = CHART_WIDTH - CHART_LEFT - CHART_RIGHT
+    plot_height = CHART_HEIGHT - CHART_TOP - CHART_BOTTOM
+    top = max((day["count"] for day in days), default=0) or 1
+    slot = plot_width / max(len(days), 1)
+    bars = []
+    for index, day in enumerate(days):
+        height = plot_height * day["count"] / top
+        bars.append(
+            {
+                "day": day["day"],
+                "count": day["count"],
+                "slot_x": round(CHART_LEFT + index * slot, 2),
+                "x": round(CHART_LEFT + index * slot + slot * 0.15, 2),
+                "y": round(CHART_TOP + plot_height - height, 2),
+                "height": round(height, 2),
+            }
+        )
+    last = len(days) - 1
+    label_every = 7
+    return {
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "left": CHART_LEFT,
+        "right": CHART_WIDTH - CHART_RIGHT,
+        "top": CHART_TOP,
+        "bottom": CHART_TOP + plot_height,
+        "plot_height": plot_height,
+        "slot": round(slot, 2),
+        "bar_width": round(slot * 0.7, 2),
+        "bars": bars,
+        "total": sum(day["count"] for day in days),
+        "y_ticks": [
+            {"value": value, "y": round(CHART_TOP + plot_height * (1 - value / top), 2)}
+            for value in sorted({0, top // 2, top})
+        ],
+        # Every 7th day back from today, so today is always labelled.
+        "x_labels": [
+            {"text": bar["day"].strftime("%b %d"), "x": round(bar["slot_x"] + slot / 2, 2)}
+            for index, bar in enumerate(bars)
+            if (last - index) % label_every == 0
+        ],
+    }
+
+
+def _rate_defaults(settings: Settings) -> dict[str, Any]:
+    """The token bucket a key gets when its own figures are blank (only these, never the rest
+    of the settings, go into a template)."""
+    return {
+        "rate_limit_burst": settings.rate_limit_burst,
+        "rate_limit_refill_per_second": f"{settings.rate_limit_refill_per_second:g}",
+    }
+
+
+def _show_once(request: Request[Any, Any, Any], **context: Any) -> Template:
+    """The page that shows a new secret: answered to the POST itself (the secret is in no
+    session, URL or log) and never cached."""
+    response = page(request, "keys/created.html", **context)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+class KeysController(Controller):
+    path = BASE
+    guards = [require_user, require_admin]
+    include_in_schema = False
+
+    async def _form(
+        self,
+        request: Request[Any, Any, Any],
+        settings: Settings,
+        values: dict[str, Any],
+        key: dict[str, Any] | None = None,
+        error: str | None = None,
+        status_code: int = 200,
+    ) -> Template:
+        return page(
+            request,
+            "keys/form.html",
+            status_code,
+            key=key,
+            values=values,
+            error=error,
+            workflows=await executions.list_workflow_choices(),
+            events=api_keys.WEBHOOK_EVENTS,
+            defaults=_rate_defaults(settings),
+        )
+
+    @get("/")
+    async def list_page(self, request: Request[Any, Any, Any]) -> Template:
+        return page(request, "keys/list.html", keys=await api_keys.list_keys_with_usage())
+
+    @get("/new")
+    async def new_form(
+        self, request: Request[Any, Any, Any], settings: NamedDependency[Settings]
+    ) -> Template:
+        return await self._form(request, settings, dict(NEW_KEY_VALUES))
+
+    @post("/new")
+    async def create(
+        self, request: Request[Any, Any, Any], settings: NamedDependency[Settings]
+    ) -> Template:
+        values = _values_from_form(await request.form())
+        # A signing secret only means something with a URL to sign for.
+        wants_secret = values["generate_secret"] and bool(values["webhook_url"])
+        webhook_secret = api_keys.generate_webhook_secret() if wants_secret else None
+        try:
+            new = await api_keys.create_key(**_settings(values), webhook_secret=webhook_secret)
+        except InvalidInput as exc:
+            return await self._form(request, settings, values, error=exc.message, status_code=400)
+        return _show_once(
+            request,
+            heading="API key created",
+            key={"id": new.id, "name": new.name},
+            secret=new.secret,
+            webhook_secret=webhook_secret,
+        )
+
+    @get("/{key_id:uuid}")
+    async def detail_page(
+        self,
+        request: Request[Any, Any, Any],
+        key_id: FromPath[UUID],
+        settings: NamedDependency[Settings],
+    ) -> Template:
+        key = await api_keys.get_key(key_id)
+        return page(
+            request,
+            "keys/detail.html",
+            key=key,
+            defaults=_rate_defaults(settings),
+            chart=_chart(await executions.executions_per_day(key_id)),
+            grace_hours=int(api_keys.DEFAULT_ROTATION_GRACE.total_seconds() // 3600),
+        )
+
+    @get("/{key_id:uuid}/edit")
+    async def edit_form(
+        self,
+        request: Request[Any, Any, Any],
+        key_id: FromPath[UUID],
+        settings: NamedDependency[Settings],
+    ) -> Template:
+        key = await api_keys.get_key(key_id)
+        return await self._form(request, settings, _values_of(key), key=key)
+
+    @post("/{key_id:uuid}/edit")
+    async def update(
+        self,
+        request: Request[Any, Any, Any],
+        key_id: FromPath[UUID],
+        settings: NamedDependency[Settings],
+    ) -> Response[Any]:
+        key = await api_keys.get_key(key_id)
+        values = _values_from_form(await request.form())
+        try:
+            new_secret = await api_keys.update_key(
+                key_id, **_settings(values), webhook_secret=_secret_change(values["webhook_secret"])
+            )
+        except InvalidInput as exc:
+            return await self._form(request, settings, values, key, exc.message, 400)
+        if new_secret:
+            return _show_once(
+                request,
+                heading="API key saved",
+                key={"id": key_id, "name": values["name"]},
+                webhook_secret=new_secret,
+            )
+        flash(request, "API key saved", category="success")
+        return back_to(request, f"{BASE}/{key_id}")
+
+    @post("/{key_id:uuid}/revoke")
+    async def revoke(
+        self, request: Request[Any, Any, Any], key_id: FromPath[UUID]
+    ) -> Response[Any]:
+        await api_keys.revoke_key(key_id)
+        flash(request, "API key revoked: it answers 403 from now on", category="success")
+        return back_to(request, f"{BASE}/{key_id}")
+
+    @post("/{key_id:uuid}/rotate")
+    async def rotate(
+        self, request: Request[Any, Any, Any], key_id: FromPath[UUID]
+    ) -> Response[Any]:
+        form = await request.form()
+        try:
+            hours = _number(_text(form, "grace_hours"), "Grace period")
+            rotated = await api_keys.rotate_key(key_id, api_keys.rotation_grace(hours))
+        except (InvalidInput, Conflict) as exc:
+            flash(request, exc.message, category="error")
+            return back_to(request, f"{BASE}/{key_id}#rotate")
+        return _show_once(
+            request,
+            heading="API key rotated",
+            key={"id": rotated.id, "name": rotated.name},
+            secret=rotated.secret,
+            previous_valid_until=rotated.previous_valid_until,
+        )
