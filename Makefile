@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SERVICES = eval "$$(scripts/services.sh up)"
 
-.PHONY: install run test lint stop clean
+.PHONY: install run test lint bench soak stop clean
 
 $(BIN)/flowgate: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,14 @@ lint: install
 
 test: lint
 	@$(SERVICES) && $(BIN)/pytest $(PYTEST_ARGS)
+
+# Benchmarks (bench/README.md): own database and Redis DB, servers started and stopped here.
+bench: install
+	@$(SERVICES) && $(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# 60 s of mixed traffic against 2 web processes and 2 workers (scripts/soak.py).
+soak: install
+	@$(SERVICES) && $(BIN)/python scripts/soak.py
 
 stop:
 	@scripts/services.sh down
