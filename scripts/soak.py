@@ -188,8 +188,8 @@ async def main() -> int:
         settle_deadline = time.monotonic() + 90
         while True:
             unfinished = await db.fetchval(
-                "SELECT count(*) FROM execution WHERE status NOT IN ('completed', 'failed', 'cancelled')"
-                " AND status <> 'pending_approval'"
+                "SELECT count(*) FROM execution "
+                "WHERE status NOT IN ('completed', 'failed', 'cancelled', 'pending_approval')"
             )
             waiting = await db.fetch("SELECT id FROM execution WHERE status = 'pending_approval'")
             if waiting:  # clients stopped mid-way: finish their approvals
