@@ -87,3 +87,43 @@ async def test_duplicate_customer_ids_are_kept_as_separate_rows(
         ("CUST001", "sent"),
         ("CUST001", "sent"),
     ]
+
+
+async def test_a_nul_character_in_a_decision_comment_is_a_400(
+    client: httpx.AsyncClient, api_key: str, run_worker: object
+) -> None:
+    """Found by schemathesis: the comment reached PostgreSQL, which refuses U+0000 (a 500)."""
+    execution_id = (await execute(client, api_key)).json()["executionId"]
+    await run_worker()  # type: ignore[operator]
+    for action in ("approve", "reject"):
+        response = await client.post(
+            f"{PUBLIC}/executions/{execution_id}/{action}",
+            json={"comment": "g\u007f\u0000\u00b7"},
+            headers=auth(api_key),
+        )
+        assert response.status_code == 400
+        assert response.json() == {
+            "message": "comment contains a NUL character (\\u0000)",
+            "error": "Bad Request",
+            "statusCode": 400,
+        }
+    assert (await execution_row(execution_id))["status"] == "pending_approval"
+
+
+async def test_a_nul_character_that_reaches_the_database_is_a_400_not_a_500(
+    admin_client: httpx.AsyncClient,
+) -> None:
+    from tests.factories import post_form
+
+    response = await post_form(
+        admin_client, "/dashboard/users/new", {"email": "a\u0000b@example.com", "role": "reviewer"}
+    )
+    assert response.status_code == 400
+    assert "Text must not contain the NUL character" in response.text
+
+
+async def test_unknown_dashboard_pages_are_html_404s(admin_client: httpx.AsyncClient) -> None:
+    for method in ("GET", "POST"):
+        response = await admin_client.request(method, "/dashboard/no-such-page")
+        assert response.status_code in (404, 405)
+        assert "<h1>40" in response.text

@@ -10,7 +10,13 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from web.domain.errors import UNAVAILABLE_ERRORS, DomainError, TooManyRequests
+from web.domain.errors import (
+    UNAVAILABLE_ERRORS,
+    UNSTORABLE_TEXT,
+    UNSTORABLE_TEXT_ERRORS,
+    DomainError,
+    TooManyRequests,
+)
 
 logger = logging.getLogger("flowgate.api")
 
@@ -93,6 +99,8 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
         return error_response(400, "Request body is nested too deeply")
     if isinstance(exc, UnicodeDecodeError):
         return error_response(400, "Request body is not valid JSON: it is not UTF-8")
+    if isinstance(exc, UNSTORABLE_TEXT_ERRORS):
+        return error_response(400, UNSTORABLE_TEXT)
     if isinstance(exc, UNAVAILABLE_ERRORS):
         logger.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, exc)
         return error_response(

@@ -12,7 +12,7 @@ from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
 
 from web.dashboard.auth import LOGIN_PATH, is_htmx
-from web.domain.errors import DomainError
+from web.domain.errors import UNSTORABLE_TEXT, UNSTORABLE_TEXT_ERRORS, DomainError
 
 
 def redirect_to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
@@ -29,6 +29,8 @@ def error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]
         status, message = exc.status_code, str(exc.detail)
         if status == 403 and "CSRF" in message:
             message = "Your form expired or came from elsewhere. Reload the page and try again."
+    elif isinstance(exc, UNSTORABLE_TEXT_ERRORS):
+        status, message = 400, UNSTORABLE_TEXT
     else:
         status, message = 500, "Something went wrong on our side."
     if is_htmx(request):

@@ -110,6 +110,8 @@ async def pending_approval_data(execution: dict[str, Any]) -> dict[str, Any]:
 
 def check_comment(execution: dict[str, Any], comment: str | None) -> None:
     """InvalidInput when the approval step has requireComment and no comment was given."""
+    if comment and "\x00" in comment:
+        raise InvalidInput("comment contains a NUL character (\\u0000)")
     settings = approval_settings(execution["definition"])
     if settings.get("requireComment") and not (comment and comment.strip()):
         raise InvalidInput("A comment is required for this approval")

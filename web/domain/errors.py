@@ -54,3 +54,12 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
     OSError,
 )
+
+
+# PostgreSQL refuses text holding U+0000. Inputs are checked where they enter, and anything that
+# still slips through is a client error (400) rather than a 500: the transaction rolled back.
+UNSTORABLE_TEXT_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.CharacterNotInRepertoireError,
+    asyncpg.exceptions.UntranslatableCharacterError,
+)
+UNSTORABLE_TEXT = "Text must not contain the NUL character (\\u0000)"
