@@ -44,6 +44,8 @@ os.environ.setdefault("FLOWGATE_WEBHOOK_ALLOW_PRIVATE", "true")
 os.environ.setdefault("FLOWGATE_WEBHOOK_RETRY_DELAYS", "0.1,0.5,1.5")
 os.environ.setdefault("FLOWGATE_WEBHOOK_TIMEOUT_SECONDS", "1")
 os.environ.setdefault("FLOWGATE_SECRET_KEY", "test-secret-key-for-csrf-tokens-only")
+# Revocations, edits and rotations must show at once in most tests; the key cache has its own.
+os.environ.setdefault("FLOWGATE_KEY_CACHE_SECONDS", "0")
 
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
@@ -55,7 +57,7 @@ from litestar import Litestar  # noqa: E402
 from tests import factories  # noqa: E402
 from tests.receiver import Receiver  # noqa: E402
 from web.app import create_app  # noqa: E402
-from web.domain import clock, users, workflows  # noqa: E402
+from web.domain import api_keys, clock, users, workflows  # noqa: E402
 from web.settings import get_settings  # noqa: E402
 
 TABLES = (
@@ -112,6 +114,7 @@ async def clean_state(redis: ArqRedis) -> AsyncIterator[None]:
     from piccolo_conf import DB
 
     clock.reset()
+    api_keys.KEY_CACHE.clear()
     await DB.run_ddl(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
     await workflows.seed_workflows()
     await redis.flushdb()

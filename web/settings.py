@@ -66,6 +66,8 @@ class Settings:
     webhook_retry_delays: tuple[float, ...]
     webhook_allow_http: bool
     webhook_allow_private: bool
+    # How long a process may reuse an API key lookup (revocation takes effect within this).
+    key_cache_seconds: float
     # Reconciler: work unfinished in PostgreSQL and untouched this long is queued again.
     stalled_after_seconds: float
     # Dashboard: signs CSRF tokens; every web process of a deployment needs the same value.
@@ -101,6 +103,7 @@ def get_settings() -> Settings:
         ),
         webhook_allow_http=_bool("FLOWGATE_WEBHOOK_ALLOW_HTTP", False),
         webhook_allow_private=_bool("FLOWGATE_WEBHOOK_ALLOW_PRIVATE", False),
+        key_cache_seconds=_float("FLOWGATE_KEY_CACHE_SECONDS", 5.0),
         stalled_after_seconds=_float("FLOWGATE_STALLED_AFTER_SECONDS", 120.0),
         secret_key=_secret_key(),
         cookie_secure=_bool("FLOWGATE_COOKIE_SECURE", False),

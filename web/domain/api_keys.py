@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -86,17 +87,55 @@ def parse_bearer(authorization: str | None) -> str:
     return value
 
 
+class _KeyCache:
+    """Keys recently looked up, per process, for `ttl` seconds: most public requests then need
+    no query for their key. A revoked or edited key takes effect within `ttl` (expiry is checked
+    on every request); unknown keys are never cached."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._entries: dict[str, tuple[float, datetime | None, AuthenticatedKey]] = {}
+
+    def get(self, digest: str, ttl: float) -> AuthenticatedKey | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        stored_at, cutoff, key = entry
+        if time.monotonic() - stored_at > ttl or (cutoff is not None and clock.now() >= cutoff):
+            del self._entries[digest]
+            return None
+        return key
+
+    def put(self, digest: str, key: AuthenticatedKey, cutoff: datetime | None) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.pop(next(iter(self._entries)))  # the oldest entry
+        self._entries[digest] = (time.monotonic(), cutoff, key)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+KEY_CACHE = _KeyCache()
+
+
 async def authenticate(authorization: str | None) -> AuthenticatedKey:
     """Resolve the bearer key; Unauthorized for a missing, malformed or unknown key. The key
     may still be unusable (inactive, expired): see `AuthenticatedKey.unusable_reason`.
-    A rotated key's previous secret is accepted until its grace period ends."""
+    A rotated key's previous secret is accepted until its grace period ends. Lookups are
+    cached for FLOWGATE_KEY_CACHE_SECONDS (see `_KeyCache`)."""
     secret = parse_bearer(authorization)
     digest = hash_key(secret)
+    ttl = get_settings().key_cache_seconds
+    cached = KEY_CACHE.get(digest, ttl) if ttl > 0 else None
+    if cached is not None:
+        return cached
     current = clock.now()
     row = (
         await ApiKey.select(
             ApiKey.id,
             ApiKey.name,
+            ApiKey.key_hash,
+            ApiKey.previous_key_expires_at,
             ApiKey.active,
             ApiKey.expires_at,
             ApiKey.monthly_limit,
@@ -118,7 +157,7 @@ async def authenticate(authorization: str | None) -> AuthenticatedKey:
     if row["active"] and (last_used is None or (current - last_used).total_seconds() > 60):
         # Written at most once a minute per key, so the hot path stays read-only.
         await ApiKey.update({ApiKey.last_used_at: current}).where(ApiKey.id == row["id"])
-    return AuthenticatedKey(
+    key = AuthenticatedKey(
         id=row["id"],
         name=row["name"],
         active=row["active"],
@@ -128,6 +167,11 @@ async def authenticate(authorization: str | None) -> AuthenticatedKey:
         rate_limit_burst=row["rate_limit_burst"],
         rate_limit_refill_per_second=row["rate_limit_refill_per_second"],
     )
+    if ttl > 0:
+        # A previous secret stays cached no longer than its grace period.
+        by_previous = row["key_hash"] != digest
+        KEY_CACHE.put(digest, key, row["previous_key_expires_at"] if by_previous else None)
+    return key
 
 
 async def authenticate_usable(authorization: str | None) -> AuthenticatedKey:
