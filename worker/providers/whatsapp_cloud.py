@@ -15,7 +15,6 @@ API's message; 429 and 5xx are retried first (honouring Retry-After).
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -25,7 +24,7 @@ import httpx
 from web.domain.statuses import SendStatus
 from worker.providers import ProviderConfigError, ProviderError
 from worker.providers.calls import CallPolicy, error_text, post_json
-from worker.providers.messaging import OutgoingMessage, SendResult
+from worker.providers.messaging import OutgoingMessage, SendResult, send_each
 from worker.providers.secrets import read_secret, scrub
 
 DEFAULT_BASE_URL = "https://graph.facebook.com/v21.0"
@@ -82,13 +81,7 @@ class WhatsAppCloudMessenger:
         return str(value)
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        limit = asyncio.Semaphore(self.concurrency)
-
-        async def one(message: OutgoingMessage) -> SendResult:
-            async with limit:
-                return await self._send_one(message)
-
-        return list(await asyncio.gather(*(one(m) for m in messages)))
+        return await send_each(messages, self.concurrency, self._send_one)
 
     async def _send_one(self, message: OutgoingMessage) -> SendResult:
         try:
