@@ -25,6 +25,7 @@ lint: install
 	$(BIN)/mypy web worker
 
 test: lint
+	@scripts/ensure-chromium.sh
 	@$(SERVICES) && $(BIN)/pytest $(PYTEST_ARGS)
 
 # Benchmarks (bench/README.md): own database and Redis DB, servers started and stopped here.
