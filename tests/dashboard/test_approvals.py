@@ -77,6 +77,10 @@ async def test_a_row_decision_is_saved_at_once_and_only_that_row_is_swapped(
     assert response.text.startswith(f'<tr id="row-{states[1]["id"]}" class="decision-rejected')
     assert response.text.count("<tr") == 1
     assert "reviewer@example.com" in response.text
+    # The counts above the table follow, swapped out of band.
+    assert '<section id="review-summary" class="card summary" hx-swap-oob="true">' in response.text
+    assert "<strong>1</strong> rejected" in response.text
+    assert "<strong>2</strong> undecided" in response.text
     saved = (await row_states(execution_id))[1]
     assert saved["decision"] == "rejected"
     assert saved["decided_by"] == "reviewer@example.com"

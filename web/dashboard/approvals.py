@@ -74,7 +74,6 @@ class ApprovalsController(Controller):
         request: Request[Any, Any, Any],
         execution_id: FromPath[UUID],
         row_id: FromPath[UUID],
-        row: dict[str, Any] | None = None,
         error: str | None = None,
         editing: bool = False,
     ) -> Response[Any]:
@@ -82,16 +81,15 @@ class ApprovalsController(Controller):
             suffix = f"?editing={row_id}" if editing else ""
             return back_to(request, f"{BASE}/{execution_id}{suffix}#row-{row_id}")
         execution = await executions.get_detail(execution_id)
-        if row is None:
-            row = next(r for r in await executions.list_rows(execution_id) if r["id"] == row_id)
-        context = _review_context(execution, [row])
+        rows = await executions.list_rows(execution_id)  # the counts above the table need all
+        row = next(r for r in rows if r["id"] == row_id)
         return page(
             request,
-            "approvals/_row.html",
+            "approvals/_row_update.html",
             row=row,
             error=error,
             editing=row_id if editing else None,
-            **{k: v for k, v in context.items() if k != "rows"},
+            **_review_context(execution, rows),
         )
 
     @post("/{execution_id:uuid}/rows/{row_id:uuid}/decision")
@@ -101,7 +99,7 @@ class ApprovalsController(Controller):
         form = await request.form()
         user = current_user(request)
         try:
-            row = await approvals.decide_row(
+            await approvals.decide_row(
                 execution_id,
                 row_id,
                 str(form.get("decision", "")),
@@ -112,7 +110,7 @@ class ApprovalsController(Controller):
             if not is_htmx(request):
                 raise
             return await self._row_response(request, execution_id, row_id, error=exc.message)
-        return await self._row_response(request, execution_id, row_id, row)
+        return await self._row_response(request, execution_id, row_id)
 
     @get("/{execution_id:uuid}/rows/{row_id:uuid}/edit")
     async def edit_form(
@@ -132,14 +130,14 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         try:
-            row = await approvals.edit_row(
+            await approvals.edit_row(
                 execution_id, row_id, str(form.get("content", "")), current_user(request).email
             )
         except Conflict as exc:
             if not is_htmx(request):
                 raise
             return await self._row_response(request, execution_id, row_id, error=exc.message)
-        return await self._row_response(request, execution_id, row_id, row)
+        return await self._row_response(request, execution_id, row_id)
 
     @post("/{execution_id:uuid}/rows/decision")
     async def decide_all(
