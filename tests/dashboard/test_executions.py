@@ -123,7 +123,9 @@ async def test_the_detail_page_shows_steps_rows_results_decision_and_webhooks(
     assert "<blockquote>Fine by me</blockquote>" in html
     assert "Dear John, as a valued customer" in html
     assert "phone is not an E.164 phone number: &#39;12345&#39;" in html
-    assert "<strong>1</strong> sent · <strong>0</strong> failed · <strong>1</strong> skipped" in html
+    assert (
+        "<strong>1</strong> sent · <strong>0</strong> failed · <strong>1</strong> skipped" in html
+    )
     assert re.search(r"<code>whatsapp_msg_[0-9a-f]{32}</code>", html)
     for event in ("execution.started", "execution.pending_approval", "execution.completed"):
         assert f"<code>{event}</code>" in html
