@@ -3,6 +3,7 @@ sandbox renders the prompts of the `openai_compatible` provider."""
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from jinja2 import Template, TemplateError
@@ -15,12 +16,18 @@ from worker.providers.content import Generated
 _env = SandboxedEnvironment(autoescape=False, keep_trailing_newline=False)
 
 
+@lru_cache(maxsize=256)
+def _compiled(source: str) -> Template:
+    # Compiling costs more than rendering 100 rows: every execution of a workflow shares one.
+    return _env.from_string(source)
+
+
 def compile_template(settings: dict[str, Any], setting: str) -> Template:
     source = settings.get(setting)
     if not isinstance(source, str) or not source.strip():
         raise ProviderConfigError(f"settings.{setting} is required")
     try:
-        return _env.from_string(source)
+        return _compiled(source)
     except TemplateError as exc:
         raise ProviderConfigError(f"settings.{setting} is not a valid template: {exc}") from exc
 
