@@ -65,6 +65,9 @@ class WorkerSettings:
     on_shutdown = shutdown
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
     max_jobs = 20
+    # How often an idle worker asks Redis for work: this bounds how long a queued job (a run
+    # resumed after approval, a webhook) waits for pickup. arq's default is 0.5 s.
+    poll_delay = 0.05
     # On SIGTERM: stop taking jobs, let running ones finish for this long, then cancel them
     # (arq queues a cancelled job again; the engine resumes it from the last saved step).
     job_completion_wait = 20
