@@ -104,7 +104,7 @@ class PublicExecutionsController(Controller):
     async def results(
         self, execution_id: FromPath[str], api_key: NamedDependency[AuthenticatedKey]
     ) -> ResultsResponse:
-        execution = await executions.get_for_key(execution_id, api_key.id)
+        execution = await executions.get_for_key(execution_id, api_key.id, with_output=True)
         output = execution["output"]
         return ResultsResponse(
             id=str(execution["id"]),
@@ -123,7 +123,7 @@ class PublicExecutionsController(Controller):
     async def pending_approval(
         self, execution_id: FromPath[str], api_key: NamedDependency[AuthenticatedKey]
     ) -> PendingApprovalResponse:
-        execution = await executions.get_for_key(execution_id, api_key.id)
+        execution = await executions.get_for_key(execution_id, api_key.id, with_definition=True)
         data = await approvals.pending_approval_data(execution)
         return PendingApprovalResponse(
             id=str(execution["id"]),
@@ -147,7 +147,7 @@ class PublicExecutionsController(Controller):
         arq: NamedDependency[ArqRedis],
         data: JSONBody[DecisionRequest | None] = None,
     ) -> DecisionResponse:
-        execution = await executions.get_for_key(execution_id, api_key.id)
+        execution = await executions.get_for_key(execution_id, api_key.id, with_definition=True)
         comment = data.comment if data else None
         approvals.check_comment(execution, comment)
         step = await approvals.approve(execution["id"], comment, f"api_key:{api_key.name}")
@@ -171,7 +171,7 @@ class PublicExecutionsController(Controller):
         api_key: NamedDependency[AuthenticatedKey],
         data: JSONBody[DecisionRequest | None] = None,
     ) -> DecisionResponse:
-        execution = await executions.get_for_key(execution_id, api_key.id)
+        execution = await executions.get_for_key(execution_id, api_key.id, with_definition=True)
         comment = data.comment if data else None
         approvals.check_comment(execution, comment)
         await approvals.reject(execution["id"], comment, f"api_key:{api_key.name}")
