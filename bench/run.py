@@ -53,6 +53,8 @@ BUSY_PERCENT = 10.0
 LIMITER_TARGET = 0.85
 READ_TARGET = 0.70
 WRITE_TARGET = 0.50
+WORKER_ROWS_TARGET = 2000
+WEBHOOK_P99_TARGET_MS = 250
 
 CITIES = ["Mumbai", "Delhi", "Bengaluru", "Chennai", "Pune", "Kolkata", "Hyderabad"]
 NAMES = ["John Doe", "Asha Rao", "Vikram Singh", "Priya Nair", "Rahul Mehta", "Neha Iyer"]
@@ -69,7 +71,8 @@ class BenchError(Exception):
 
 def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """subprocess.run with text output; every command here is a fixed argv, never a shell."""
-    return subprocess.run(cmd, text=True, check=False, **kwargs)
+    kwargs.setdefault("check", False)
+    return subprocess.run(cmd, text=True, **kwargs)
 
 
 # --- tools ----------------------------------------------------------------------------------
@@ -479,7 +482,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 fmt(row["p99_ms"], ".2f"),
                 fmt(row["baseline_rps"], ".0f"),
                 fmt(row["ratio"], ".2f"),
-                "-" if row["target"] is None else f">= {row['target']:.2f}",
+                row.get("target_text")
+                or ("-" if row["target"] is None else f">= {row['target']:.2f}"),
                 "-" if row["ok"] is None else ("yes" if row["ok"] else "NO"),
             ]
         )
@@ -491,6 +495,61 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if index == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
+
+
+def _last_line(output: str) -> str:
+    return output.strip().splitlines()[-1]
+
+
+def script_rows(env: dict[str, str]) -> list[dict[str, Any]]:
+    """The figures measured by their own scripts, with the servers above stopped: worker
+    throughput (bench/worker_throughput.py) and webhook latency (bench/webhook_latency.py)."""
+    empty = {key: None for key in ("rps", "p50_ms", "p99_ms", "baseline_rps", "ratio", "target")}
+    rows = []
+    log("worker throughput: 50 executions of 100 rows, one worker")
+    worker = json.loads(
+        _last_line(
+            run(
+                [sys.executable, str(ROOT / "bench" / "worker_throughput.py")],
+                env=env,
+                capture_output=True,
+                check=True,
+            ).stdout
+        )
+    )
+    rows.append(
+        {
+            **empty,
+            "figure": "5 worker rows/s, 50 x 100 rows",
+            "rps": worker["rows_per_s"],
+            "target_text": ">= 2000 rows/s",
+            "ok": worker["rows_per_s"] >= WORKER_ROWS_TARGET,
+            "details": worker,
+        }
+    )
+    log("webhook latency: 500 events to a receiver on 127.0.0.1")
+    hooks = json.loads(
+        _last_line(
+            run(
+                [sys.executable, str(ROOT / "bench" / "webhook_latency.py")],
+                env=env,
+                capture_output=True,
+                check=True,
+            ).stdout
+        )
+    )
+    rows.append(
+        {
+            **empty,
+            "figure": "6 webhook latency, 500 events",
+            "p50_ms": hooks["p50_ms"],
+            "p99_ms": hooks["p99_ms"],
+            "target_text": "p99 < 250 ms",
+            "ok": hooks["delivered"] == hooks["events"] and hooks["p99_ms"] < WEBHOOK_P99_TARGET_MS,
+            "details": hooks,
+        }
+    )
+    return rows
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -707,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
                 setup.redis,
             )
             rows, m = measure_all(args, w, srv, paths, counts)
+        rows += script_rows(setup.env)
 
         now = datetime.now(UTC)
         report = {

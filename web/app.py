@@ -31,6 +31,7 @@ from web.dashboard.router import dashboard_router
 from web.dashboard.templating import register_template_helpers
 from web.domain import health as health_checks
 from web.domain import queue
+from web.domain.script_client import ScriptClient
 from web.logs import configure_logging
 from web.settings import Settings, get_settings
 
@@ -60,9 +61,12 @@ async def job_queue(app: Litestar) -> AsyncIterator[None]:
     # is back (web.api.errors), instead of refusing to start.
     pool = queue.connect(settings.redis_url, settings.redis_timeout_seconds)
     app.state.arq = pool
+    # The rate limiter's own lean connection (web.domain.script_client): every public request.
+    app.state.limiter = ScriptClient(settings.redis_url, settings.redis_timeout_seconds)
     try:
         yield
     finally:
+        await app.state.limiter.close()
         await pool.aclose()
 
 

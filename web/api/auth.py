@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from arq.connections import ArqRedis
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from web.domain import api_keys, limits, workflows
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Forbidden, TooManyRequests, Unauthorized
+from web.domain.script_client import ScriptClient
 from web.domain.workflows import RunnableWorkflow
 from web.settings import Settings
 
@@ -29,7 +29,7 @@ def client_ip(connection: Connection) -> str:
 
 async def require_api_key(connection: Connection, _: BaseRouteHandler) -> None:
     settings: Settings = connection.app.state.settings
-    redis: ArqRedis = connection.app.state.arq
+    redis: ScriptClient = connection.app.state.limiter
     ip = client_ip(connection)
     try:
         key = await api_keys.authenticate(connection.headers.get("authorization"))

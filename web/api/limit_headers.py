@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from litestar.datastructures import MutableScopeHeaders
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from web.domain.limits import BucketState, QuotaState
@@ -50,9 +49,11 @@ def limit_headers_middleware(app: ASGIApp) -> ASGIApp:
                 state: dict[str, Any] = scope.get("state", {})
                 values = header_values(state.get("rate_limit"), state.get("quota"))
                 if values:
-                    headers = MutableScopeHeaders.from_message(message)
-                    for name, value in values:
-                        headers[name] = value
+                    # Appended as raw pairs: no response sets these names itself, and this runs
+                    # on every public response.
+                    raw = list(message.get("headers", []))
+                    raw.extend((name.lower().encode(), value.encode()) for name, value in values)
+                    message["headers"] = raw
             await send(message)
 
         await app(scope, receive, send_with_headers)

@@ -10,6 +10,7 @@ from arq.connections import ArqRedis
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
+from litestar.plugins.flash import flash
 from litestar.response import Template
 
 from web.dashboard.auth import back_to, current_user, is_htmx, page, require_user
@@ -144,9 +145,9 @@ class ApprovalsController(Controller):
         self, request: Request[Any, Any, Any], execution_id: FromPath[UUID]
     ) -> Response[Any]:
         form = await request.form()
-        await approvals.decide_all(
-            execution_id, str(form.get("decision", "")), current_user(request).email
-        )
+        decision = str(form.get("decision", ""))
+        count = await approvals.decide_all(execution_id, decision, current_user(request).email)
+        flash(request, f"{count} rows {decision}", category="success")
         return back_to(request, f"{BASE}/{execution_id}")
 
     @post("/{execution_id:uuid}/submit")
@@ -164,6 +165,7 @@ class ApprovalsController(Controller):
         approvals.check_comment(execution, comment)
         step = await approvals.approve(execution_id, comment, current_user(request).email)
         await queue.enqueue_run(arq, execution_id, step)
+        flash(request, "Approved: the approved rows are being sent", category="success")
         return back_to(request, f"/dashboard/executions/{execution_id}")
 
     @post("/{execution_id:uuid}/reject")
@@ -175,4 +177,7 @@ class ApprovalsController(Controller):
         execution = await executions.get_detail(execution_id)
         approvals.check_comment(execution, comment)
         await approvals.reject(execution_id, comment, current_user(request).email)
+        flash(
+            request, "Rejected: the execution is cancelled and nothing is sent", category="success"
+        )
         return back_to(request, f"/dashboard/executions/{execution_id}")

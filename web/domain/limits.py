@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import ResponseError
 
 from web.domain import clock
 from web.domain.errors import Forbidden
+from web.domain.script_client import ScriptClient
 from web.domain.tables import ApiKeyUsage
 
 USAGE_LIMIT_EXCEEDED = "API key usage limit exceeded"  # public-api.md, "403 Forbidden"
@@ -92,12 +92,15 @@ _SHA1 = {
 }
 
 
-async def _run_script(redis: Redis, script: str, keys: list[str], args: list[str]) -> Any:
+async def _run_script(redis: ScriptClient, script: str, keys: list[str], args: list[str]) -> Any:
     """EVALSHA (the script body is sent only once per Redis server), EVAL as fallback."""
+    count = str(len(keys))
     try:
-        return await redis.evalsha(_SHA1[script], len(keys), *keys, *args)  # type: ignore[misc]
-    except NoScriptError:
-        return await redis.eval(script, len(keys), *keys, *args)  # type: ignore[misc]
+        return await redis.execute("EVALSHA", _SHA1[script], count, *keys, *args)
+    except ResponseError as exc:
+        if not str(exc).startswith("NOSCRIPT"):
+            raise
+        return await redis.execute("EVAL", script, count, *keys, *args)
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ def _auth_failure_key(client_ip: str) -> str:
 
 
 async def take_token(
-    redis: Redis,
+    redis: ScriptClient,
     api_key_id: UUID,
     client_ip: str,
     *,
@@ -171,7 +174,7 @@ async def take_token(
     )
 
 
-async def record_auth_failure(redis: Redis, client_ip: str, failures_allowed: int) -> int:
+async def record_auth_failure(redis: ScriptClient, client_ip: str, failures_allowed: int) -> int:
     """Count one failed authentication for `client_ip`; returns the ms the IP stays blocked
     (0 while it is still under the limit)."""
     failures, ttl_ms = await _run_script(
