@@ -102,3 +102,10 @@ def test_revoking_an_unknown_key_fails_clearly() -> None:
     result = flowgate("keys", "revoke", "00000000-0000-0000-0000-000000000000")
     assert result.returncode == 1
     assert result.stderr.strip() == "error: API key not found"
+
+
+async def test_keys_create_refuses_a_limit_past_the_column_size() -> None:
+    result = flowgate("keys", "create", "--name", "huge", "--monthly-limit", str(2**31))
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: Monthly limit must be at most 2147483647"
+    assert await ApiKey.count() == 0

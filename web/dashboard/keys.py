@@ -21,7 +21,6 @@ from web.domain.errors import Conflict, InvalidInput
 from web.settings import Settings
 
 BASE = "/dashboard/keys"
-INT_MAX = 2**31 - 1  # the columns are PostgreSQL integers
 EXPIRY_FORMAT = "%Y-%m-%dT%H:%M"  # <input type="datetime-local">, read as UTC
 
 # The inline SVG chart: a viewBox in user units, scaled by CSS to the card's width.
@@ -91,8 +90,8 @@ def _integer(value: str, label: str) -> int | None:
         number = int(value)
     except ValueError:
         raise InvalidInput(f"{label} must be a whole number") from None
-    if number > INT_MAX:
-        raise InvalidInput(f"{label} must be at most {INT_MAX}")
+    if number > api_keys.INT_MAX:
+        raise InvalidInput(f"{label} must be at most {api_keys.INT_MAX}")
     return number
 
 

@@ -28,6 +28,7 @@ KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 WEBHOOK_EVENTS = webhooks.EVENTS
 DEFAULT_MONTHLY_LIMIT = 1000
 INVALID_KEY = "Invalid API key"  # public-api.md, "401 Unauthorized"
+INT_MAX = 2**31 - 1  # the integer columns' ceiling
 DEFAULT_ROTATION_GRACE = timedelta(hours=24)
 MAX_ROTATION_GRACE = timedelta(days=30)
 GRACE_OUT_OF_RANGE = "Grace period must be between 0 and 720 hours"
@@ -236,6 +237,9 @@ async def _check_settings(
         raise InvalidInput("Monthly limit must be zero or more")
     if rate_limit_burst is not None and rate_limit_burst < 1:
         raise InvalidInput("Burst must be at least 1")
+    for label, number in (("Monthly limit", monthly_limit), ("Burst", rate_limit_burst or 0)):
+        if number > INT_MAX:
+            raise InvalidInput(f"{label} must be at most {INT_MAX}")
     if rate_limit_refill_per_second is not None and rate_limit_refill_per_second <= 0:
         raise InvalidInput("Refill rate must be more than 0 tokens a second")
     if expires_at is not None and expires_at.tzinfo is None:
