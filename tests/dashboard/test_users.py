@@ -148,6 +148,11 @@ async def test_a_deactivated_user_is_signed_out_and_can_be_reactivated(
     assert back.text.startswith(f'<tr id="user-{reviewer["id"]}">')
     assert ">Deactivate</button>" in back.text
     assert (await user_row("reviewer@example.com"))["active"]
+    # The session from before the deactivation stays dead; a new sign-in works.
+    assert (await reviewer_client.get("/dashboard/executions")).status_code == 303
+    async with serving(app), browser_for(app) as again:
+        await sign_in(again, "reviewer@example.com")
+        assert (await again.get("/dashboard/executions")).status_code == 200
 
 
 async def test_an_admin_cannot_demote_or_deactivate_themselves(

@@ -4,6 +4,7 @@ server-side sessions); only the user's id is kept in them."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from uuid import UUID
 
@@ -34,9 +35,12 @@ def is_htmx(request: Connection) -> bool:
 
 
 async def require_user(connection: Connection, _: BaseRouteHandler) -> None:
-    user_id = (connection.session or {}).get("user_id") if "session" in connection.scope else None
+    session = (connection.session or {}) if "session" in connection.scope else {}
+    user_id = session.get("user_id")
     user = await users.get_active_user(UUID(user_id)) if user_id else None
-    if user is None:
+    if user is None or not await users.session_is_current(
+        connection.app.state.arq, user.id, float(session.get("signed_in_at", 0))
+    ):
         raise LoginRequired("Please sign in")
     connection.state.user = user
 
@@ -96,7 +100,7 @@ class AuthController(Controller):
                 request, "auth/login.html", status, next=target, email=email, error=exc.message
             )
         request.clear_session()  # a fresh session id after sign-in (no fixation)
-        request.set_session({"user_id": str(user.id)})
+        request.set_session({"user_id": str(user.id), "signed_in_at": time.time()})
         return Redirect(target, status_code=HTTP_303_SEE_OTHER)
 
     @post("/logout")

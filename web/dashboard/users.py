@@ -88,7 +88,7 @@ class UsersController(Controller):
         self, request: Request[Any, Any, Any], user_id: FromPath[UUID]
     ) -> Response[Any]:
         try:
-            await users.change_active(current_user(request), user_id, False)
+            await users.change_active(request.app.state.arq, current_user(request), user_id, False)
         except DomainError as exc:
             return await self._changed(request, user_id, "", exc)
         return await self._changed(request, user_id, "User deactivated and signed out", None)
@@ -97,5 +97,5 @@ class UsersController(Controller):
     async def reactivate(
         self, request: Request[Any, Any, Any], user_id: FromPath[UUID]
     ) -> Response[Any]:
-        await users.change_active(current_user(request), user_id, True)
+        await users.change_active(request.app.state.arq, current_user(request), user_id, True)
         return await self._changed(request, user_id, "User reactivated", None)

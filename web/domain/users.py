@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -200,9 +201,26 @@ async def change_role(acting: SignedInUser, user_id: UUID, role: str) -> None:
     await set_role(user_id, role)
 
 
-async def change_active(acting: SignedInUser, user_id: UUID, active: bool) -> None:
-    """`set_active` on behalf of `acting`, who may not deactivate themselves. A deactivated
-    user's sessions stop working at their next request (the guard reads `active` each time)."""
+def _sessions_after_key(user_id: UUID) -> str:
+    return f"flowgate:sessions-after:{user_id}"
+
+
+async def end_sessions(redis: Redis, user_id: UUID) -> None:
+    """Every session this user signed in before now stops working (in Redis, so for every web
+    process), even if the user is reactivated later."""
+    await redis.set(_sessions_after_key(user_id), repr(time.time()))
+
+
+async def session_is_current(redis: Redis, user_id: UUID, signed_in_at: float) -> bool:
+    ended = await redis.get(_sessions_after_key(user_id))
+    return ended is None or signed_in_at > float(ended)
+
+
+async def change_active(redis: Redis, acting: SignedInUser, user_id: UUID, active: bool) -> None:
+    """`set_active` on behalf of `acting`, who may not deactivate themselves. Deactivating
+    ends the user's sessions, so reactivating them later needs a new sign-in."""
     if user_id == acting.id and not active:
         raise Forbidden(CANNOT_DEACTIVATE_SELF)
     await set_active(user_id, active)
+    if not active:
+        await end_sessions(redis, user_id)
