@@ -52,13 +52,12 @@ async def run_execution(
 ) -> Outcome:
     lease = settings.execution_lease_seconds
     claim = await executions.claim(execution_id, uuid4(), lease)
-    if claim is not None:
-        await _queue_events(redis, claim.events)
     if claim is None:
         status = await executions.status_of(execution_id)
         if status in ("pending", "running"):
             return Outcome("busy", retry_after=await executions.lease_remaining(execution_id))
         return Outcome(f"nothing to do ({status or 'missing'})")
+    await _queue_events(redis, claim.events)
 
     async def renew() -> None:
         if not await executions.renew_lease(claim, lease):

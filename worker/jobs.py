@@ -18,14 +18,19 @@ logger = logging.getLogger("flowgate.jobs")
 TRANSIENT_RETRY_DELAYS = (1, 2, 5, 10, 20, 30, 60, 60, 60)
 
 
+def _retry_later(ctx: dict[str, Any]) -> Retry:
+    """PostgreSQL or Redis is unreachable: try the job again later, backing off."""
+    delays = TRANSIENT_RETRY_DELAYS
+    return Retry(defer=delays[min(ctx["job_try"], len(delays)) - 1])
+
+
 async def run_execution(ctx: dict[str, Any], execution_id: str) -> dict[str, Any]:
     try:
         outcome = await engine.run_execution(
             UUID(execution_id), ctx["settings"], ctx["http"], ctx["redis"]
         )
     except UNAVAILABLE_ERRORS as exc:
-        delays = TRANSIENT_RETRY_DELAYS
-        raise Retry(defer=delays[min(ctx["job_try"], len(delays)) - 1]) from exc
+        raise _retry_later(ctx) from exc
     if outcome.retry_after is not None:
         # Another worker holds the lease: look again once it would have expired.
         raise Retry(defer=outcome.retry_after + 0.1)
@@ -36,8 +41,7 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
     try:
         outcome = await delivery.deliver(ctx["http"], UUID(event_id), ctx["settings"])
     except UNAVAILABLE_ERRORS as exc:
-        delays = TRANSIENT_RETRY_DELAYS
-        raise Retry(defer=delays[min(ctx["job_try"], len(delays)) - 1]) from exc
+        raise _retry_later(ctx) from exc
     if outcome.retry_in is not None:
         raise Retry(defer=outcome.retry_in)
     if outcome.next_event is not None:

@@ -74,7 +74,7 @@ async def reject(execution_id: UUID, comment: str | None, decided_by: str) -> No
 async def pending_approval_data(execution: dict[str, Any]) -> dict[str, Any]:
     """public-api.md "Get Pending Approval Data": rows through the step's displayFields."""
     if execution["status"] != ExecutionStatus.PENDING_APPROVAL:
-        await executions.require_status(execution["id"], ExecutionStatus.PENDING_APPROVAL)
+        raise executions.not_in_status(ExecutionStatus.PENDING_APPROVAL, execution["status"])
     settings = approval_settings(execution["definition"])
     fields: list[str] = list(settings.get("displayFields") or [])
     rows = (
@@ -200,7 +200,9 @@ async def decide_all(execution_id: UUID, decision: str, decided_by: str) -> int:
     checked = _check_decision(decision)
     async with executions.db().transaction():
         execution = await _lock_pending(execution_id)
-        if not approval_settings(_json(execution["definition"])).get("allowBulkApproval", True):
+        if not approval_settings(executions.json_column(execution["definition"])).get(
+            "allowBulkApproval", True
+        ):
             raise Conflict("This workflow does not allow bulk approval")
         rows = await ExecutionRow.raw(
             "UPDATE execution_row SET decision = {}, decided_by = {}, decided_at = now() "
@@ -225,7 +227,7 @@ async def edit_row(
     async with executions.db().transaction():
         execution = await _lock_pending(execution_id)
         row = await _row(execution_id, row_id)
-        rules = step_settings(_json(execution["definition"]), "compliance_check")
+        rules = step_settings(executions.json_column(execution["definition"]), "compliance_check")
         verdict = compliance.check(rules, row["data"], content)
         await ExecutionRow.update(
             {
@@ -238,7 +240,3 @@ async def edit_row(
             }
         ).where(ExecutionRow.id == row_id)
     return await _row(execution_id, row_id)
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value

@@ -178,7 +178,7 @@ async def get_for_key(
         raise NotFound(EXECUTION_NOT_FOUND)
     for column in ("output", "definition"):
         if column in row:
-            row[column] = _json(row[column])
+            row[column] = json_column(row[column])
     return row
 
 
@@ -251,7 +251,7 @@ async def claim(execution_id: UUID, token: UUID, lease_seconds: float) -> Claim 
         token=token,
         was_pending=was_pending,
         current_step=row["current_step"],
-        definition=_json(row["definition"]),
+        definition=json_column(row["definition"]),
         approval_status=row["approval_status"],
         events=events,
     )
@@ -263,12 +263,13 @@ _EVENT_COLUMNS = (
 )
 
 
-def _json(value: Any) -> Any:
+def json_column(value: Any) -> Any:
+    """A JSONB value as Python: raw SQL (asyncpg without a codec) returns it as text."""
     return json.loads(value) if isinstance(value, str) else value
 
 
 async def _record_event(event: str, row: dict[str, Any]) -> list[UUID]:
-    new = await webhooks.record_event(event, {**row, "output": _json(row.get("output"))})
+    new = await webhooks.record_event(event, {**row, "output": json_column(row.get("output"))})
     return [new.id] if new is not None and new.queue_now else []
 
 
@@ -376,7 +377,11 @@ async def require_status(execution_id: UUID, expected: ExecutionStatus) -> None:
     if status is None:
         raise NotFound(EXECUTION_NOT_FOUND)
     if status != expected:
-        raise Conflict(f"Execution is not {expected.replace('_', ' ')} (status: {status})")
+        raise not_in_status(expected, status)
+
+
+def not_in_status(expected: ExecutionStatus, status: str) -> Conflict:
+    return Conflict(f"Execution is not {expected.replace('_', ' ')} (status: {status})")
 
 
 # --- reading for the dashboard --------------------------------------------------------------
@@ -501,7 +506,11 @@ async def list_workflows_with_counts(workflow_id: str | None = None) -> list[dic
         *([workflow_id] if workflow_id is not None else []),
     )
     return [
-        {**row, "steps": _json(row["steps"]), "required_fields": list(row["required_fields"] or [])}
+        {
+            **row,
+            "steps": json_column(row["steps"]),
+            "required_fields": list(row["required_fields"] or []),
+        }
         for row in rows
     ]
 
