@@ -138,7 +138,8 @@ async def test_a_refused_request_changes_nothing(client: httpx.AsyncClient) -> N
 
 
 async def test_tokens_come_back_at_the_refill_rate(client: httpx.AsyncClient) -> None:
-    secret = await spec_key(rate_limit_burst=2, rate_limit_refill_per_second=4.0)
+    # Slow enough (0.5 s a token) that a loaded machine cannot refill between two requests.
+    secret = await spec_key(rate_limit_burst=2, rate_limit_refill_per_second=2.0)
     url = f"{PUBLIC}/executions/00000000-0000-0000-0000-000000000000/status"
     assert [(await client.get(url, headers=auth(secret))).status_code for _ in range(2)] == [
         404,
@@ -148,7 +149,7 @@ async def test_tokens_come_back_at_the_refill_rate(client: httpx.AsyncClient) ->
     assert refused.status_code == 429
     assert refused.json()["retryAfter"] == 1  # whole seconds, at least 1
 
-    await asyncio.sleep(0.3)  # a bit more than one token at 4 tokens/s
+    await asyncio.sleep(0.55)  # a bit more than one token at 2 tokens/s
 
     assert (await client.get(url, headers=auth(secret))).status_code == 404
     assert (await client.get(url, headers=auth(secret))).status_code == 429
