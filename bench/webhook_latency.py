@@ -34,6 +34,7 @@ import httpx  # noqa: E402
 
 from web.app import create_app  # noqa: E402
 from web.domain import api_keys, queue  # noqa: E402
+from web.domain.pool import start_pool  # noqa: E402
 from web.domain.tables import WebhookEvent  # noqa: E402
 
 EVENTS = 500
@@ -67,7 +68,7 @@ class Receiver:
 async def main() -> dict[str, Any]:
     from piccolo_conf import DB
 
-    await DB.start_connection_pool(min_size=2, max_size=10)
+    await start_pool(DB, min_size=2, max_size=10)
     await DB.run_ddl(
         "TRUNCATE api_key, api_key_usage, execution, execution_row, sandbox_message, "
         "webhook_event, webhook_attempt RESTART IDENTITY CASCADE"

@@ -29,6 +29,7 @@ from arq.worker import Worker
 
 from web.app import create_app
 from web.domain import api_keys, queue
+from web.domain.pool import start_pool
 from worker.settings import functions, shutdown, startup
 
 EXECUTIONS = 50
@@ -66,7 +67,7 @@ async def _drain(redis: Any) -> float:
 async def main(profile: bool) -> dict[str, Any]:
     from piccolo_conf import DB
 
-    await DB.start_connection_pool(min_size=2, max_size=20)
+    await start_pool(DB, min_size=2, max_size=20)
     await DB.run_ddl(
         "TRUNCATE api_key, api_key_usage, execution, execution_row, sandbox_message, "
         "webhook_event, webhook_attempt RESTART IDENTITY CASCADE"

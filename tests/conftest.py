@@ -58,6 +58,7 @@ from tests import factories  # noqa: E402
 from tests.receiver import Receiver  # noqa: E402
 from web.app import create_app  # noqa: E402
 from web.domain import api_keys, clock, users, workflows  # noqa: E402
+from web.domain.pool import start_pool  # noqa: E402
 from web.settings import get_settings  # noqa: E402
 
 TABLES = (
@@ -96,7 +97,7 @@ def pytest_configure(config: pytest.Config) -> None:
 async def db_pool() -> AsyncIterator[None]:
     from piccolo_conf import DB
 
-    await DB.start_connection_pool(min_size=2, max_size=20)
+    await start_pool(DB, min_size=2, max_size=20)
     yield
     await DB.close_connection_pool()
 

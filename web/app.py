@@ -31,6 +31,7 @@ from web.dashboard.router import dashboard_router
 from web.dashboard.templating import register_template_helpers
 from web.domain import health as health_checks
 from web.domain import queue
+from web.domain.pool import start_pool
 from web.domain.script_client import ScriptClient
 from web.logs import configure_logging
 from web.settings import Settings, get_settings
@@ -46,7 +47,7 @@ async def database(app: Litestar) -> AsyncIterator[None]:
     # Only close a pool this app opened (tests share one pool between app and worker).
     owns_pool = DB.pool is None
     if owns_pool:
-        await DB.start_connection_pool(min_size=2, max_size=20)
+        await start_pool(DB, min_size=2, max_size=20)
     try:
         yield
     finally:

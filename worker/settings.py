@@ -10,6 +10,7 @@ from arq.cron import cron
 from arq.worker import func
 
 from web.domain import queue
+from web.domain.pool import start_pool
 from web.logs import configure_logging
 from web.settings import get_settings
 from worker import jobs
@@ -25,7 +26,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     # In tests the app may already own the pool in this process; only close what we opened.
     ctx["owns_pool"] = DB.pool is None
     if ctx["owns_pool"]:
-        await DB.start_connection_pool(min_size=2, max_size=10)
+        await start_pool(DB, min_size=2, max_size=10)
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
