@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 
 from web.domain import clock
 from web.domain.errors import Forbidden
+from web.domain.pool import Connection
 from web.domain.script_client import ScriptClient
 from web.domain.tables import ApiKeyUsage
 
@@ -211,25 +212,25 @@ class QuotaExceeded(Forbidden):
         self.quota = quota
 
 
-async def consume_quota(api_key_id: UUID, limit: int) -> QuotaState:
-    """Count one execution for this key and month, or raise QuotaExceeded (403) if it would
-    pass `limit`."""
+async def consume_quota(connection: Connection, api_key_id: UUID, limit: int) -> QuotaState:
+    """Count one execution for this key and month on `connection` (inside the caller's
+    transaction), or raise QuotaExceeded (403) if it would pass `limit`."""
     current = clock.now()
     if limit <= 0:
         raise QuotaExceeded(QuotaState(limit, 0, next_month_start(current)))
-    rows = await ApiKeyUsage.raw(
+    used = await connection.fetchval(
         "INSERT INTO api_key_usage (id, api_key, month, used) "
-        "VALUES (gen_random_uuid(), {}, {}, 1) "
+        "VALUES (gen_random_uuid(), $1, $2, 1) "
         "ON CONFLICT (api_key, month) DO UPDATE SET used = api_key_usage.used + 1 "
-        "WHERE api_key_usage.used < {} "
+        "WHERE api_key_usage.used < $3 "
         "RETURNING used",
         api_key_id,
         month_of(current),
         limit,
     )
-    if not rows:
+    if used is None:
         raise QuotaExceeded(QuotaState(limit, limit, next_month_start(current)))
-    return QuotaState(limit=limit, used=rows[0]["used"], resets_at=next_month_start(current))
+    return QuotaState(limit=limit, used=used, resets_at=next_month_start(current))
 
 
 async def quota_state(api_key_id: UUID, limit: int) -> QuotaState:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from web.domain import clock
+from web.domain import clock, pool
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Forbidden, InvalidInput, NotFound
 from web.domain.tables import Workflow
@@ -342,9 +342,11 @@ BFSI_TEMPLATE: dict[str, Any] = read_definition_file(BFSI_TEMPLATE_PATH)
 
 @dataclass(frozen=True)
 class RunnableWorkflow:
+    """What starting an execution needs to know; the definition itself is copied in SQL
+    (web.domain.executions.start_execution)."""
+
     id: str
     required_fields: tuple[str, ...]
-    definition: dict[str, Any]
 
 
 async def save_workflow(definition: dict[str, Any], *, replace: bool = True) -> bool:
@@ -435,17 +437,8 @@ async def get_runnable_workflow(workflow_id: str, key: AuthenticatedKey) -> Runn
     """The workflow `key` may start now: NotFound, or Forbidden with the exact reason."""
     if "\x00" in workflow_id:  # PostgreSQL cannot even compare such a string
         raise NotFound("Workflow not found")
-    row = (
-        await Workflow.select(
-            Workflow.id,
-            Workflow.name,
-            Workflow.active,
-            Workflow.required_fields,
-            Workflow.steps,
-        )
-        .where(Workflow.id == workflow_id)
-        .output(load_json=True)
-        .first()
+    row = await pool.fetch_row(
+        "SELECT active, required_fields FROM workflow WHERE id = $1", workflow_id
     )
     if row is None:
         raise NotFound("Workflow not found")
@@ -453,11 +446,7 @@ async def get_runnable_workflow(workflow_id: str, key: AuthenticatedKey) -> Runn
         raise Forbidden("Workflow is inactive")
     if key.allowed_workflows and workflow_id not in key.allowed_workflows:
         raise Forbidden("Workflow is not allowed for this API key")
-    return RunnableWorkflow(
-        id=row["id"],
-        required_fields=tuple(row["required_fields"] or ()),
-        definition={"id": row["id"], "name": row["name"], "steps": row["steps"]},
-    )
+    return RunnableWorkflow(id=workflow_id, required_fields=tuple(row["required_fields"] or ()))
 
 
 def step_settings(definition: dict[str, Any], step_type: str) -> dict[str, Any]:
