@@ -62,12 +62,13 @@ async def job_queue(app: Litestar) -> AsyncIterator[None]:
     # is back (web.api.errors), instead of refusing to start.
     pool = queue.connect(settings.redis_url, settings.redis_timeout_seconds)
     app.state.arq = pool
-    # The rate limiter's own lean connection (web.domain.script_client): every public request.
-    app.state.limiter = ScriptClient(settings.redis_url, settings.redis_timeout_seconds)
+    # A lean connection for the Lua scripts of every public request: the rate limiter and
+    # enqueueing (web.domain.script_client).
+    app.state.scripts = ScriptClient(settings.redis_url, settings.redis_timeout_seconds)
     try:
         yield
     finally:
-        await app.state.limiter.close()
+        await app.state.scripts.close()
         await pool.aclose()
 
 

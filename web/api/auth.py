@@ -4,6 +4,11 @@ Guards run before the request body is read, which gives the documented order of 
 key (401) -> key inactive/expired (403) -> rate limit (429) -> workflow exists (404) ->
 workflow usable (403) -> body (400, Litestar's parsing) -> quota (403, in the domain call).
 What the rate-limit headers need is left in the request state for `limit_headers`.
+
+Handlers read what the guards found, and the app's settings and Redis script client, through
+the accessors below rather than through Litestar dependencies: several dependencies of one
+handler are resolved in an anyio task group, a task each, which cost about a tenth of an
+execute request's CPU (bench/README.md).
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ def client_ip(connection: Connection) -> str:
 
 
 async def require_api_key(connection: Connection, _: BaseRouteHandler) -> None:
-    settings: Settings = connection.app.state.settings
-    redis: ScriptClient = connection.app.state.limiter
+    settings = settings_of(connection)
+    redis = scripts_of(connection)
     ip = client_ip(connection)
     try:
         key = await api_keys.authenticate(connection.headers.get("authorization"))
@@ -73,11 +78,22 @@ async def require_runnable_workflow(connection: Connection, _: BaseRouteHandler)
     )
 
 
-def provide_api_key(request: Connection) -> AuthenticatedKey:
-    key: AuthenticatedKey = request.state.api_key
+def api_key_of(connection: Connection) -> AuthenticatedKey:
+    key: AuthenticatedKey = connection.state.api_key
     return key
 
 
-def provide_workflow(request: Connection) -> RunnableWorkflow:
-    workflow: RunnableWorkflow = request.state.workflow
+def workflow_of(connection: Connection) -> RunnableWorkflow:
+    workflow: RunnableWorkflow = connection.state.workflow
     return workflow
+
+
+def settings_of(connection: Connection) -> Settings:
+    settings: Settings = connection.app.state.settings
+    return settings
+
+
+def scripts_of(connection: Connection) -> ScriptClient:
+    """The app's lean Redis client (web.domain.script_client): rate limits and enqueueing."""
+    scripts: ScriptClient = connection.app.state.scripts
+    return scripts

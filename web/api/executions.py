@@ -8,9 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from arq.connections import ArqRedis
 from litestar import Controller, Request, get, post
-from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
@@ -29,10 +27,7 @@ from web.api.schemas import (
     error_responses,
 )
 from web.domain import approvals, clock, executions, queue
-from web.domain.api_keys import AuthenticatedKey
 from web.domain.limits import QuotaExceeded
-from web.domain.workflows import RunnableWorkflow
-from web.settings import Settings
 
 
 def _iso(value: Any) -> str:
@@ -42,14 +37,12 @@ def _iso(value: Any) -> str:
 class PublicExecutionsController(Controller):
     path = "/"
     guards = [auth.require_api_key]
-    dependencies = {"api_key": Provide(auth.provide_api_key, sync_to_thread=False)}
     tags = ["Public API"]
 
     @post(
         "/agents/{workflow_id:str}/execute",
         status_code=HTTP_202_ACCEPTED,
         guards=[auth.require_runnable_workflow],
-        dependencies={"workflow": Provide(auth.provide_workflow, sync_to_thread=False)},
         summary="Execute Agent",
         responses=error_responses(400, 403, 404, 413),
     )
@@ -57,20 +50,20 @@ class PublicExecutionsController(Controller):
         self,
         request: Request[Any, Any, Any],
         data: JSONBody[ExecuteRequest],
-        api_key: NamedDependency[AuthenticatedKey],
-        workflow: NamedDependency[RunnableWorkflow],
-        settings: NamedDependency[Settings],
-        arq: NamedDependency[ArqRedis],
     ) -> ExecuteResponse:
         try:
             started = await executions.start_execution(
-                api_key, workflow, data.input.csv_data, data.description, settings.max_rows
+                auth.api_key_of(request),
+                auth.workflow_of(request),
+                data.input.csv_data,
+                data.description,
+                auth.settings_of(request).max_rows,
             )
         except QuotaExceeded as exc:
             request.state.quota = exc.quota
             raise
         request.state.quota = started.quota
-        await queue.enqueue_run(arq, started.id)
+        await queue.enqueue_run(auth.scripts_of(request), started.id)
         return ExecuteResponse(
             execution_id=str(started.id),
             status=started.status,
@@ -84,9 +77,9 @@ class PublicExecutionsController(Controller):
         responses=error_responses(403, 404),
     )
     async def status(
-        self, execution_id: FromPath[str], api_key: NamedDependency[AuthenticatedKey]
+        self, request: Request[Any, Any, Any], execution_id: FromPath[str]
     ) -> StatusResponse:
-        execution = await executions.get_for_key(execution_id, api_key.id)
+        execution = await executions.get_for_key(execution_id, auth.api_key_of(request).id)
         return StatusResponse(
             id=str(execution["id"]),
             status=execution["status"],
@@ -102,9 +95,11 @@ class PublicExecutionsController(Controller):
         responses=error_responses(403, 404),
     )
     async def results(
-        self, execution_id: FromPath[str], api_key: NamedDependency[AuthenticatedKey]
+        self, request: Request[Any, Any, Any], execution_id: FromPath[str]
     ) -> ResultsResponse:
-        execution = await executions.get_for_key(execution_id, api_key.id, with_output=True)
+        execution = await executions.get_for_key(
+            execution_id, auth.api_key_of(request).id, with_output=True
+        )
         output = execution["output"]
         return ResultsResponse(
             id=str(execution["id"]),
@@ -121,9 +116,11 @@ class PublicExecutionsController(Controller):
         responses=error_responses(403, 404, 409),
     )
     async def pending_approval(
-        self, execution_id: FromPath[str], api_key: NamedDependency[AuthenticatedKey]
+        self, request: Request[Any, Any, Any], execution_id: FromPath[str]
     ) -> PendingApprovalResponse:
-        execution = await executions.get_for_key(execution_id, api_key.id, with_definition=True)
+        execution = await executions.get_for_key(
+            execution_id, auth.api_key_of(request).id, with_definition=True
+        )
         data = await approvals.pending_approval_data(execution)
         return PendingApprovalResponse(
             id=str(execution["id"]),
@@ -142,16 +139,16 @@ class PublicExecutionsController(Controller):
     )
     async def approve(
         self,
+        request: Request[Any, Any, Any],
         execution_id: FromPath[str],
-        api_key: NamedDependency[AuthenticatedKey],
-        arq: NamedDependency[ArqRedis],
         data: JSONBody[DecisionRequest | None] = None,
     ) -> DecisionResponse:
+        api_key = auth.api_key_of(request)
         execution = await executions.get_for_key(execution_id, api_key.id, with_definition=True)
         comment = data.comment if data else None
         approvals.check_comment(execution, comment)
         step = await approvals.approve(execution["id"], comment, f"api_key:{api_key.name}")
-        await queue.enqueue_run(arq, execution["id"], step)
+        await queue.enqueue_run(auth.scripts_of(request), execution["id"], step)
         return DecisionResponse(
             execution_id=str(execution["id"]),
             status="approved",
@@ -167,10 +164,11 @@ class PublicExecutionsController(Controller):
     )
     async def reject(
         self,
+        request: Request[Any, Any, Any],
         execution_id: FromPath[str],
-        api_key: NamedDependency[AuthenticatedKey],
         data: JSONBody[DecisionRequest | None] = None,
     ) -> DecisionResponse:
+        api_key = auth.api_key_of(request)
         execution = await executions.get_for_key(execution_id, api_key.id, with_definition=True)
         comment = data.comment if data else None
         approvals.check_comment(execution, comment)

@@ -13,19 +13,15 @@ anything after it fails, the count rolls back with it.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 from uuid import UUID
-
-from redis.exceptions import ResponseError
 
 from web.domain import clock
 from web.domain.errors import Forbidden
 from web.domain.pool import Connection
-from web.domain.script_client import ScriptClient
+from web.domain.script_client import Script, ScriptClient, run_script
 from web.domain.tables import ApiKeyUsage
 
 USAGE_LIMIT_EXCEEDED = "API key usage limit exceeded"  # public-api.md, "403 Forbidden"
@@ -39,7 +35,7 @@ AUTH_FAILURE_WINDOW_SECONDS = 60
 # ARGV: capacity, refill per second, cost (0 peeks), failures allowed per window.
 # Returns {allowed, tokens (string: Lua numbers become integers otherwise), now in ms,
 #          ip blocked for ms (0 when not blocked)}.
-_BUCKET_SCRIPT = """
+_BUCKET_SCRIPT = Script("""
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2]) / 1000.0
 local cost = tonumber(ARGV[3])
@@ -73,35 +69,17 @@ if cost > 0 then
   redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate) + 1000)
 end
 return {allowed, tostring(tokens), now, 0}
-"""
+""")
 
 # KEYS[1] failed-auth counter; ARGV window in seconds, failures allowed.
 # Returns {failures so far, ms until the window ends}.
-_FAILURE_SCRIPT = """
+_FAILURE_SCRIPT = Script("""
 local failures = redis.call('INCR', KEYS[1])
 if failures == 1 then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
 end
 return {failures, math.max(redis.call('PTTL', KEYS[1]), 1)}
-"""
-
-
-# Redis names scripts by SHA-1; not a security use.
-_SHA1 = {
-    script: hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
-    for script in (_BUCKET_SCRIPT, _FAILURE_SCRIPT)
-}
-
-
-async def _run_script(redis: ScriptClient, script: str, keys: list[str], args: list[str]) -> Any:
-    """EVALSHA (the script body is sent only once per Redis server), EVAL as fallback."""
-    count = str(len(keys))
-    try:
-        return await redis.execute("EVALSHA", _SHA1[script], count, *keys, *args)
-    except ResponseError as exc:
-        if not str(exc).startswith("NOSCRIPT"):
-            raise
-        return await redis.execute("EVAL", script, count, *keys, *args)
+""")
 
 
 @dataclass(frozen=True)
@@ -159,7 +137,7 @@ async def take_token(
 ) -> BucketState:
     """Spend `cost` tokens of the key's bucket (0 only looks), in one atomic Redis call that
     also refuses a client IP blocked for failed authentications."""
-    allowed, tokens, now_ms, blocked_ms = await _run_script(
+    allowed, tokens, now_ms, blocked_ms = await run_script(
         redis,
         _BUCKET_SCRIPT,
         [_bucket_key(api_key_id), _auth_failure_key(client_ip)],
@@ -178,7 +156,7 @@ async def take_token(
 async def record_auth_failure(redis: ScriptClient, client_ip: str, failures_allowed: int) -> int:
     """Count one failed authentication for `client_ip`; returns the ms the IP stays blocked
     (0 while it is still under the limit)."""
-    failures, ttl_ms = await _run_script(
+    failures, ttl_ms = await run_script(
         redis, _FAILURE_SCRIPT, [_auth_failure_key(client_ip)], [str(AUTH_FAILURE_WINDOW_SECONDS)]
     )
     return int(ttl_ms) if int(failures) > failures_allowed else 0

@@ -3,13 +3,24 @@
 Web never imports worker: it enqueues by name, and a test checks every name here is registered
 in worker.settings.WorkerSettings.functions. Job ids are deterministic per execution and step,
 so enqueueing the same work twice (a retry, a reconciler) queues it once.
+
+Jobs are written exactly as arq's `ArqRedis.enqueue_job` writes them (its serializer, keys and
+expiry), by one Lua script: one round trip instead of enqueue_job's three (WATCH, EXISTS,
+MULTI/EXEC), a good part of an execute request's CPU (bench/README.md). tests/worker checks
+that arq reads them back as its own.
 """
 
 from __future__ import annotations
 
+import time
 from uuid import UUID
 
 from arq.connections import ArqRedis
+from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from redis.asyncio import Redis
+
+from web.domain.script_client import Script, ScriptClient, run_script
 
 RUN_EXECUTION = "run_execution"
 DELIVER_WEBHOOK = "deliver_webhook"
@@ -26,21 +37,45 @@ def connect(redis_url: str, timeout_seconds: float) -> ArqRedis:
     return client
 
 
+# KEYS: the job, its result, the queue. ARGV: expiry in ms, the serialized job, score, job id.
+# Like enqueue_job: nothing happens while the job or its result exists. Returns 1 if queued.
+_ENQUEUE_SCRIPT = Script("""
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
+  return 0
+end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+""")
+
+
+async def enqueue(redis: ScriptClient | Redis, function: str, job_id: str, *args: str) -> bool:
+    """Queue `function(*args)` for an arq worker under `job_id`, unless that job is already
+    queued or has a result; True if it was queued now."""
+    enqueued_ms = round(time.time() * 1000)
+    job = serialize_job(function, args, {}, None, enqueued_ms)
+    queued = await run_script(
+        redis,
+        _ENQUEUE_SCRIPT,
+        [job_key_prefix + job_id, result_key_prefix + job_id, default_queue_name],
+        [str(expires_extra_ms), job, str(enqueued_ms), job_id],
+    )
+    return bool(queued)
+
+
 def run_job_id(execution_id: UUID, step: int) -> str:
     return f"{RUN_EXECUTION}:{execution_id}:{step}"
 
 
-async def enqueue_run(redis: ArqRedis, execution_id: UUID, step: int = 0) -> None:
+async def enqueue_run(redis: ScriptClient | Redis, execution_id: UUID, step: int = 0) -> None:
     """Queue the run of `execution_id` from step index `step` (once per execution and step)."""
-    await redis.enqueue_job(
-        RUN_EXECUTION, str(execution_id), _job_id=run_job_id(execution_id, step)
-    )
+    await enqueue(redis, RUN_EXECUTION, run_job_id(execution_id, step), str(execution_id))
 
 
 def webhook_job_id(event_id: UUID) -> str:
     return f"{DELIVER_WEBHOOK}:{event_id}"
 
 
-async def enqueue_webhook(redis: ArqRedis, event_id: UUID) -> None:
+async def enqueue_webhook(redis: ScriptClient | Redis, event_id: UUID) -> None:
     """Queue the delivery of one webhook event (once: the job id is the event's)."""
-    await redis.enqueue_job(DELIVER_WEBHOOK, str(event_id), _job_id=webhook_job_id(event_id))
+    await enqueue(redis, DELIVER_WEBHOOK, webhook_job_id(event_id), str(event_id))

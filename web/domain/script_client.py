@@ -1,4 +1,5 @@
-"""A lean Redis client for the one call every public request makes: the rate-limit script.
+"""Lua scripts on Redis, and a lean client for the calls every public request makes (the
+rate-limit script, and the enqueue script of web.domain.queue).
 
 redis-py costs about 100 us of CPU per command here (pool checkout, argument handling, parsing),
 which was most of the limiter's price (bench/README.md). This client keeps one connection per
@@ -11,13 +12,16 @@ callers with redis' ConnectionError (answered 503) and is reopened by the next c
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 
 def _encode(*parts: str | bytes) -> bytes:
@@ -116,3 +120,32 @@ class ScriptClient:
             self._writer.close()
         if self._reader_task is not None:
             await asyncio.gather(self._reader_task, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script, run by its SHA-1 (the body is sent once per Redis server)."""
+
+    body: str
+    # Redis names scripts by SHA-1; not a security use.
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        sha = hashlib.sha1(self.body.encode(), usedforsecurity=False).hexdigest()
+        object.__setattr__(self, "sha", sha)
+
+
+async def run_script(
+    client: ScriptClient | Redis, script: Script, keys: list[str], args: list[str | bytes]
+) -> Any:
+    """EVALSHA, and EVAL when Redis does not know the script yet (a new or flushed server).
+    Either client: this lean one on the request path, redis-py (arq's pool) elsewhere."""
+    execute = client.execute if isinstance(client, ScriptClient) else client.execute_command
+    count = str(len(keys))
+    try:
+        return await execute("EVALSHA", script.sha, count, *keys, *args)
+    except ResponseError as exc:
+        # redis-py raises its NoScriptError; the lean client the raw "NOSCRIPT …" reply.
+        if not (isinstance(exc, NoScriptError) or str(exc).startswith("NOSCRIPT")):
+            raise
+        return await execute("EVAL", script.body, count, *keys, *args)
