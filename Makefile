@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SERVICES = eval "$$(scripts/services.sh up)"
 
-.PHONY: install run test lint bench soak stop clean
+.PHONY: install run test lint bench bench-cpu soak stop clean
 
 $(BIN)/flowgate: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: lint
 # Benchmarks (bench/README.md): own database and Redis DB, servers started and stopped here.
 bench: install
 	@$(SERVICES) && $(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# CPU per request of status and execute, in process, against the baselines (--profile …).
+bench-cpu: install
+	@$(SERVICES) && $(BIN)/python bench/request_cpu.py $(BENCH_ARGS)
 
 # 60 s of mixed traffic against 2 web processes and 2 workers (scripts/soak.py).
 soak: install
