@@ -22,7 +22,7 @@ from tests.live_server import free_port
 from web.app import create_app
 from web.domain import clock, limits
 from web.domain.limits import BucketState, QuotaState
-from web.domain.tables import ApiKeyUsage, Execution
+from web.domain.tables import ApiKey, ApiKeyUsage, Execution
 from web.settings import Settings, get_settings
 
 RATE_LIMITED = {
@@ -215,6 +215,28 @@ async def test_50_concurrent_executes_with_3_left_start_exactly_3(
     assert refused.headers["X-Quota-Remaining"] == "0"
     assert await Execution.count() == 3
     assert await ApiKeyUsage.select(ApiKeyUsage.used) == [{"used": 3}]
+
+
+async def test_a_limit_lowered_below_this_months_use_refuses_until_raised_again(
+    client: httpx.AsyncClient,
+) -> None:
+    key = await create_key(monthly_limit=2)
+    assert [(await execute(client, key.secret)).status_code for _ in range(2)] == [202, 202]
+
+    await ApiKey.update({ApiKey.monthly_limit: 1}).where(ApiKey.id == key.id)
+    refused = await execute(client, key.secret)
+    await ApiKey.update({ApiKey.monthly_limit: 3}).where(ApiKey.id == key.id)
+    accepted = await execute(client, key.secret)
+
+    assert refused.status_code == 403
+    assert refused.headers["X-Quota-Limit"] == "1"
+    assert refused.headers["X-Quota-Remaining"] == "0"
+    assert accepted.status_code == 202
+    assert accepted.headers["X-Quota-Remaining"] == "0"
+    assert await Execution.count() == 3
+    assert await ApiKeyUsage.select(ApiKeyUsage.used, ApiKeyUsage.monthly_limit) == [
+        {"used": 3, "monthly_limit": 3}
+    ]
 
 
 async def test_reads_never_count_against_the_quota(client: httpx.AsyncClient) -> None:

@@ -14,6 +14,7 @@ from typing import Any, cast
 from uuid import UUID, uuid4
 
 import msgspec
+from asyncpg.exceptions import CheckViolationError
 from piccolo.engine.postgres import PostgresEngine
 
 from web.domain import clock, limits, pool, webhooks
@@ -86,10 +87,13 @@ def check_rows(rows: list[dict[str, Any]], required_fields: tuple[str, ...]) -> 
                 raise InvalidInput(f"input.csvData[{index}].{field} is required")
 
 
-# The execution, with the workflow's definition as it is now, and its rows in one statement:
-# one round trip, and no JSON decoded or encoded in Python. Zero rows inserted means the
+# One statement stores the execution (with the workflow's definition as it is now), its rows
+# and counts the key's monthly quota: one round trip, its own transaction, nothing decoded or
+# encoded in Python. The count comes last (it reads every stored row first), so the key's
+# usage row is locked only until the commit. Past the limit, the table's check constraint
+# `within_monthly_limit` fails the statement and nothing is written. No row returned means the
 # workflow was deleted since the guard read it.
-INSERT_EXECUTION_WITH_ROWS = """
+INSERT_EXECUTION = """
 WITH started AS (
     INSERT INTO execution (id, workflow, api_key, description, definition, status, row_count,
                            truncated_from, created_at, started_at, updated_at)
@@ -97,10 +101,18 @@ WITH started AS (
            'pending', $5, $6, $7, $7, $7
     FROM workflow AS w WHERE w.id = $2
     RETURNING id
+), stored AS (
+    INSERT INTO execution_row (id, execution, position, data)
+    SELECT gen_random_uuid(), started.id, t.ordinality - 1, t.value
+    FROM started, jsonb_array_elements($8::jsonb) WITH ORDINALITY AS t
+    RETURNING execution
 )
-INSERT INTO execution_row (id, execution, position, data)
-SELECT gen_random_uuid(), started.id, t.ordinality - 1, t.value
-FROM started, jsonb_array_elements($8::jsonb) WITH ORDINALITY AS t
+INSERT INTO api_key_usage AS usage (id, api_key, month, used, monthly_limit)
+SELECT gen_random_uuid(), $3, $9, 1, $10 FROM (SELECT count(*) AS n FROM stored) AS s
+WHERE s.n > 0
+ON CONFLICT (api_key, month)
+    DO UPDATE SET used = usage.used + 1, monthly_limit = EXCLUDED.monthly_limit
+RETURNING used
 """
 
 
@@ -111,7 +123,7 @@ async def start_execution(
     description: str | None,
     max_rows: int,
 ) -> StartedExecution:
-    """Validate, count the quota and store the execution with its rows, in one transaction.
+    """Validate, store the execution with its rows and count the quota, in one statement.
     Nothing is written when it raises. The caller enqueues the run after it returns."""
     rows = csv_data[:max_rows]
     truncated_from = len(csv_data) if len(csv_data) > max_rows else None
@@ -122,26 +134,37 @@ async def start_execution(
     if description is not None and "\x00" in description:
         raise InvalidInput("description contains a NUL character (\\u0000)")
     started_at = clock.now()
+    resets_at = limits.next_month_start(started_at)
+    if key.monthly_limit <= 0:
+        raise limits.QuotaExceeded(limits.QuotaState(key.monthly_limit, 0, resets_at))
     execution_id = uuid4()
-    async with pool.connection() as connection, connection.transaction():
-        inserted = await connection.execute(
-            INSERT_EXECUTION_WITH_ROWS,
-            execution_id,
-            workflow.id,
-            key.id,
-            description,
-            len(rows),
-            truncated_from,
-            started_at,
-            encoded_rows,
-        )
-        if inserted == "INSERT 0 0":
-            raise NotFound("Workflow not found")
-        # Counted last, so the key's usage row stays locked for the shortest time; a refusal
-        # still rolls everything back.
-        quota = await limits.consume_quota(connection, key.id, key.monthly_limit)
+    try:
+        async with pool.connection() as connection:
+            used = await connection.fetchval(
+                INSERT_EXECUTION,
+                execution_id,
+                workflow.id,
+                key.id,
+                description,
+                len(rows),
+                truncated_from,
+                started_at,
+                encoded_rows,
+                limits.month_of(started_at),
+                key.monthly_limit,
+            )
+    except CheckViolationError as exc:
+        if exc.constraint_name != limits.QUOTA_CONSTRAINT:
+            raise
+        full = limits.QuotaState(key.monthly_limit, key.monthly_limit, resets_at)
+        raise limits.QuotaExceeded(full) from None
+    if used is None:
+        raise NotFound("Workflow not found")
     return StartedExecution(
-        id=execution_id, status=ExecutionStatus.PENDING, started_at=started_at, quota=quota
+        id=execution_id,
+        status=ExecutionStatus.PENDING,
+        started_at=started_at,
+        quota=limits.QuotaState(limit=key.monthly_limit, used=used, resets_at=resets_at),
     )
 
 

@@ -6,9 +6,9 @@ The bucket follows public-api.md "Rate Limit Algorithm": capacity `burst`, refil
 continuously at `refill` tokens a second, one token per request. Time comes from Redis' own
 clock (TIME inside the script), so web processes on hosts with skewed clocks share one bucket.
 
-The quota is one statement that both checks and increments, so any number of web processes can
-never pass the limit together. It runs inside the transaction that creates the execution: if
-anything after it fails, the count rolls back with it.
+The quota is counted by the statement that stores an execution (web.domain.executions): an
+upsert of this month's usage row, refused by the row's check constraint past the limit, so any
+number of web processes can never pass it together, and a refusal writes nothing at all.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from uuid import UUID
 
 from web.domain import clock
 from web.domain.errors import Forbidden
-from web.domain.pool import Connection
 from web.domain.script_client import Script, ScriptClient, run_script
 from web.domain.tables import ApiKeyUsage
 
 USAGE_LIMIT_EXCEEDED = "API key usage limit exceeded"  # public-api.md, "403 Forbidden"
+# The check on api_key_usage (used <= monthly_limit) that refuses a count past the limit; the
+# count itself is part of the execute statement (web.domain.executions.start_execution).
+QUOTA_CONSTRAINT = "within_monthly_limit"
 
 
 RATE_LIMIT_EXCEEDED = "Rate limit exceeded"  # public-api.md, "429 Too Many Requests"
@@ -188,27 +190,6 @@ class QuotaExceeded(Forbidden):
     def __init__(self, quota: QuotaState) -> None:
         super().__init__(USAGE_LIMIT_EXCEEDED)
         self.quota = quota
-
-
-async def consume_quota(connection: Connection, api_key_id: UUID, limit: int) -> QuotaState:
-    """Count one execution for this key and month on `connection` (inside the caller's
-    transaction), or raise QuotaExceeded (403) if it would pass `limit`."""
-    current = clock.now()
-    if limit <= 0:
-        raise QuotaExceeded(QuotaState(limit, 0, next_month_start(current)))
-    used = await connection.fetchval(
-        "INSERT INTO api_key_usage (id, api_key, month, used) "
-        "VALUES (gen_random_uuid(), $1, $2, 1) "
-        "ON CONFLICT (api_key, month) DO UPDATE SET used = api_key_usage.used + 1 "
-        "WHERE api_key_usage.used < $3 "
-        "RETURNING used",
-        api_key_id,
-        month_of(current),
-        limit,
-    )
-    if used is None:
-        raise QuotaExceeded(QuotaState(limit, limit, next_month_start(current)))
-    return QuotaState(limit=limit, used=used, resets_at=next_month_start(current))
 
 
 async def quota_state(api_key_id: UUID, limit: int) -> QuotaState:

@@ -16,7 +16,7 @@ from piccolo.columns import (
     Varchar,
 )
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
-from piccolo.constraints import Unique
+from piccolo.constraints import Check, Unique
 from piccolo.table import Table
 
 
@@ -53,7 +53,12 @@ class ApiKeyUsage(Table, tablename="api_key_usage"):
     api_key = ForeignKey(references=ApiKey, null=False)
     month = Varchar(length=7)  # "2025-10"
     used = Integer(default=0)
+    # The key's monthly limit when `used` was last counted. The database refuses a count past
+    # it, so an execute counts its quota in the same statement that stores it
+    # (web.domain.executions.start_execution). NULL on rows counted before this column.
+    monthly_limit = Integer(null=True, default=None)
     unique_key_month = Unique([api_key, month])
+    within_monthly_limit = Check("used <= monthly_limit", name="within_monthly_limit")
 
 
 class Workflow(Table, tablename="workflow"):
