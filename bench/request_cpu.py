@@ -96,13 +96,16 @@ async def measure(
     return totals[0] / (per_round * rounds), totals[1] / (per_round * rounds)
 
 
-async def profile(app: App, request: Request, count: int) -> None:
+async def profile(app: App, request: Request, count: int, sort: str) -> None:
     profiler = cProfile.Profile()
     profiler.enable()
     await cpu_us(app, request, count)
     profiler.disable()
-    stats = pstats.Stats(profiler).sort_stats("cumulative")
-    stats.print_stats(r"web/|worker/|litestar/(routes|_kwargs|handlers|response)|asyncpg/", 40)
+    stats = pstats.Stats(profiler).sort_stats(sort)
+    if sort == "cumulative":  # our code and the framework layers, not the event loop's
+        stats.print_stats(r"web/|worker/|litestar/(routes|_kwargs|handlers|response)|asyncpg/", 40)
+    else:
+        stats.print_stats(40)
 
 
 async def main(args: argparse.Namespace, key: str, body: bytes) -> dict[str, Any]:
@@ -140,7 +143,7 @@ async def main(args: argparse.Namespace, key: str, body: bytes) -> dict[str, Any
             if status not in (200, 202):
                 raise bench.BenchError(f"{which} {name} answered {status}")
         if args.profile == name:
-            await profile(app, request, count)
+            await profile(app, request, count, args.sort)
         us, base_us = await measure((app, request), (base_app, base_request), count)
         result[name] = {
             "flowgate_cpu_us": round(us),
@@ -159,6 +162,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/request_cpu.py", description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=3000, help="status requests (execute: 1/5)")
     p.add_argument("--profile", choices=["status", "execute"], help="print a cProfile summary")
+    p.add_argument("--sort", choices=["cumulative", "tottime"], default="cumulative")
     p.add_argument("--rows", type=int, default=100)
     p.add_argument("--database", default="flowgate_bench_cpu")
     p.add_argument("--redis-db", type=int, default=12)

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -32,6 +32,53 @@ def _encode(*parts: str | bytes) -> bytes:
     return b"".join(out)
 
 
+class _Connection(asyncio.Protocol):
+    """One connection to Redis. Replies are parsed (hiredis) and handed to their callers in
+    `data_received` itself, in order: no reader task, one wake-up per reply."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.where = f"Redis at {host}:{port}"
+        self.parser = hiredis.Reader(replyError=ResponseError)
+        self.pending: deque[asyncio.Future[Any]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed(data)
+            while (reply := self.parser.gets()) is not False:
+                future = self.pending.popleft()
+                if future.done():  # its caller timed out: the reply is dropped
+                    continue
+                if isinstance(reply, ResponseError):
+                    future.set_exception(reply)
+                else:
+                    future.set_result(reply)
+        except Exception as exc:  # a protocol error: this connection is done for
+            self.close_with(RedisConnectionError(f"{self.where}: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close_with(RedisConnectionError(f"{self.where} closed the connection"))
+
+    def send(self, command: bytes, future: asyncio.Future[Any]) -> None:
+        if self.closed or self.transport is None:
+            raise RedisConnectionError(f"{self.where}: connection closed")
+        self.pending.append(future)  # appended and written together: replies stay in order
+        self.transport.write(command)
+
+    def close_with(self, error: Exception) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        while self.pending:
+            future = self.pending.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+
 class ScriptClient:
     def __init__(self, url: str, timeout: float) -> None:
         parts = urlsplit(url)
@@ -41,64 +88,39 @@ class ScriptClient:
         self.password = unquote(parts.password) if parts.password else None
         self.username = unquote(parts.username) if parts.username else None
         self.timeout = timeout
-        self._writer: asyncio.StreamWriter | None = None
-        self._pending: deque[asyncio.Future[Any]] = deque()
-        self._reader_task: asyncio.Task[None] | None = None
+        self._connection: _Connection | None = None
         self._connecting = asyncio.Lock()
 
-    async def _connect(self) -> asyncio.StreamWriter:
+    async def _connect(self) -> _Connection:
         async with self._connecting:
-            if self._writer is not None:
-                return self._writer
+            if self._connection is not None and not self._connection.closed:
+                return self._connection
+            loop = asyncio.get_running_loop()
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(self.host, self.port), self.timeout
+                _, connection = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: _Connection(self.host, self.port), self.host, self.port
+                    ),
+                    self.timeout,
                 )
             except (OSError, TimeoutError) as exc:
                 raise RedisConnectionError(f"Redis at {self.host}:{self.port}: {exc}") from exc
-            self._writer = writer
-            self._reader_task = asyncio.create_task(self._read(reader, writer))
             setup: list[tuple[str, ...]] = []
             if self.password:
                 setup.append(("AUTH", *([self.username] if self.username else []), self.password))
             if self.db:
                 setup.append(("SELECT", str(self.db)))
             for command in setup:
-                await self._send(writer, *command)
-            return writer
+                await self._send(connection, *command)
+            self._connection = connection
+            return connection
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        parser = hiredis.Reader(replyError=ResponseError)
-        error: Exception = RedisConnectionError("Redis closed the connection")
-        try:
-            while data := await reader.read(65536):
-                parser.feed(data)
-                while (reply := parser.gets()) is not False:
-                    future = self._pending.popleft()
-                    if future.done():  # its caller timed out: the reply is dropped
-                        continue
-                    if isinstance(reply, ResponseError):
-                        future.set_exception(reply)
-                    else:
-                        future.set_result(reply)
-        except Exception as exc:  # a broken socket or a protocol error
-            error = RedisConnectionError(f"Redis connection lost: {exc}")
-        finally:
-            if self._writer is writer:
-                self._writer = None
-            writer.close()
-            while self._pending:
-                future = self._pending.popleft()
-                if not future.done():
-                    future.set_exception(error)
-
-    async def _send(self, writer: asyncio.StreamWriter, *parts: str | bytes) -> Any:
+    async def _send(self, connection: _Connection, *parts: str | bytes) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append(future)  # appended and written together: replies stay in order
-        writer.write(_encode(*parts))
+        connection.send(_encode(*parts), future)
         # A timer on the future itself (cheaper than wait_for on this hot path). A caller that
-        # is cancelled cancels the future; the reader then drops its reply.
+        # is cancelled cancels the future; the connection then drops its reply.
         timer = loop.call_later(self.timeout, self._expire, future)
         try:
             return await future
@@ -112,14 +134,15 @@ class ScriptClient:
             )
 
     async def execute(self, *parts: str | bytes) -> Any:
-        writer = self._writer or await self._connect()
-        return await self._send(writer, *parts)
+        connection = self._connection
+        if connection is None or connection.closed:
+            connection = await self._connect()
+        return await self._send(connection, *parts)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._reader_task is not None:
-            await asyncio.gather(self._reader_task, return_exceptions=True)
+        if self._connection is not None:
+            self._connection.close_with(RedisConnectionError("client closed"))
+            self._connection = None
 
 
 @dataclass(frozen=True)
