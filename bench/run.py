@@ -98,17 +98,11 @@ def ensure_wrk() -> str:
     return found
 
 
-def ensure_granian() -> str:
-    """granian is a dev dependency (pyproject.toml); installed here for an older venv."""
+def granian_bin() -> str:
+    """granian is a dependency (the default server of `flowgate serve`)."""
     granian = BIN / "granian"
     if not granian.exists():
-        log("installing granian into the virtualenv")
-        result = run(
-            [str(BIN / "python"), "-m", "pip", "install", "--quiet", "granian>=2,<3"],
-            capture_output=True,
-        )
-        if result.returncode != 0 or not granian.exists():
-            raise BenchError(f"pip install granian failed:\n{result.stderr[-2000:]}")
+        raise BenchError("granian is not installed in .venv: run `make install`")
     return str(granian)
 
 
@@ -744,7 +738,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_at_start = load_average()
     wrk_path = ensure_wrk()
-    granian = ensure_granian()
+    granian = granian_bin()
     tmp = Path(tempfile.mkdtemp(prefix="flowgate-bench-"))
     setup: Setup | None = None
     done = False

@@ -1,8 +1,10 @@
 """`make soak`: 60 s of mixed traffic (execute, status, results, approve) from 64 concurrent
-clients against 2 web processes and 2 workers, on a database and Redis DB of its own.
+clients against 2 web servers (`flowgate serve`, one granian worker each) and 2 workers, on a
+database and Redis DB of its own.
 
 Passes when there was no 5xx, every accepted execution reached a final state, and no process
-grew its memory (RSS) by 20 % or more after the warm-up. Prints the figures; exits 1 if any
+grew its memory (RSS; a web server's counts its worker process) by 20 % or more after the
+warm-up. Prints the figures; exits 1 if any
 criterion fails. Settings: SOAK_SECONDS (60), SOAK_CLIENTS (64), SOAK_WARMUP_SECONDS (10).
 """
 
@@ -44,11 +46,31 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _rss_kib(pid: int) -> int:
+def _own_rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _rss_kib(pid: int) -> int:
+    """RSS of a process and its descendants: granian serves from a child process."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += _own_rss_kib(current)
+            todo += _children(current)
+        except FileNotFoundError:  # gone meanwhile
+            continue
+    return total
 
 
 def _rows(count: int) -> list[dict[str, str]]:

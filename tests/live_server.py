@@ -1,5 +1,6 @@
-"""The real web server (`flowgate serve`, uvicorn) as a subprocess on 127.0.0.1, for tests that
-need real HTTP: header limits, fuzzing over the network, signals."""
+"""The real web server (`flowgate serve`: granian, or uvicorn with `server="uvicorn"`) as a
+subprocess on 127.0.0.1, for tests that need real HTTP: header limits, fuzzing over the
+network, signals."""
 
 from __future__ import annotations
 
@@ -20,15 +21,17 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, **env: str) -> None:
+    def __init__(self, server: str = "granian", **env: str) -> None:
+        self.server = server
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LiveServer:
+        command = [sys.executable, "-m", "web.cli", "serve", "--port", str(self.port)]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "web.cli", "serve", "--port", str(self.port)],
+            [*command, "--server", self.server],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

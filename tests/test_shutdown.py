@@ -15,15 +15,18 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+import pytest
 
 from tests.factories import PUBLIC, auth, create_key, execution_row, rows, start
 from tests.live_server import LiveServer
+from web.cli import SERVERS
 from web.domain.tables import ExecutionRow, SandboxMessage
 
 
-async def test_sigterm_lets_the_request_in_flight_finish(db_pool: None) -> None:
+@pytest.mark.parametrize("server_name", SERVERS)
+async def test_sigterm_lets_the_request_in_flight_finish(db_pool: None, server_name: str) -> None:
     secret = (await create_key()).secret
-    server = LiveServer().start()
+    server = LiveServer(server_name).start()
     body = json.dumps({"input": {"csvData": rows(50)}}).encode()
     head = (
         "POST /api/v1/public/agents/workflow_bfsi_marketing_template/execute HTTP/1.1\r\n"
