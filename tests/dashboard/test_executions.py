@@ -97,6 +97,28 @@ async def test_the_status_badge_stops_polling_once_the_run_is_not_live(
     assert paused.headers["HX-Refresh"] == "true"  # the detail page reloads to show the rows
 
 
+async def test_on_the_list_the_status_poll_also_updates_the_approval_cell(
+    client: httpx.AsyncClient, reviewer_client: httpx.AsyncClient, run_worker: Any, api_key: str
+) -> None:
+    execution_id = await start(client, api_key)
+    listed = (await reviewer_client.get("/dashboard/executions")).text
+    assert f'<span id="approval-{execution_id}">' in listed
+
+    await run_worker()
+    polled = await reviewer_client.get(
+        f"/dashboard/executions/{execution_id}/status", headers={"HX-Request": "true"}
+    )
+
+    oob = re.search(
+        rf'<span id="approval-{execution_id}" hx-swap-oob="true">(.*?)</span>\s*$',
+        polled.text,
+        re.S,
+    )
+    assert oob is not None, polled.text
+    assert "pending" in oob.group(1)
+    assert "HX-Refresh" not in polled.headers
+
+
 async def test_the_detail_page_shows_steps_rows_results_decision_and_webhooks(
     client: httpx.AsyncClient,
     admin_client: httpx.AsyncClient,

@@ -100,9 +100,16 @@ class ExecutionsController(Controller):
     ) -> Response[Any]:
         """The live status: polled every 2 s while the run is live (the partial stops asking
         once it is not). On the detail page (`shown` = the status it was rendered with), a
-        change reloads the page so rows and results appear."""
+        change reloads the page so rows and results appear; on the list, the row's approval
+        cell is updated with it (an out-of-band swap)."""
         detail = await executions.get_detail(execution_id)
-        response = page(request, "executions/_status.html", execution=detail, live=LIVE)
+        response = page(
+            request,
+            "executions/_status.html",
+            execution=detail,
+            live=LIVE,
+            with_approval=shown is None,
+        )
         if shown and shown != detail["status"]:
             response.headers["HX-Refresh"] = "true"
         return response
