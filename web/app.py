@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -162,3 +163,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="Run workflows (agents) with a human approval gate.",
         ),
     )
+
+
+def create_served_app() -> Any:
+    """The app as `flowgate serve` runs it under granian: the client address and scheme come
+    from X-Forwarded-For / X-Forwarded-Proto when the peer is a trusted proxy
+    (FORWARDED_ALLOW_IPS, comma-separated, default 127.0.0.1), as uvicorn does by default."""
+    from granian.utils.proxies import wrap_asgi_with_proxy_headers
+
+    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+    return wrap_asgi_with_proxy_headers(create_app(), trusted_hosts=trusted)

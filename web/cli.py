@@ -281,7 +281,7 @@ def serve(args: argparse.Namespace) -> int:
     from granian.log import LogLevels
 
     Granian(
-        "web.app:create_app",
+        "web.app:create_served_app",
         factory=True,
         interface=Interfaces.ASGI,
         address=args.host,

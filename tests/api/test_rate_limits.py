@@ -18,8 +18,9 @@ import pytest
 from litestar import Litestar
 
 from tests.factories import PUBLIC, auth, create_key, execute, rows, serving, start
-from tests.live_server import free_port
+from tests.live_server import LiveServer, free_port
 from web.app import create_app
+from web.cli import SERVERS
 from web.domain import clock, limits
 from web.domain.limits import BucketState, QuotaState
 from web.domain.tables import ApiKey, ApiKeyUsage, Execution
@@ -300,6 +301,28 @@ async def test_20_bad_keys_a_minute_then_429_for_that_ip_only(strict_app: Litest
         assert (await attacker.get(url, headers=auth(secret))).status_code == 429
         # ... but not from another one.
         assert (await customer.get(url, headers=auth(secret))).status_code == 404
+
+
+@pytest.mark.parametrize("server_name", SERVERS)
+async def test_behind_a_local_proxy_the_forwarded_client_ip_is_throttled(
+    redis: object, server_name: str
+) -> None:
+    """`flowgate serve` trusts X-Forwarded-For from 127.0.0.1, under either server."""
+    secret = await spec_key()
+    url = "/api/v1/public/executions/00000000-0000-0000-0000-000000000000/status"
+    server = LiveServer(server_name, FLOWGATE_AUTH_FAILURES_PER_MINUTE="20").start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            for i in range(21):
+                await http.get(url, headers={**auth(f"{i:064x}"), "X-Forwarded-For": "10.0.0.1"})
+            attacker = await http.get(url, headers={**auth(secret), "X-Forwarded-For": "10.0.0.1"})
+            customer = await http.get(url, headers={**auth(secret), "X-Forwarded-For": "10.0.0.2"})
+    finally:
+        server.stop()
+
+    assert attacker.status_code == 429
+    assert attacker.json()["message"] == "Too many failed authentication attempts"
+    assert customer.status_code == 404
 
 
 def test_header_arithmetic() -> None:

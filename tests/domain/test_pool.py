@@ -34,3 +34,27 @@ async def test_a_transaction_left_open_is_rolled_back_on_release(db_pool: None) 
     finally:
         for connection in connections:
             await DB.pool.release(connection)
+
+
+async def test_release_sends_no_reset_query_so_session_settings_would_survive(
+    db_pool: None,
+) -> None:
+    """The other side of skipping the reset query: a session setting outlives its checkout.
+    Hence the rule in web/domain/pool.py: flowgate code never sets one."""
+    assert DB.pool is not None
+    async with DB.pool.acquire() as connection:
+        await connection.execute("SET application_name = 'pool-test'")
+        backend = await connection.fetchval("SELECT pg_backend_pid()")
+    connections = [await DB.pool.acquire() for _ in range(DB.pool.get_size())]
+    try:
+        names = {
+            await c.fetchval("SELECT pg_backend_pid()"): await c.fetchval(
+                "SELECT current_setting('application_name')"
+            )
+            for c in connections
+        }
+        assert names[backend] == "pool-test"
+    finally:
+        for connection in connections:
+            await connection.execute("RESET application_name")
+            await DB.pool.release(connection)

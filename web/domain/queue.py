@@ -43,7 +43,7 @@ _ENQUEUE_SCRIPT = Script("""
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then
   return 0
 end
-redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
 return 1
 """)

@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 from redis.asyncio import Redis
+from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 
 
 def _encode(*parts: str | bytes) -> bytes:
@@ -54,7 +54,9 @@ class _Connection(asyncio.Protocol):
                 if future.done():  # its caller timed out: the reply is dropped
                     continue
                 if isinstance(reply, ResponseError):
-                    future.set_exception(reply)
+                    # Redis still loading its data is unavailable (503), as redis-py says too.
+                    loading = str(reply).startswith("LOADING")
+                    future.set_exception(BusyLoadingError(str(reply)) if loading else reply)
                 else:
                     future.set_result(reply)
         except Exception as exc:  # a protocol error: this connection is done for
@@ -90,28 +92,32 @@ class ScriptClient:
         self.timeout = timeout
         self._connection: _Connection | None = None
         self._connecting = asyncio.Lock()
+        self._closed = False
 
     async def _connect(self) -> _Connection:
         async with self._connecting:
             if self._connection is not None and not self._connection.closed:
                 return self._connection
+            if self._closed:
+                raise RedisConnectionError("client closed")
             loop = asyncio.get_running_loop()
             try:
-                _, connection = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda: _Connection(self.host, self.port), self.host, self.port
-                    ),
-                    self.timeout,
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(self.host, self.port), self.host, self.port
                 )
-            except (OSError, TimeoutError) as exc:
+            except OSError as exc:
                 raise RedisConnectionError(f"Redis at {self.host}:{self.port}: {exc}") from exc
             setup: list[tuple[str, ...]] = []
             if self.password:
                 setup.append(("AUTH", *([self.username] if self.username else []), self.password))
             if self.db:
                 setup.append(("SELECT", str(self.db)))
-            for command in setup:
-                await self._send(connection, *command)
+            try:
+                for command in setup:
+                    await self._send(connection, *command)
+            except BaseException:  # refused, timed out or cancelled: never leave it open
+                connection.close_with(RedisConnectionError("connection setup failed"))
+                raise
             self._connection = connection
             return connection
 
@@ -121,25 +127,37 @@ class ScriptClient:
         connection.send(_encode(*parts), future)
         # A timer on the future itself (cheaper than wait_for on this hot path). A caller that
         # is cancelled cancels the future; the connection then drops its reply.
-        timer = loop.call_later(self.timeout, self._expire, future)
+        timer = loop.call_later(self.timeout, self._expire, connection, future)
         try:
             return await future
         finally:
             timer.cancel()
 
-    def _expire(self, future: asyncio.Future[Any]) -> None:
+    def _expire(self, connection: _Connection, future: asyncio.Future[Any]) -> None:
+        """No answer in time: the caller gets a ConnectionError (503), and the connection is
+        dropped (a half-open one would otherwise time every call out), so the next call dials
+        again."""
         if not future.done():
-            future.set_exception(
-                RedisConnectionError(f"Redis did not answer within {self.timeout} s")
-            )
+            error = RedisConnectionError(f"Redis did not answer within {self.timeout} s")
+            future.set_exception(error)
+            connection.close_with(error)
 
     async def execute(self, *parts: str | bytes) -> Any:
         connection = self._connection
         if connection is None or connection.closed:
-            connection = await self._connect()
+            # Connecting, and waiting for another caller's attempt, count against this call's
+            # own timeout: a Redis that hangs answers every caller within `timeout`.
+            try:
+                async with asyncio.timeout(self.timeout):
+                    connection = await self._connect()
+            except TimeoutError:
+                raise RedisConnectionError(
+                    f"Redis at {self.host}:{self.port}: no connection within {self.timeout} s"
+                ) from None
         return await self._send(connection, *parts)
 
     async def close(self) -> None:
+        self._closed = True
         if self._connection is not None:
             self._connection.close_with(RedisConnectionError("client closed"))
             self._connection = None
