@@ -630,7 +630,7 @@ def make_servers(setup: Setup, granian: str) -> list[Server]:
         uvicorn("uvicorn-baseline", "baseline_app:create_app", {}, "--app-dir", str(BENCH)),
         Server(
             "granian-limited",
-            [*granian_cmd, "web.app:create_app"],
+            [*granian_cmd, "web.app:create_served_app"],
             setup.env,
             setup.tmp / "granian-limited.log",
             port,
