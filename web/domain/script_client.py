@@ -5,9 +5,9 @@ redis-py costs about 100 us of CPU per command here (pool checkout, argument han
 which was most of the limiter's price (bench/README.md). This client keeps one connection per
 process, writes the commands of one event-loop turn in one go and matches replies in order
 (Redis answers in order on a connection), with hiredis parsing. Concurrent requests share the
-connection, so it pipelines by itself. Every call gives up within 1.25 x `timeout` seconds (connecting included); a
-broken or silent connection fails its callers with redis' ConnectionError (answered 503) and is
-reopened by the next call.
+connection, so it pipelines by itself. Every call gives up within 1.25 x `timeout` seconds
+(connecting included); a broken or silent connection fails its callers with redis'
+ConnectionError (answered 503) and is reopened by the next call.
 """
 
 from __future__ import annotations
