@@ -352,6 +352,29 @@ async def test_rotation_keeps_the_old_key_working_until_the_grace_period_ends(
     assert "old key works until" not in (await admin_client.get(KEYS)).text
 
 
+async def test_rotating_again_within_the_grace_period_warns_and_ends_the_first_old_key(
+    client: httpx.AsyncClient, admin_client: httpx.AsyncClient
+) -> None:
+    key_id, first, _ = await created_key(admin_client)
+    assert 'id="rotate-ends-old"' not in (await admin_client.get(f"{KEYS}/{key_id}")).text
+    second = shown(
+        (await post_form(admin_client, f"{KEYS}/{key_id}/rotate", {"grace_hours": "2"})).text,
+        "new-key",
+    )
+
+    page = (await admin_client.get(f"{KEYS}/{key_id}")).text
+    assert 'id="rotate-ends-old"' in page
+    assert "The key replaced by the last rotation stops working now." in page
+    third = shown(
+        (await post_form(admin_client, f"{KEYS}/{key_id}/rotate", {"grace_hours": "2"})).text,
+        "new-key",
+    )
+
+    assert (await execute(client, first)).status_code == 401  # as the warning said
+    assert (await execute(client, second)).status_code == 202  # in its own grace period
+    assert (await execute(client, third)).status_code == 202
+
+
 async def test_rotation_defaults_to_24_hours_and_refuses_bad_periods_and_revoked_keys(
     admin_client: httpx.AsyncClient,
 ) -> None:
