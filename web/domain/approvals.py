@@ -12,7 +12,7 @@ import json
 from typing import Any
 from uuid import UUID
 
-from web.domain import clock, compliance, executions
+from web.domain import clock, compliance, executions, pool
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.statuses import ExecutionStatus, RowDecision
 from web.domain.tables import Execution, ExecutionRow
@@ -23,7 +23,7 @@ REJECTED_REASON = "Rejected by reviewer"
 
 async def approve(execution_id: UUID, comment: str | None, decided_by: str) -> int:
     """Approve; returns the step index the run resumes at. Conflict unless pending approval."""
-    async with executions.db().transaction():
+    async with pool.engine().transaction():
         rows = await Execution.raw(
             "UPDATE execution SET status = 'running', approval_status = 'approved', "
             "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
@@ -45,7 +45,7 @@ async def approve(execution_id: UUID, comment: str | None, decided_by: str) -> i
 
 async def reject(execution_id: UUID, comment: str | None, decided_by: str) -> None:
     """Reject and stop: `cancelled`, approvalStatus `rejected`, every row `rejected`."""
-    async with executions.db().transaction():
+    async with pool.engine().transaction():
         rows = await Execution.raw(
             "UPDATE execution SET status = 'cancelled', approval_status = 'rejected', "
             "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
@@ -177,7 +177,7 @@ async def decide_row(
     """Save one row's decision at once. `seen` is the decision the reviewer saw ("" for none):
     if someone else changed it meanwhile, Conflict instead of a silent overwrite."""
     checked = _check_decision(decision)
-    async with executions.db().transaction():
+    async with pool.engine().transaction():
         await _lock_pending(execution_id)
         current = await _row(execution_id, row_id)
         if (current["decision"] or "") != (seen or ""):
@@ -198,7 +198,7 @@ async def decide_row(
 async def decide_all(execution_id: UUID, decision: str, decided_by: str) -> int:
     """Bulk decision (only when the approval step allows it): every row gets `decision`."""
     checked = _check_decision(decision)
-    async with executions.db().transaction():
+    async with pool.engine().transaction():
         execution = await _lock_pending(execution_id)
         if not approval_settings(executions.json_column(execution["definition"])).get(
             "allowBulkApproval", True
@@ -224,7 +224,7 @@ async def edit_row(
         raise InvalidInput("The message cannot be empty")
     if "\x00" in content:
         raise InvalidInput("The message contains a NUL character")
-    async with executions.db().transaction():
+    async with pool.engine().transaction():
         execution = await _lock_pending(execution_id)
         row = await _row(execution_id, row_id)
         rules = step_settings(executions.json_column(execution["definition"]), "compliance_check")

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from typing import Any, cast
+from typing import Any
 from uuid import UUID, uuid4
 
 import msgspec
 from asyncpg.exceptions import CheckViolationError
-from piccolo.engine.postgres import PostgresEngine
 
 from web.domain import clock, limits, pool, webhooks
 from web.domain.api_keys import AuthenticatedKey
@@ -47,10 +46,6 @@ class Claim:
     approval_status: str | None
     # Webhook events to queue now (the `execution.started` of a run that was pending).
     events: list[UUID]
-
-
-def db() -> PostgresEngine:
-    return cast(PostgresEngine, Execution._meta.db)
 
 
 def parse_execution_id(value: str) -> UUID:
@@ -251,7 +246,7 @@ async def claim(execution_id: UUID, token: UUID, lease_seconds: float) -> Claim 
     """Take (or re-take) the run of an execution that is pending or running and not leased by a
     live worker. `pending` becomes `running` (and `execution.started` is recorded). None when
     there is nothing to claim."""
-    async with db().transaction():
+    async with pool.engine().transaction():
         rows = await Execution.raw(
             "UPDATE execution AS e SET "  # noqa: S608 (constant columns, values bound)
             "  status = 'running', lease_token = {}, "
@@ -303,7 +298,7 @@ async def _transition(event: str, sql: str, *args: Any) -> list[UUID] | None:
     """Run one guarded UPDATE of `execution AS e` and record its webhook event in the same
     transaction. None if the guard matched nothing; else the events to queue now."""
     events: list[UUID] | None = None
-    async with db().transaction():
+    async with pool.engine().transaction():
         rows = await Execution.raw(f"{sql} RETURNING {_EVENT_COLUMNS}", *args)
         if rows:
             events = await _record_event(event, rows[0])

@@ -36,7 +36,8 @@ async def start_pool(engine: PostgresEngine, *, min_size: int, max_size: int) ->
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
-def _engine() -> PostgresEngine:
+def engine() -> PostgresEngine:
+    """Piccolo's engine (piccolo_conf.DB): its pool, and `engine().transaction()`."""
     return cast(PostgresEngine, Execution._meta.db)
 
 
@@ -45,12 +46,12 @@ async def connection() -> AsyncIterator[Connection]:
     """A connection for plain SQL: from the pool, or (scripts, the CLI: no pool) one of its own.
     The public API's hot paths use this instead of the query builder, which cost about half
     of their CPU (bench/README.md)."""
-    engine = _engine()
-    if engine.pool is not None:
-        async with engine.pool.acquire() as pooled:
+    db = engine()
+    if db.pool is not None:
+        async with db.pool.acquire() as pooled:
             yield pooled
     else:
-        own: asyncpg.Connection[asyncpg.Record] = await engine.get_new_connection()
+        own: asyncpg.Connection[asyncpg.Record] = await db.get_new_connection()
         try:
             yield own
         finally:
