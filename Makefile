@@ -6,25 +6,47 @@ VENV := .venv
 BIN := $(VENV)/bin
 SERVICES = eval "$$(scripts/services.sh up)"
 
-.PHONY: install run test lint bench bench-cpu soak stop clean
+.PHONY: install upgrade audit run test lint bench bench-cpu soak stop clean
 
-$(BIN)/flowgate: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $@
+# Dependencies come from uv.lock (exact versions and hashes, runtime and dev), never from the
+# ranges in pyproject.toml, which stay for people who install flowgate as a package. uv itself
+# is bootstrapped from the lock's hashes; `uv sync --locked` then makes the venv exactly the
+# lock (it removes what the lock lacks) and fails when pyproject.toml and uv.lock disagree.
+UV = UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(BIN)/uv
+INSTALLED := $(VENV)/.installed
 
-install: $(BIN)/flowgate
+$(INSTALLED): uv.lock pyproject.toml scripts/uv-requirement.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@mkdir -p .dev && $(PYTHON) scripts/uv-requirement.py > .dev/uv-requirement.txt
+	@[ "$$($(BIN)/uv --version 2>/dev/null | cut -d' ' -f2)" = "$$(cut -d' ' -f1 .dev/uv-requirement.txt | cut -c5-)" ] \
+		|| $(BIN)/python -m pip install --quiet --require-hashes -r .dev/uv-requirement.txt
+	$(UV) sync --locked --extra dev --quiet
+	@touch $@
+
+install: $(INSTALLED)
+
+# Refresh the lock to the newest versions pyproject's ranges allow, install it, run everything.
+upgrade:
+	@test -x $(BIN)/uv || $(MAKE) install
+	$(UV) lock --upgrade
+	$(MAKE) test
+
+# Known vulnerabilities in the locked set (PyPI's advisory data); exceptions in audit-ignore.toml.
+audit: install
+	@$(UV) export --frozen --format requirements-txt --no-emit-project --extra dev --quiet \
+		-o .dev/audit-requirements.txt
+	$(BIN)/python scripts/audit.py .dev/audit-requirements.txt audit-ignore.toml
 
 run: install
 	@$(SERVICES) && scripts/run.sh
 
 lint: install
+	$(UV) lock --check --quiet
 	$(BIN)/ruff check web worker tests
 	$(BIN)/ruff format --check web worker tests
 	$(BIN)/mypy web worker
 
-test: lint
+test: lint audit
 	@scripts/ensure-chromium.sh
 	@$(SERVICES) && $(BIN)/pytest $(PYTEST_ARGS)
 

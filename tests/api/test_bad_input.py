@@ -23,6 +23,23 @@ async def test_invalid_utf8_is_a_400(client: httpx.AsyncClient, api_key: str) ->
     assert await Execution.count() == 0
 
 
+async def test_invalid_utf8_gets_the_same_message_from_every_msgspec(
+    client: httpx.AsyncClient, api_key: str
+) -> None:
+    # msgspec < 0.23 raised UnicodeDecodeError, 0.23 a DecodeError: the customer sees one text.
+    for body in (
+        b'{"input": {"csvData": [{"customerId": "\xff\xfe", "name": "A", "phone": "+1"}]}}',
+        b'{"input": {"\xc3\x28": []}}',
+    ):
+        response = await client.post(EXECUTE, content=body, headers={**auth(api_key), **JSON})
+        assert response.json() == {
+            "message": "Request body is not valid JSON: it is not UTF-8",
+            "error": "Bad Request",
+            "statusCode": 400,
+        }
+    assert await Execution.count() == 0
+
+
 async def test_null_rows_are_a_400_naming_the_row(client: httpx.AsyncClient, api_key: str) -> None:
     response = await execute(client, api_key, [rows(1)[0], None])  # type: ignore[list-item]
     assert response.status_code == 400

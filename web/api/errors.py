@@ -50,10 +50,16 @@ def _validation_message(exc: ValidationException) -> str:
     return "Invalid request body"
 
 
+NOT_UTF8 = "Request body is not valid JSON: it is not UTF-8"
+
+
 def _client_message(exc: HTTPException) -> str:
     detail = exc.detail or HTTPStatus(exc.status_code).phrase
     if exc.status_code == 400:
-        # msgspec's decode errors, reworded for customers.
+        # msgspec's decode errors, reworded for customers. Invalid UTF-8 raised
+        # UnicodeDecodeError before msgspec 0.23 (handle_unexpected) and a DecodeError since.
+        if "invalid utf-8" in detail.lower():
+            return NOT_UTF8
         if detail == "Input data was truncated":
             return "Request body is not valid JSON: it ends too early"
         if detail.startswith("JSON is malformed: "):
@@ -98,7 +104,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
     if isinstance(exc, RecursionError):
         return error_response(400, "Request body is nested too deeply")
     if isinstance(exc, UnicodeDecodeError):
-        return error_response(400, "Request body is not valid JSON: it is not UTF-8")
+        return error_response(400, NOT_UTF8)
     if isinstance(exc, UNSTORABLE_TEXT_ERRORS):
         return error_response(400, UNSTORABLE_TEXT)
     if isinstance(exc, UNAVAILABLE_ERRORS):
