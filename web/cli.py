@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import msgspec
+
 os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
 
 from web.domain import api_keys, queue, users, webhooks, workflows
@@ -125,8 +127,12 @@ async def webhooks_list(args: argparse.Namespace) -> int:
         print(
             json.dumps(
                 [
-                    _key_json({**e, "attempts_log": None})
-                    | {"attempts_log": [_key_json(a) for a in e["attempts_log"]]}
+                    _key_json({**msgspec.structs.asdict(e), "attempts_log": None})
+                    | {
+                        "attempts_log": [
+                            _key_json(msgspec.structs.asdict(a)) for a in e.attempts_log
+                        ]
+                    }
                     for e in events
                 ]
             )
@@ -135,23 +141,21 @@ async def webhooks_list(args: argparse.Namespace) -> int:
     if not events:
         print("No webhook events for this execution (is a webhook URL set on its key?)")
     for event in events:
-        print(f"{event['id']}  #{event['sequence']} {event['event']:28} {event['status']}")
-        for attempt in event["attempts_log"]:
-            outcome = attempt["status_code"] or attempt["error"]
+        print(f"{event.id}  #{event.sequence} {event.event:28} {event.status}")
+        for attempt in event.attempts_log:
+            outcome = attempt.status_code or attempt.error
             print(
-                f"    attempt {attempt['attempt_number']}  {attempt['created_at'].isoformat()}  "
-                f"{outcome}  {attempt['duration_ms']} ms  {attempt['url']}"
+                f"    attempt {attempt.attempt_number}  {attempt.created_at.isoformat()}  "
+                f"{outcome}  {attempt.duration_ms} ms  {attempt.url}"
             )
     return 0
 
 
 async def webhooks_redeliver(args: argparse.Namespace) -> int:
     event_id = _uuid(args.event_id, "webhook event id")
-    await webhooks.redeliver(event_id)
-    settings = get_settings()
-    redis = queue.connect(settings.redis_url, 5.0)
+    redis = queue.connect(get_settings().redis_url, 5.0)
     try:
-        await queue.enqueue_webhook(redis, event_id)
+        await webhooks.redeliver_event(redis, event_id)
     finally:
         await redis.aclose()
     print(f"queued {event_id} for delivery again (same webhook-id)")

@@ -15,6 +15,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from web.api import auth
 from web.api.schemas import (
     ApprovalData,
+    ApprovalMetadata,
     DecisionRequest,
     DecisionResponse,
     ExecuteRequest,
@@ -26,8 +27,8 @@ from web.api.schemas import (
     StatusResponse,
     error_responses,
 )
-from web.domain import approvals, clock, executions, queue
-from web.domain.limits import QuotaExceeded
+from web.domain import approvals, clock, executions
+from web.domain.limits import QuotaExceeded, QuotaState
 
 
 def _iso(value: Any) -> str:
@@ -51,19 +52,22 @@ class PublicExecutionsController(Controller):
         request: Request[Any, Any, Any],
         data: JSONBody[ExecuteRequest],
     ) -> ExecuteResponse:
+        def report(quota: QuotaState) -> None:
+            request.state.quota = quota  # the X-Quota-* headers, even if the enqueue fails
+
         try:
             started = await executions.start_execution(
+                auth.scripts_of(request),
                 auth.api_key_of(request),
                 auth.workflow_of(request),
                 data.input.csv_data,
                 data.description,
                 auth.settings_of(request).max_rows,
+                on_counted=report,
             )
         except QuotaExceeded as exc:
-            request.state.quota = exc.quota
+            report(exc.quota)
             raise
-        request.state.quota = started.quota
-        await queue.enqueue_run(auth.scripts_of(request), started.id)
         return ExecuteResponse(
             execution_id=str(started.id),
             status=started.status,
@@ -81,12 +85,12 @@ class PublicExecutionsController(Controller):
     ) -> StatusResponse:
         execution = await executions.get_for_key(execution_id, auth.api_key_of(request).id)
         return StatusResponse(
-            id=str(execution["id"]),
-            status=execution["status"],
-            started_at=_iso(execution["started_at"]),
-            completed_at=clock.iso(execution["completed_at"]),
-            error=execution["error"],
-            approval_status=execution["approval_status"],
+            id=str(execution.id),
+            status=execution.status,
+            started_at=_iso(execution.started_at),
+            completed_at=clock.iso(execution.completed_at),
+            error=execution.error,
+            approval_status=execution.approval_status,
         )
 
     @get(
@@ -100,14 +104,14 @@ class PublicExecutionsController(Controller):
         execution = await executions.get_for_key(
             execution_id, auth.api_key_of(request).id, with_output=True
         )
-        output = execution["output"]
+        output = execution.output
         return ResultsResponse(
-            id=str(execution["id"]),
-            status=execution["status"],
+            id=str(execution.id),
+            status=execution.status,
             output=None if output is None else msgspec.convert(output, ResultsOutput),
-            error=execution["error"],
-            started_at=_iso(execution["started_at"]),
-            completed_at=clock.iso(execution["completed_at"]),
+            error=execution.error,
+            started_at=_iso(execution.started_at),
+            completed_at=clock.iso(execution.completed_at),
         )
 
     @get(
@@ -121,13 +125,24 @@ class PublicExecutionsController(Controller):
         execution = await executions.get_for_key(
             execution_id, auth.api_key_of(request).id, with_definition=True
         )
-        data = await approvals.pending_approval_data(execution)
+        pending = await approvals.pending_approval_data(execution)
+        rules = pending.rules
         return PendingApprovalResponse(
-            id=str(execution["id"]),
-            workflow_id=execution["workflow"],
-            status=execution["status"],
-            approval_data=msgspec.convert(data, ApprovalData),
-            started_at=_iso(execution["started_at"]),
+            id=str(execution.id),
+            workflow_id=execution.workflow,
+            status=execution.status,
+            approval_data=ApprovalData(
+                rows=pending.rows,
+                metadata=ApprovalMetadata(
+                    total_rows=len(pending.rows),
+                    title=rules.title,
+                    description=rules.description,
+                    allow_bulk_approval=rules.allow_bulk_approval,
+                    require_comment=rules.require_comment,
+                ),
+                display_fields=rules.display_fields,
+            ),
+            started_at=_iso(execution.started_at),
         )
 
     @post(
@@ -144,13 +159,16 @@ class PublicExecutionsController(Controller):
         data: JSONBody[DecisionRequest | None] = None,
     ) -> DecisionResponse:
         api_key = auth.api_key_of(request)
-        execution = await executions.get_for_key(execution_id, api_key.id, with_definition=True)
-        comment = data.comment if data else None
-        approvals.check_comment(execution, comment)
-        step = await approvals.approve(execution["id"], comment, f"api_key:{api_key.name}")
-        await queue.enqueue_run(auth.scripts_of(request), execution["id"], step)
+        uid = executions.parse_execution_id(execution_id)
+        await approvals.approve_execution(
+            auth.scripts_of(request),
+            uid,
+            f"api_key:{api_key.name}",
+            data.comment if data else None,
+            api_key_id=api_key.id,
+        )
         return DecisionResponse(
-            execution_id=str(execution["id"]),
+            execution_id=str(uid),
             status="approved",
             message="Execution approved and will continue",
         )
@@ -169,12 +187,12 @@ class PublicExecutionsController(Controller):
         data: JSONBody[DecisionRequest | None] = None,
     ) -> DecisionResponse:
         api_key = auth.api_key_of(request)
-        execution = await executions.get_for_key(execution_id, api_key.id, with_definition=True)
-        comment = data.comment if data else None
-        approvals.check_comment(execution, comment)
-        await approvals.reject(execution["id"], comment, f"api_key:{api_key.name}")
+        uid = executions.parse_execution_id(execution_id)
+        await approvals.reject_execution(
+            uid, f"api_key:{api_key.name}", data.comment if data else None, api_key_id=api_key.id
+        )
         return DecisionResponse(
-            execution_id=str(execution["id"]),
+            execution_id=str(uid),
             status="rejected",
             message="Execution rejected and stopped",
         )

@@ -1,8 +1,14 @@
 """Approvals: the queue, and the review screen where each row is approved, rejected or edited
-(saved at once, one row swapped by HTMX) before the decisions are submitted."""
+(saved at once, one row swapped by HTMX) before the decisions are submitted.
+
+Handlers parse the form, call one function of web.domain.approvals and shape the answer. A
+row action that fails shows its message inside that row: the HTMX answer is the row itself,
+and a plain form post is redirected to the row with the message kept for it in the session.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 from uuid import UUID
 
@@ -14,35 +20,46 @@ from litestar.plugins.flash import flash
 from litestar.response import Template
 
 from web.dashboard.auth import back_to, current_user, is_htmx, page, require_user
-from web.domain import approvals, executions, queue
-from web.domain.errors import Conflict
+from web.domain import approvals, executions
+from web.domain.errors import Conflict, DomainError, InvalidInput, NotFound
+from web.domain.execution_rows import RowView
 from web.domain.statuses import ExecutionStatus
-from web.domain.workflows import approval_settings
 
 BASE = "/dashboard/approvals"
+# The session key of a row action's error after a plain form post: [row id, message].
+ROW_ERROR = "approvals_row_error"
 
 
-def _review_context(execution: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    settings = approval_settings(execution["definition"])
+def _review_context(execution: executions.ExecutionDetail, rows: list[RowView]) -> dict[str, Any]:
+    rules = approvals.approval_rules(execution.definition)
+    # The message and its compliance status have columns of their own.
     fields = [
         f
-        for f in settings.get("displayFields") or ["customerId", "name", "phone"]
-        if f not in ("generated_content", "compliance_status")
+        for f in approvals.shown_fields(rules, [r.data for r in rows])
+        if f not in approvals.ROW_EXTRAS
     ]
-    decided = [r for r in rows if r["decision"]]
+    decided = [r for r in rows if r.decision]
     return {
         "execution": execution,
         "rows": rows,
         "fields": fields,
-        "settings": settings,
-        "waiting": execution["status"] == ExecutionStatus.PENDING_APPROVAL,
+        "rules": rules,
+        "waiting": execution.status == ExecutionStatus.PENDING_APPROVAL,
         "counts": {
-            "approved": sum(1 for r in decided if r["decision"] == "approved"),
-            "rejected": sum(1 for r in decided if r["decision"] == "rejected"),
+            "approved": sum(1 for r in decided if r.decision == "approved"),
+            "rejected": sum(1 for r in decided if r.decision == "rejected"),
             "undecided": len(rows) - len(decided),
-            "failing": sum(1 for r in rows if r["compliance_status"] == "failed"),
+            "failing": sum(1 for r in rows if r.compliance_status == "failed"),
         },
     }
+
+
+def _pop_row_error(request: Request[Any, Any, Any]) -> dict[str, str]:
+    """{row id: message} of the row action that failed just before this page was asked for."""
+    if "session" not in request.scope or not request.session:
+        return {}
+    kept = request.session.pop(ROW_ERROR, None)
+    return {str(kept[0]): str(kept[1])} if kept else {}
 
 
 class ApprovalsController(Controller):
@@ -52,7 +69,7 @@ class ApprovalsController(Controller):
 
     @get("/")
     async def queue_page(self, request: Request[Any, Any, Any]) -> Template:
-        return page(request, "approvals/queue.html", waiting=await approvals.queue())
+        return page(request, "approvals/queue.html", waiting=await approvals.list_waiting())
 
     @get("/{execution_id:uuid}")
     async def review(
@@ -67,23 +84,28 @@ class ApprovalsController(Controller):
             request,
             "approvals/review.html",
             editing=editing,
+            row_errors=_pop_row_error(request),
             **_review_context(execution, rows),
         )
 
     async def _row_response(
         self,
         request: Request[Any, Any, Any],
-        execution_id: FromPath[UUID],
-        row_id: FromPath[UUID],
+        execution_id: UUID,
+        row_id: UUID,
         error: str | None = None,
         editing: bool = False,
     ) -> Response[Any]:
         if not is_htmx(request):
+            if error is not None:
+                request.session[ROW_ERROR] = [str(row_id), error]
             suffix = f"?editing={row_id}" if editing else ""
             return back_to(request, f"{BASE}/{execution_id}{suffix}#row-{row_id}")
         execution = await executions.get_detail(execution_id)
         rows = await executions.list_rows(execution_id)  # the counts above the table need all
-        row = next(r for r in rows if r["id"] == row_id)
+        row = next((r for r in rows if r.id == row_id), None)
+        if row is None:
+            raise NotFound("Row not found")
         return page(
             request,
             "approvals/_row_update.html",
@@ -93,25 +115,38 @@ class ApprovalsController(Controller):
             **_review_context(execution, rows),
         )
 
+    async def _row_action(
+        self,
+        request: Request[Any, Any, Any],
+        execution_id: UUID,
+        row_id: UUID,
+        action: Awaitable[RowView],
+        shown_in_row: tuple[type[DomainError], ...],
+        editing_on_error: bool = False,
+    ) -> Response[Any]:
+        """Run a row action; an error of `shown_in_row` is drawn inside the row."""
+        try:
+            await action
+        except shown_in_row as exc:
+            return await self._row_response(
+                request, execution_id, row_id, error=exc.message, editing=editing_on_error
+            )
+        return await self._row_response(request, execution_id, row_id)
+
     @post("/{execution_id:uuid}/rows/{row_id:uuid}/decision")
     async def decide(
         self, request: Request[Any, Any, Any], execution_id: FromPath[UUID], row_id: FromPath[UUID]
     ) -> Response[Any]:
         form = await request.form()
-        user = current_user(request)
-        try:
-            await approvals.decide_row(
-                execution_id,
-                row_id,
-                str(form.get("decision", "")),
-                str(form.get("seen", "")),
-                user.email,
-            )
-        except Conflict as exc:
-            if not is_htmx(request):
-                raise
-            return await self._row_response(request, execution_id, row_id, error=exc.message)
-        return await self._row_response(request, execution_id, row_id)
+        action = approvals.decide_row(
+            execution_id,
+            row_id,
+            str(form.get("decision", "")),
+            str(form.get("seen", "")),
+            current_user(request).email,
+        )
+        # A decision other than the form's two buttons is a bad request, not a row's problem.
+        return await self._row_action(request, execution_id, row_id, action, (Conflict,))
 
     @get("/{execution_id:uuid}/rows/{row_id:uuid}/edit")
     async def edit_form(
@@ -130,15 +165,12 @@ class ApprovalsController(Controller):
         self, request: Request[Any, Any, Any], execution_id: FromPath[UUID], row_id: FromPath[UUID]
     ) -> Response[Any]:
         form = await request.form()
-        try:
-            await approvals.edit_row(
-                execution_id, row_id, str(form.get("content", "")), current_user(request).email
-            )
-        except Conflict as exc:
-            if not is_htmx(request):
-                raise
-            return await self._row_response(request, execution_id, row_id, error=exc.message)
-        return await self._row_response(request, execution_id, row_id)
+        action = approvals.edit_row(
+            execution_id, row_id, str(form.get("content", "")), current_user(request).email
+        )
+        return await self._row_action(
+            request, execution_id, row_id, action, (Conflict, InvalidInput), editing_on_error=True
+        )
 
     @post("/{execution_id:uuid}/rows/decision")
     async def decide_all(
@@ -146,7 +178,7 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         decision = str(form.get("decision", ""))
-        count = await approvals.decide_all(execution_id, decision, current_user(request).email)
+        count = await approvals.decide_all_rows(execution_id, decision, current_user(request).email)
         flash(request, f"{count} rows {decision}", category="success")
         return back_to(request, f"{BASE}/{execution_id}")
 
@@ -161,10 +193,7 @@ class ApprovalsController(Controller):
         as with the public API's approve) and resume the run."""
         form = await request.form()
         comment = str(form.get("comment", "")).strip() or None
-        execution = await executions.get_detail(execution_id)
-        approvals.check_comment(execution, comment)
-        step = await approvals.approve(execution_id, comment, current_user(request).email)
-        await queue.enqueue_run(arq, execution_id, step)
+        await approvals.approve_execution(arq, execution_id, current_user(request).email, comment)
         flash(request, "Approved: the approved rows are being sent", category="success")
         return back_to(request, f"/dashboard/executions/{execution_id}")
 
@@ -174,9 +203,7 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         comment = str(form.get("comment", "")).strip() or None
-        execution = await executions.get_detail(execution_id)
-        approvals.check_comment(execution, comment)
-        await approvals.reject(execution_id, comment, current_user(request).email)
+        await approvals.reject_execution(execution_id, current_user(request).email, comment)
         flash(
             request, "Rejected: the execution is cancelled and nothing is sent", category="success"
         )

@@ -14,10 +14,9 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
 from web.dashboard.auth import back_to, is_htmx, page, require_admin, require_user
-from web.domain import api_keys, executions, queue, webhooks
+from web.domain import api_keys, executions, webhooks
 from web.domain.errors import InvalidInput
 from web.domain.statuses import ExecutionStatus
-from web.domain.tables import Workflow
 
 PER_PAGE = 50
 LIVE = (ExecutionStatus.PENDING, ExecutionStatus.RUNNING)
@@ -79,9 +78,7 @@ class ExecutionsController(Controller):
                 "created_to": created_to or "",
             },
             "statuses": [s.value for s in ExecutionStatus],
-            "workflows": [
-                r["id"] for r in await Workflow.select(Workflow.id).order_by(Workflow.id)
-            ],
+            "workflows": [w["id"] for w in await executions.list_workflow_choices()],
             "keys": await api_keys.list_keys(),
         }
         template = (
@@ -110,7 +107,7 @@ class ExecutionsController(Controller):
             live=LIVE,
             with_approval=shown is None,
         )
-        if shown and shown != detail["status"]:
+        if shown and shown != detail.status:
             response.headers["HX-Refresh"] = "true"
         return response
 
@@ -119,8 +116,8 @@ class ExecutionsController(Controller):
         self, request: Request[Any, Any, Any], execution_id: FromPath[UUID]
     ) -> Template:
         detail = await executions.get_detail(execution_id)
-        steps = detail["definition"].get("steps", [])
-        results = {r["index"]: r for r in detail["step_results"]}
+        steps = detail.definition.get("steps", [])
+        results = {r["index"]: r for r in detail.step_results}
         return page(
             request,
             "executions/detail.html",
@@ -139,8 +136,7 @@ class ExecutionsController(Controller):
         event_id: FromPath[UUID],
         arq: NamedDependency[ArqRedis],
     ) -> Response[Any]:
-        await webhooks.redeliver(event_id)
-        await queue.enqueue_webhook(arq, event_id)
+        await webhooks.redeliver_event(arq, event_id)
         if is_htmx(request):
             return page(
                 request,

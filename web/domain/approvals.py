@@ -1,27 +1,114 @@
-"""Approve or reject an execution waiting at its approval step.
+"""Approve or reject an execution waiting at its approval step, and the row-by-row review.
 
-Approving marks every undecided row approved and hands the run back to the worker (the caller
-enqueues it at the returned step). Rejecting ends the execution as `cancelled` with every row
-`rejected`. Both are one transaction guarded by `status = 'pending_approval'`, so a second
-decision on the same execution is refused instead of silently overwriting the first.
+Approving marks every undecided row approved and hands the run back to the worker (queued
+after the commit). Rejecting ends the execution as `cancelled` with every row `rejected`.
+Both are one transaction guarded by `status = 'pending_approval'`, so a second decision on the
+same execution is refused instead of silently overwriting the first. The public API, the
+dashboard and any other caller use the functions here; the approval step's rules (comment
+required, bulk approval, display fields) are read here and nowhere else.
+Imports only web.domain.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import datetime
+from typing import ClassVar
 from uuid import UUID
 
-from web.domain import clock, compliance, executions, pool
+import msgspec
+from redis.asyncio import Redis
+
+from web.domain import clock, compliance, executions, pool, queue
 from web.domain.errors import Conflict, InvalidInput, NotFound
+from web.domain.execution_rows import RowView
+from web.domain.script_client import ScriptClient
 from web.domain.statuses import ExecutionStatus, RowDecision
 from web.domain.tables import Execution, ExecutionRow
+from web.domain.types import Definition, ReadModel, RowData, from_row
 from web.domain.workflows import approval_settings, step_settings
 
 REJECTED_REASON = "Rejected by reviewer"
+# The two row values the API shows beside the input fields (public-api.md "Get Pending
+# Approval Data"); the review screen draws them in columns of their own.
+ROW_EXTRAS = ("generated_content", "compliance_status")
 
 
-async def approve(execution_id: UUID, comment: str | None, decided_by: str) -> int:
+class ApprovalRules(msgspec.Struct, frozen=True):
+    """The approval step's settings with their defaults: the one reading of them."""
+
+    title: str
+    description: str
+    display_fields: list[str]  # empty: every field of each row
+    allow_bulk_approval: bool
+    require_comment: bool
+
+
+def approval_rules(definition: Definition) -> ApprovalRules:
+    settings = approval_settings(definition)
+    return ApprovalRules(
+        title=settings.get("title", "Review"),
+        description=settings.get("description", ""),
+        display_fields=list(settings.get("displayFields") or []),
+        allow_bulk_approval=bool(settings.get("allowBulkApproval", True)),
+        require_comment=bool(settings.get("requireComment", False)),
+    )
+
+
+def shown_fields(rules: ApprovalRules, rows: list[RowData]) -> list[str]:
+    """The fields a reviewer sees: the step's displayFields, or else every field of the rows
+    (in the order they first appear), then the generated message and its compliance status."""
+    if rules.display_fields:
+        return rules.display_fields
+    fields = list(dict.fromkeys(field for row in rows for field in row))
+    return [*(f for f in fields if f not in ROW_EXTRAS), *ROW_EXTRAS]
+
+
+def _check_comment(rules: ApprovalRules, comment: str | None) -> None:
+    """InvalidInput when the approval step has requireComment and no comment was given."""
+    if comment and "\x00" in comment:
+        raise InvalidInput("comment contains a NUL character (\\u0000)")
+    if rules.require_comment and not (comment and comment.strip()):
+        raise InvalidInput("A comment is required for this approval")
+
+
+async def _definition(execution_id: UUID, api_key_id: UUID | None) -> Definition:
+    """The execution's definition; NotFound if unknown (or not this key's, given one)."""
+    if api_key_id is not None:
+        execution = await executions.get_for_key(execution_id, api_key_id, with_definition=True)
+        return execution.definition or {}
+    return await executions.get_definition(execution_id)
+
+
+async def approve_execution(
+    redis: ScriptClient | Redis,
+    execution_id: UUID,
+    decided_by: str,
+    comment: str | None,
+    *,
+    api_key_id: UUID | None = None,
+) -> None:
+    """Approve (undecided rows count as approved) and queue the run from its next step.
+    NotFound (also for another key's execution, given `api_key_id`), InvalidInput for a
+    missing required comment, Conflict unless pending approval."""
+    _check_comment(approval_rules(await _definition(execution_id, api_key_id)), comment)
+    step = await _approve(execution_id, comment, decided_by)
+    await queue.enqueue_run(redis, execution_id, step)  # after the commit
+
+
+async def reject_execution(
+    execution_id: UUID,
+    decided_by: str,
+    comment: str | None,
+    *,
+    api_key_id: UUID | None = None,
+) -> None:
+    """Reject and stop; raises as `approve_execution` does."""
+    _check_comment(approval_rules(await _definition(execution_id, api_key_id)), comment)
+    await _reject(execution_id, comment, decided_by)
+
+
+async def _approve(execution_id: UUID, comment: str | None, decided_by: str) -> int:
     """Approve; returns the step index the run resumes at. Conflict unless pending approval."""
     async with pool.engine().transaction():
         rows = await Execution.raw(
@@ -43,7 +130,7 @@ async def approve(execution_id: UUID, comment: str | None, decided_by: str) -> i
     return int(rows[0]["current_step"])
 
 
-async def reject(execution_id: UUID, comment: str | None, decided_by: str) -> None:
+async def _reject(execution_id: UUID, comment: str | None, decided_by: str) -> None:
     """Reject and stop: `cancelled`, approvalStatus `rejected`, every row `rejected`."""
     async with pool.engine().transaction():
         rows = await Execution.raw(
@@ -71,58 +158,66 @@ async def reject(execution_id: UUID, comment: str | None, decided_by: str) -> No
         )
 
 
-async def pending_approval_data(execution: dict[str, Any]) -> dict[str, Any]:
-    """public-api.md "Get Pending Approval Data": rows through the step's displayFields."""
-    if execution["status"] != ExecutionStatus.PENDING_APPROVAL:
-        raise executions.not_in_status(ExecutionStatus.PENDING_APPROVAL, execution["status"])
-    settings = approval_settings(execution["definition"])
-    fields: list[str] = list(settings.get("displayFields") or [])
+class PendingApproval(msgspec.Struct, frozen=True):
+    rows: list[RowData]  # each row through the step's display fields
+    rules: ApprovalRules
+
+
+async def pending_approval_data(execution: executions.ExecutionView) -> PendingApproval:
+    """public-api.md "Get Pending Approval Data": rows through the step's displayFields.
+    `execution` must have been read with its definition."""
+    if execution.status != ExecutionStatus.PENDING_APPROVAL:
+        raise executions.not_in_status(ExecutionStatus.PENDING_APPROVAL, execution.status)
+    rules = approval_rules(execution.definition or {})
     rows = (
         await ExecutionRow.select(
             ExecutionRow.data,
             ExecutionRow.generated_content,
             ExecutionRow.compliance_status,
         )
-        .where(ExecutionRow.execution == execution["id"])
+        .where(ExecutionRow.execution == execution.id)
         .order_by(ExecutionRow.position)
-        .output(load_json=True)
     )
     shown = []
     for row in rows:
+        read = from_row(row, _ApprovalRow)
         values = {
-            **row["data"],
-            "generated_content": row["generated_content"],
-            "compliance_status": row["compliance_status"],
+            **read.data,
+            "generated_content": read.generated_content,
+            "compliance_status": read.compliance_status,
         }
+        fields = rules.display_fields
         shown.append({field: values.get(field) for field in fields} if fields else values)
-    return {
-        "rows": shown,
-        "metadata": {
-            "totalRows": len(shown),
-            "title": settings.get("title", "Review"),
-            "description": settings.get("description", ""),
-            "allowBulkApproval": bool(settings.get("allowBulkApproval", True)),
-            "requireComment": bool(settings.get("requireComment", False)),
-        },
-        "displayFields": fields,
-    }
+    return PendingApproval(rows=shown, rules=rules)
 
 
-def check_comment(execution: dict[str, Any], comment: str | None) -> None:
-    """InvalidInput when the approval step has requireComment and no comment was given."""
-    if comment and "\x00" in comment:
-        raise InvalidInput("comment contains a NUL character (\\u0000)")
-    settings = approval_settings(execution["definition"])
-    if settings.get("requireComment") and not (comment and comment.strip()):
-        raise InvalidInput("A comment is required for this approval")
+class _ApprovalRow(ReadModel, frozen=True):
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("data",)
+
+    data: RowData
+    generated_content: str | None
+    compliance_status: str | None
 
 
 # --- row by row, for the review screen ------------------------------------------------------
 
 
-async def queue() -> list[dict[str, Any]]:
+class WaitingExecution(ReadModel, frozen=True):
+    """One entry of the approvals queue."""
+
+    id: UUID
+    workflow: str
+    created_at: datetime
+    updated_at: datetime
+    key_name: str
+    row_count: int
+    failing: int  # rows that failed compliance
+    decided: int
+
+
+async def list_waiting() -> list[WaitingExecution]:
     """Executions waiting for approval, oldest first, with their row counts."""
-    rows: list[dict[str, Any]] = await Execution.raw(
+    rows = await Execution.raw(
         "SELECT e.id, e.workflow, e.created_at, e.updated_at, k.name AS key_name, "
         "  e.row_count, "
         "  COUNT(r.id) FILTER (WHERE r.compliance_status = 'failed') AS failing, "
@@ -132,10 +227,19 @@ async def queue() -> list[dict[str, Any]]:
         "WHERE e.status = 'pending_approval' "
         "GROUP BY e.id, k.name ORDER BY e.created_at"
     )
-    return rows
+    return [from_row(row, WaitingExecution) for row in rows]
 
 
-async def _lock_pending(execution_id: UUID) -> dict[str, Any]:
+class _Pending(ReadModel, frozen=True):
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("definition",)
+
+    id: UUID
+    status: str
+    approval_decided_by: str | None
+    definition: Definition
+
+
+async def _lock_pending(execution_id: UUID) -> _Pending:
     """Inside a transaction: the execution, share-locked, if it still waits for approval.
     `approve`/`reject` update the same row, so a decision can never land after them."""
     rows = await Execution.raw(
@@ -144,24 +248,22 @@ async def _lock_pending(execution_id: UUID) -> dict[str, Any]:
     )
     if not rows:
         raise NotFound(executions.EXECUTION_NOT_FOUND)
-    row: dict[str, Any] = rows[0]
-    if row["status"] != ExecutionStatus.PENDING_APPROVAL:
-        by = f" by {row['approval_decided_by']}" if row["approval_decided_by"] else ""
+    row = from_row(rows[0], _Pending)
+    if row.status != ExecutionStatus.PENDING_APPROVAL:
+        by = f" by {row.approval_decided_by}" if row.approval_decided_by else ""
         raise Conflict(f"This execution is no longer waiting for approval: it was decided{by}")
     return row
 
 
-async def _row(execution_id: UUID, row_id: UUID) -> dict[str, Any]:
+async def _row(execution_id: UUID, row_id: UUID) -> RowView:
     row = (
         await ExecutionRow.select()
         .where(ExecutionRow.id == row_id, ExecutionRow.execution == execution_id)
-        .output(load_json=True)
         .first()
     )
     if row is None:
         raise NotFound("Row not found")
-    result: dict[str, Any] = row
-    return result
+    return from_row(row, RowView)
 
 
 def _check_decision(decision: str) -> RowDecision:
@@ -173,17 +275,17 @@ def _check_decision(decision: str) -> RowDecision:
 
 async def decide_row(
     execution_id: UUID, row_id: UUID, decision: str, seen: str | None, decided_by: str
-) -> dict[str, Any]:
+) -> RowView:
     """Save one row's decision at once. `seen` is the decision the reviewer saw ("" for none):
     if someone else changed it meanwhile, Conflict instead of a silent overwrite."""
     checked = _check_decision(decision)
     async with pool.engine().transaction():
         await _lock_pending(execution_id)
         current = await _row(execution_id, row_id)
-        if (current["decision"] or "") != (seen or ""):
-            who = current["decided_by"] or "another reviewer"
+        if (current.decision or "") != (seen or ""):
+            who = current.decided_by or "another reviewer"
             raise Conflict(
-                f"{who} changed this row meanwhile (it is now {current['decision'] or 'undecided'})"
+                f"{who} changed this row meanwhile (it is now {current.decision or 'undecided'})"
             )
         await ExecutionRow.update(
             {
@@ -195,14 +297,13 @@ async def decide_row(
     return await _row(execution_id, row_id)
 
 
-async def decide_all(execution_id: UUID, decision: str, decided_by: str) -> int:
-    """Bulk decision (only when the approval step allows it): every row gets `decision`."""
+async def decide_all_rows(execution_id: UUID, decision: str, decided_by: str) -> int:
+    """Bulk decision (only when the approval step allows it): every row gets `decision`.
+    Returns how many rows were decided."""
     checked = _check_decision(decision)
     async with pool.engine().transaction():
         execution = await _lock_pending(execution_id)
-        if not approval_settings(executions.json_column(execution["definition"])).get(
-            "allowBulkApproval", True
-        ):
+        if not approval_rules(execution.definition).allow_bulk_approval:
             raise Conflict("This workflow does not allow bulk approval")
         rows = await ExecutionRow.raw(
             "UPDATE execution_row SET decision = {}, decided_by = {}, decided_at = now() "
@@ -214,9 +315,7 @@ async def decide_all(execution_id: UUID, decision: str, decided_by: str) -> int:
     return len(rows)
 
 
-async def edit_row(
-    execution_id: UUID, row_id: UUID, content: str, edited_by: str
-) -> dict[str, Any]:
+async def edit_row(execution_id: UUID, row_id: UUID, content: str, edited_by: str) -> RowView:
     """Replace a row's generated message before approval; the first original is kept and the
     new text is checked for compliance again with the workflow's own rules."""
     content = content.strip()
@@ -227,11 +326,11 @@ async def edit_row(
     async with pool.engine().transaction():
         execution = await _lock_pending(execution_id)
         row = await _row(execution_id, row_id)
-        rules = step_settings(executions.json_column(execution["definition"]), "compliance_check")
-        verdict = compliance.check(rules, row["data"], content)
+        rules = step_settings(execution.definition, "compliance_check")
+        verdict = compliance.check(rules, row.data, content)
         await ExecutionRow.update(
             {
-                ExecutionRow.original_content: row["original_content"] or row["generated_content"],
+                ExecutionRow.original_content: row.original_content or row.generated_content,
                 ExecutionRow.generated_content: content,
                 ExecutionRow.compliance_status: str(verdict.status),
                 ExecutionRow.compliance_reasons: verdict.reasons,

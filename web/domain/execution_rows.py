@@ -8,18 +8,45 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, ClassVar
 from uuid import UUID
 
 from web.domain.statuses import SENDING, SendStatus
 from web.domain.tables import ExecutionRow
+from web.domain.types import ReadModel, RowData
+
+
+class RowView(ReadModel, frozen=True):
+    """One row with everything that happened to it, as the dashboard shows it."""
+
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("data", "compliance_reasons", "content_usage")
+
+    id: UUID
+    execution: UUID
+    position: int
+    data: RowData
+    generated_content: str | None
+    original_content: str | None
+    compliance_status: str | None
+    compliance_reasons: list[str]
+    decision: str | None
+    decided_by: str | None
+    decided_at: datetime | None
+    edited_by: str | None
+    edited_at: datetime | None
+    content_usage: dict[str, Any] | None
+    send_status: str | None
+    message_id: str | None
+    error: str | None
+    sent_at: datetime | None
 
 
 @dataclass(frozen=True)
 class RowState:
     id: UUID
     position: int
-    data: dict[str, Any]
+    data: RowData
     generated_content: str | None
     compliance_status: str | None
     compliance_reasons: list[str]

@@ -8,19 +8,24 @@ Imports only web.domain and Piccolo.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
 import msgspec
 from asyncpg.exceptions import CheckViolationError
+from redis.asyncio import Redis
 
-from web.domain import clock, limits, pool, webhooks
+from web.domain import clock, limits, pool, queue, webhooks
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Conflict, InvalidInput, NotFound
+from web.domain.execution_rows import RowView
+from web.domain.script_client import ScriptClient
 from web.domain.statuses import ExecutionStatus, SendStatus
 from web.domain.tables import Execution, ExecutionRow, Workflow
+from web.domain.types import Definition, ExecutionOutput, ReadModel, RowData, from_row
 from web.domain.workflows import RunnableWorkflow
 
 EXECUTION_NOT_FOUND = "Execution not found"  # public-api.md, "404 Not Found"
@@ -40,9 +45,8 @@ class Claim:
 
     id: UUID
     token: UUID
-    was_pending: bool
     current_step: int
-    definition: dict[str, Any]
+    definition: Definition
     approval_status: str | None
     # Webhook events to queue now (the `execution.started` of a run that was pending).
     events: list[UUID]
@@ -73,7 +77,7 @@ def _nul_path(value: Any, path: str) -> str | None:
     return None
 
 
-def check_rows(rows: list[dict[str, Any]], required_fields: tuple[str, ...]) -> None:
+def check_rows(rows: list[RowData], required_fields: tuple[str, ...]) -> None:
     """InvalidInput naming the first row field that is missing or empty."""
     for index, row in enumerate(rows):
         for field in required_fields:
@@ -112,14 +116,17 @@ RETURNING used
 
 
 async def start_execution(
+    redis: ScriptClient | Redis,
     key: AuthenticatedKey,
     workflow: RunnableWorkflow,
-    csv_data: list[dict[str, Any]],
+    csv_data: list[RowData],
     description: str | None,
     max_rows: int,
+    on_counted: Callable[[limits.QuotaState], None] | None = None,
 ) -> StartedExecution:
-    """Validate, store the execution with its rows and count the quota, in one statement.
-    Nothing is written when it raises. The caller enqueues the run after it returns."""
+    """Validate, store the execution with its rows and count the quota, in one statement
+    (nothing is written when that raises), then queue the run. `on_counted` hears the quota
+    as soon as it is counted, so the caller can report it even if the enqueue fails."""
     rows = csv_data[:max_rows]
     truncated_from = len(csv_data) if len(csv_data) > max_rows else None
     if not rows:
@@ -155,15 +162,16 @@ async def start_execution(
         raise limits.QuotaExceeded(full) from None
     if used is None:
         raise NotFound("Workflow not found")
+    quota = limits.QuotaState(limit=key.monthly_limit, used=used, resets_at=resets_at)
+    if on_counted is not None:
+        on_counted(quota)
+    await queue.enqueue_run(redis, execution_id)  # after the commit: the worker finds the rows
     return StartedExecution(
-        id=execution_id,
-        status=ExecutionStatus.PENDING,
-        started_at=started_at,
-        quota=limits.QuotaState(limit=key.monthly_limit, used=used, resets_at=resets_at),
+        id=execution_id, status=ExecutionStatus.PENDING, started_at=started_at, quota=quota
     )
 
 
-def _encode_rows(rows: list[dict[str, Any]]) -> str:
+def _encode_rows(rows: list[RowData]) -> str:
     """The rows as JSON, refusing any string PostgreSQL cannot store (U+0000). The encoder
     writes U+0000 as the escape below, so only a body that has it needs the walk that finds
     the field to name (a literal backslash followed by "u0000" has it too, and passes)."""
@@ -175,16 +183,33 @@ def _encode_rows(rows: list[dict[str, Any]]) -> str:
     return encoded
 
 
+class ExecutionView(ReadModel, frozen=True):
+    """An execution as the public API reads it; `output` and `definition` only when asked."""
+
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("output", "definition")
+
+    id: UUID
+    workflow: str
+    status: str
+    approval_status: str | None
+    row_count: int
+    error: str | None
+    started_at: datetime
+    completed_at: datetime | None
+    output: ExecutionOutput | None = None
+    definition: Definition | None = None
+
+
 async def get_for_key(
-    execution_id: str,
+    execution_id: str | UUID,
     api_key_id: UUID,
     *,
     with_output: bool = False,
     with_definition: bool = False,
-) -> dict[str, Any]:
+) -> ExecutionView:
     """The execution if it belongs to this key; NotFound otherwise (no leak of existence).
     `output` and `definition` (JSON) are read only when asked for."""
-    uid = parse_execution_id(execution_id)
+    uid = execution_id if isinstance(execution_id, UUID) else parse_execution_id(execution_id)
     columns = "id, workflow, status, approval_status, row_count, error, started_at, completed_at"
     if with_output:
         columns += ", output"
@@ -197,10 +222,21 @@ async def get_for_key(
     )
     if row is None:
         raise NotFound(EXECUTION_NOT_FOUND)
-    for column in ("output", "definition"):
-        if column in row:
-            row[column] = json_column(row[column])
-    return row
+    return from_row(row, ExecutionView)
+
+
+class _DefinitionOnly(ReadModel, frozen=True):
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("definition",)
+
+    definition: Definition
+
+
+async def get_definition(execution_id: UUID) -> Definition:
+    """The workflow definition the execution runs with; NotFound if there is no execution."""
+    row = await pool.fetch_row("SELECT definition FROM execution WHERE id = $1", execution_id)
+    if row is None:
+        raise NotFound(EXECUTION_NOT_FOUND)
+    return from_row(row, _DefinitionOnly).definition
 
 
 async def status_of(execution_id: UUID) -> str | None:
@@ -208,7 +244,7 @@ async def status_of(execution_id: UUID) -> str | None:
     return None if row is None else str(row["status"])
 
 
-async def build_output(execution_id: UUID) -> dict[str, Any]:
+async def build_output(execution_id: UUID) -> ExecutionOutput:
     """public-api.md "Get Execution Results": counts and one result per row, in input order."""
     rows = (
         await ExecutionRow.select(
@@ -270,7 +306,6 @@ async def claim(execution_id: UUID, token: UUID, lease_seconds: float) -> Claim 
     return Claim(
         id=execution_id,
         token=token,
-        was_pending=was_pending,
         current_step=row["current_step"],
         definition=json_column(row["definition"]),
         approval_status=row["approval_status"],
@@ -417,9 +452,22 @@ class ExecutionFilters:
     created_before: datetime | None = None
 
 
+class ExecutionListEntry(ReadModel, frozen=True):
+    """One line of the executions list."""
+
+    id: UUID
+    workflow: str
+    key_name: str
+    status: str
+    approval_status: str | None
+    row_count: int
+    created_at: datetime
+    completed_at: datetime | None
+
+
 async def list_executions(
     filters: ExecutionFilters, page: int, per_page: int
-) -> tuple[list[dict[str, Any]], int]:
+) -> tuple[list[ExecutionListEntry], int]:
     """One page of executions, newest first, and how many match in all."""
     conditions = []
     if filters.status:
@@ -451,10 +499,39 @@ async def list_executions(
         .limit(per_page)
         .offset((page - 1) * per_page)
     )
-    return rows, int(await count)
+    return [from_row(row, ExecutionListEntry) for row in rows], int(await count)
 
 
-async def get_detail(execution_id: UUID) -> dict[str, Any]:
+class ExecutionDetail(ReadModel, frozen=True):
+    """Everything the dashboard shows about one execution (all but the lease token)."""
+
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("definition", "step_results", "output")
+
+    id: UUID
+    workflow: str
+    api_key: UUID
+    key_name: str
+    description: str | None
+    definition: Definition
+    status: str
+    approval_status: str | None
+    approval_comment: str | None
+    approval_decided_by: str | None
+    approval_decided_at: datetime | None
+    row_count: int
+    truncated_from: int | None
+    current_step: int
+    step_results: list[dict[str, Any]]
+    output: ExecutionOutput | None
+    error: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+    started_at: datetime
+    completed_at: datetime | None
+    updated_at: datetime
+
+
+async def get_detail(execution_id: UUID) -> ExecutionDetail:
     """Everything the dashboard shows about one execution; NotFound if there is none."""
     row = (
         await Execution.select(
@@ -462,23 +539,20 @@ async def get_detail(execution_id: UUID) -> dict[str, Any]:
             Execution.api_key.name.as_alias("key_name"),
         )
         .where(Execution.id == execution_id)
-        .output(load_json=True)
         .first()
     )
     if row is None:
         raise NotFound(EXECUTION_NOT_FOUND)
-    result: dict[str, Any] = row
-    return result
+    return from_row(row, ExecutionDetail)
 
 
-async def list_rows(execution_id: UUID) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = (
+async def list_rows(execution_id: UUID) -> list[RowView]:
+    rows = (
         await ExecutionRow.select()
         .where(ExecutionRow.execution == execution_id)
         .order_by(ExecutionRow.position)
-        .output(load_json=True)
     )
-    return rows
+    return [from_row(row, RowView) for row in rows]
 
 
 # --- counts for the admin pages -------------------------------------------------------------

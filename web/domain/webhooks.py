@@ -17,13 +17,18 @@ import hmac
 import ipaddress
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import UUID
 
-from web.domain import clock
+from redis.asyncio import Redis
+
+from web.domain import clock, pool, queue
 from web.domain.errors import InvalidInput, NotFound
+from web.domain.script_client import ScriptClient
 from web.domain.tables import ApiKey, Execution, WebhookAttempt, WebhookEvent
+from web.domain.types import ReadModel, from_row
 
 USER_AGENT = "Workflow-Automation-Platform/1.0"  # public-api.md "Webhook Headers"
 STARTED = "execution.started"
@@ -212,7 +217,7 @@ class AttemptResult:
 async def record_attempt(delivery: Delivery, result: AttemptResult, *, final: bool) -> UUID | None:
     """Log the attempt and count it. When the event is finished (delivered, or `final` failure)
     return the next pending event of the execution to queue, if any."""
-    async with Execution._meta.db.transaction():
+    async with pool.engine().transaction():
         # Lock the execution row: record_event takes the same lock, so ordering holds.
         await Execution.raw(
             "SELECT id FROM execution WHERE id = {} FOR UPDATE", delivery.execution_id
@@ -237,9 +242,8 @@ async def record_attempt(delivery: Delivery, result: AttemptResult, *, final: bo
             status,
             delivery.event_id,
         )
-        if status == "pending":
-            return None
-        return await _next_pending(delivery.execution_id)
+        following = None if status == "pending" else await _next_pending(delivery.execution_id)
+    return following
 
 
 async def _next_pending(execution_id: UUID) -> UUID | None:
@@ -252,8 +256,9 @@ async def _next_pending(execution_id: UUID) -> UUID | None:
     return None if row is None else row["id"]
 
 
-async def redeliver(event_id: UUID) -> None:
-    """Send an event again (same webhook-id, same body): a new cycle of attempts."""
+async def redeliver_event(redis: ScriptClient | Redis, event_id: UUID) -> None:
+    """Send an event again (same webhook-id, same body): a new cycle of attempts, queued
+    after the event is reset. NotFound for an unknown event."""
     updated = (
         await WebhookEvent.update(
             {
@@ -267,9 +272,36 @@ async def redeliver(event_id: UUID) -> None:
     )
     if not updated:
         raise NotFound("Webhook event not found")
+    await queue.enqueue_webhook(redis, event_id)
 
 
-async def list_deliveries(execution_id: UUID) -> list[dict[str, Any]]:
+class AttemptView(ReadModel, frozen=True):
+    """One logged attempt of a webhook event."""
+
+    event: UUID
+    attempt_number: int
+    url: str
+    status_code: int | None
+    duration_ms: int
+    error: str | None
+    response_body: str | None
+    created_at: datetime
+
+
+class DeliveryView(ReadModel, frozen=True):
+    """One webhook event of an execution and its attempts (the delivery log)."""
+
+    id: UUID
+    sequence: int
+    event: str
+    status: str
+    attempts: int
+    created_at: datetime
+    finished_at: datetime | None
+    attempts_log: list[AttemptView]
+
+
+async def list_deliveries(execution_id: UUID) -> list[DeliveryView]:
     """Every event of an execution with its attempts, in order (the delivery log)."""
     events = (
         await WebhookEvent.select(
@@ -300,7 +332,10 @@ async def list_deliveries(execution_id: UUID) -> list[dict[str, Any]]:
         .where(WebhookAttempt.event.is_in([e["id"] for e in events]))
         .order_by(WebhookAttempt.attempt_number)
     )
-    for event in events:
-        event["attempts_log"] = [a for a in attempts if a["event"] == event["id"]]
-    result: list[dict[str, Any]] = events
-    return result
+    return [
+        from_row(
+            {**event, "attempts_log": [a for a in attempts if a["event"] == event["id"]]},
+            DeliveryView,
+        )
+        for event in events
+    ]

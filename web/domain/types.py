@@ -1,0 +1,38 @@
+"""Names for the free-form JSON the domain passes around, and the one place a database row
+becomes a typed read model (JSONB decoded here, nowhere else). Imports only msgspec.
+
+A row's input fields and a step's settings are genuinely free-form (the workflow author and
+the API caller choose the keys), so they stay dicts, but named ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+
+RowData = dict[str, Any]  # one csvData row: the caller's own field names
+StepSettings = dict[str, Any]  # the `settings` of one workflow step
+Definition = dict[str, Any]  # a workflow definition as an execution stored it (id, name, steps)
+ExecutionOutput = dict[str, Any]  # public-api.md "Get Execution Results" `output`
+
+
+class ReadModel(msgspec.Struct, frozen=True):
+    """Base of the domain's read models: `JSON_COLUMNS` names the JSONB columns, which raw SQL
+    (asyncpg without a codec) returns as text."""
+
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ()
+
+
+Model = TypeVar("Model", bound=ReadModel)
+
+
+def from_row(row: Mapping[str, Any], model: type[Model]) -> Model:
+    """One database row as `model`: JSONB text decoded, then converted (cheap: msgspec)."""
+    values = dict(row)
+    for column in model.JSON_COLUMNS:
+        value = values.get(column)
+        if isinstance(value, str):
+            values[column] = msgspec.json.decode(value)
+    return msgspec.convert(values, model)
