@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 from uuid import UUID
 
@@ -311,3 +312,95 @@ async def test_an_unknown_row_or_decision_is_refused(
     )
     assert unknown.status_code == 404 and "Row not found" in unknown.text
     assert odd.status_code == 400 and "Decision must be approved or rejected" in odd.text
+
+
+async def test_the_comment_rule_holds_for_every_caller(
+    client: httpx.AsyncClient, reviewer_client: httpx.AsyncClient, run_worker: Any, api_key: str
+) -> None:
+    # One rule (web.domain.approvals), four callers: API approve and reject, dashboard submit
+    # and reject. None of them decides anything without the comment.
+    definition = copy.deepcopy(BFSI_TEMPLATE)
+    definition["id"] = "workflow_commented"
+    definition["steps"][2]["settings"].update(requireComment=True)
+    await save_workflow(definition)
+    execution_id = await waiting(client, api_key, run_worker, workflow_id="workflow_commented")
+    message = "A comment is required for this approval"
+
+    for action in ("approve", "reject"):
+        for body in (None, {"comment": "   "}):
+            answer = await client.post(
+                f"{PUBLIC}/executions/{execution_id}/{action}", json=body, headers=auth(api_key)
+            )
+            assert answer.status_code == 400, (action, body)
+            assert answer.json()["message"] == message
+    for action in ("submit", "reject"):
+        page = await post_form(
+            reviewer_client, f"/dashboard/approvals/{execution_id}/{action}", {"comment": " "}
+        )
+        assert page.status_code == 400, action
+        assert message in page.text
+    stored = await execution_row(execution_id)
+    assert (stored["status"], stored["approval_status"]) == ("pending_approval", "pending")
+
+    done = await post_form(
+        reviewer_client, f"/dashboard/approvals/{execution_id}/reject", {"comment": "Off brand"}
+    )
+    assert done.status_code == 303
+    assert (await execution_row(execution_id))["status"] == "cancelled"
+
+
+async def test_an_htmx_request_for_an_unknown_row_is_a_404(
+    client: httpx.AsyncClient, reviewer_client: httpx.AsyncClient, run_worker: Any, api_key: str
+) -> None:
+    execution_id = await waiting(client, api_key, run_worker, csv_data=rows(1))
+    base = f"/dashboard/approvals/{execution_id}/rows/{UUID(int=1)}"
+
+    for url in (base, f"{base}/edit"):
+        response = await reviewer_client.get(url, headers=HTMX)
+        assert response.status_code == 404, url
+        assert response.text == '<div class="flash error" role="alert">Row not found</div>'
+
+
+def _row_html(page: str, row_id: Any) -> str:
+    found = re.search(rf'<tr id="row-{row_id}".*?</tr>', page, re.DOTALL)
+    assert found is not None, f"row {row_id} not on the page"
+    return found.group(0)
+
+
+async def test_a_failed_row_action_shows_its_error_in_that_row_without_javascript(
+    client: httpx.AsyncClient,
+    reviewer_client: httpx.AsyncClient,
+    admin_client: httpx.AsyncClient,
+    run_worker: Any,
+    api_key: str,
+) -> None:
+    execution_id = await waiting(client, api_key, run_worker, csv_data=rows(2))
+    first, second = (r["id"] for r in await row_states(execution_id))
+    url = f"/dashboard/approvals/{execution_id}/rows/{first}/decision"
+    await post_form(admin_client, url, {"decision": "rejected", "seen": ""})
+
+    refused = await post_form(reviewer_client, url, {"decision": "approved", "seen": ""})
+
+    assert refused.status_code == 303
+    assert refused.headers["location"] == f"/dashboard/approvals/{execution_id}#row-{first}"
+    page = (await reviewer_client.get(refused.headers["location"].split("#")[0])).text
+    conflict = "admin@example.com changed this row meanwhile (it is now rejected)"
+    assert conflict in _row_html(page, first)
+    assert conflict not in _row_html(page, second)
+    assert page.count(conflict) == 1  # in the row, not in the banner at the top
+    assert (await row_states(execution_id))[0]["decision"] == "rejected"
+    again = (await reviewer_client.get(f"/dashboard/approvals/{execution_id}")).text
+    assert conflict not in again  # shown once
+
+    edit = f"/dashboard/approvals/{execution_id}/rows/{second}/edit"
+    empty = await post_form(reviewer_client, edit, {"content": "  "})
+    assert empty.status_code == 303
+    assert empty.headers["location"].endswith(f"?editing={second}#row-{second}")
+    page = (await reviewer_client.get(empty.headers["location"].split("#")[0])).text
+    row = _row_html(page, second)
+    assert "The message cannot be empty" in row and f'<textarea id="content-{second}"' in row
+
+    swapped = await post_form(reviewer_client, edit, {"content": ""}, headers=HTMX)
+    assert swapped.status_code == 200
+    assert swapped.text.startswith(f'<tr id="row-{second}"')
+    assert "The message cannot be empty" in _row_html(swapped.text, second)

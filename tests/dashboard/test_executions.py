@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -11,6 +11,7 @@ import httpx
 
 from tests.factories import PUBLIC, auth, create_key, post_form, rows, start
 from tests.receiver import Receiver
+from web.domain.executions import ExecutionListEntry
 from web.domain.tables import Execution, WebhookAttempt, WebhookEvent
 
 
@@ -222,3 +223,30 @@ async def test_dates_are_machine_readable_for_the_local_time_script(
         "%Y-%m-%dT%H:%M:%S.%f"
     )[:-3]
     assert f'<time datetime="{iso}Z">' in html
+
+
+def test_pagination_links_url_encode_the_filters(app: Any) -> None:
+    entry = ExecutionListEntry(
+        id=UUID(int=7),
+        workflow="w",
+        key_name="k",
+        status="completed",
+        approval_status=None,
+        row_count=1,
+        created_at=datetime(2026, 1, 2, tzinfo=UTC),
+        completed_at=None,
+    )
+    filters = {
+        "status": "a&b=c",
+        "workflow": "two words",
+        "api_key": "",
+        "created_from": "2026-01-01",
+        "created_to": "",
+    }
+    html = app.template_engine.get_template("executions/_table.html").render(
+        rows=[entry], live=(), total=120, page_number=2, pages=3, filters=filters
+    )
+
+    query = "status=a%26b%3Dc&amp;workflow=two+words&amp;api_key=&amp;created_from=2026-01-01"
+    assert f'href="?{query}&amp;created_to=&amp;page_number=1"' in html
+    assert f'href="?{query}&amp;created_to=&amp;page_number=3"' in html
