@@ -17,7 +17,7 @@ from uuid import UUID
 
 os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
 
-from web.domain import api_keys, queue, users, webhooks, workflows
+from web.domain import api_keys, queue, users, webhooks, workflow_files, workflows
 from web.domain.errors import DomainError
 from web.settings import get_settings
 
@@ -165,11 +165,11 @@ async def workflows_list(args: argparse.Namespace) -> int:
             json.dumps(
                 [
                     {
-                        "id": row["id"],
-                        "name": row["name"],
-                        "active": row["active"],
-                        "steps": [step.get("type") for step in row["steps"]],
-                        "updatedAt": row["updated_at"].isoformat(),
+                        "id": row.id,
+                        "name": row.name,
+                        "active": row.active,
+                        "steps": [step.get("type") for step in row.steps],
+                        "updatedAt": row.updated_at.isoformat(),
                     }
                     for row in rows
                 ]
@@ -179,29 +179,28 @@ async def workflows_list(args: argparse.Namespace) -> int:
     if not rows:
         print("No workflows yet: flowgate workflows import FILE.yaml")
     for row in rows:
-        state = "active" if row["active"] else "inactive"
-        steps = " -> ".join(str(step.get("type")) for step in row["steps"])
-        print(f"{row['id']}  {state:8}  {row['name']}  ({steps})")
+        state = "active" if row.active else "inactive"
+        steps = " -> ".join(str(step.get("type")) for step in row.steps)
+        print(f"{row.id}  {state:8}  {row.name}  ({steps})")
     return 0
 
 
 async def workflows_import(args: argparse.Namespace) -> int:
     """Create or update a workflow from a YAML or JSON file; every problem on its own line."""
     try:
-        definition = workflows.read_definition_file(Path(args.file))
-    except workflows.InvalidDefinition as exc:
+        definition = workflow_files.read_definition_file(Path(args.file))
+    except workflow_files.InvalidDefinition as exc:
         for problem in exc.problems:
             print(f"error: {args.file}: {problem}", file=sys.stderr)
         return 1
-    existed = await workflows.workflow_exists(definition["id"])
-    await workflows.save_workflow(definition)
-    print(f"{'updated' if existed else 'created'} workflow {definition['id']}")
+    created = await workflows.import_workflow(definition)
+    print(f"{'created' if created else 'updated'} workflow {definition['id']}")
     return 0
 
 
 async def workflows_export(args: argparse.Namespace) -> int:
     definition = await workflows.get_definition(args.id)
-    sys.stdout.write(workflows.dump_definition(definition, args.format))
+    sys.stdout.write(workflow_files.dump_definition(definition, args.format))
     return 0
 
 

@@ -14,10 +14,9 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
 from web.dashboard.auth import back_to, is_htmx, page, require_admin, require_user
-from web.domain import api_keys, executions, queue, webhooks
+from web.domain import api_keys, executions, queue, webhooks, workflows
 from web.domain.errors import InvalidInput
 from web.domain.statuses import ExecutionStatus
-from web.domain.tables import Workflow
 
 PER_PAGE = 50
 LIVE = (ExecutionStatus.PENDING, ExecutionStatus.RUNNING)
@@ -79,9 +78,7 @@ class ExecutionsController(Controller):
                 "created_to": created_to or "",
             },
             "statuses": [s.value for s in ExecutionStatus],
-            "workflows": [
-                r["id"] for r in await Workflow.select(Workflow.id).order_by(Workflow.id)
-            ],
+            "workflows": [w.id for w in await workflows.list_workflow_choices()],
             "keys": await api_keys.list_keys(),
         }
         template = (

@@ -16,7 +16,7 @@ from litestar.plugins.flash import flash
 from litestar.response import Template
 
 from web.dashboard.auth import back_to, page, require_admin, require_user
-from web.domain import api_keys, executions
+from web.domain import api_keys, executions, workflows
 from web.domain.errors import Conflict, InvalidInput
 from web.settings import Settings
 
@@ -226,7 +226,7 @@ class KeysController(Controller):
             key=key,
             values=values,
             error=error,
-            workflows=await executions.list_workflow_choices(),
+            workflows=await workflows.list_workflow_choices(),
             events=api_keys.WEBHOOK_EVENTS,
             defaults=_rate_defaults(settings),
         )
