@@ -109,3 +109,31 @@ async def test_keys_create_refuses_a_limit_past_the_column_size() -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == "error: Monthly limit must be at most 2147483647"
     assert await ApiKey.count() == 0
+
+
+# --- issue 11: one status rule, no key born expired ------------------------------------------
+
+
+async def test_keys_list_shows_an_expired_key_as_expired() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.factories import create_key
+
+    expired = await create_key("old", expires_at=datetime.now(UTC) - timedelta(days=1))
+    live = await create_key("live")
+
+    text = flowgate("keys", "list")
+    assert text.returncode == 0, text.stderr
+    lines = {line.split()[0]: line for line in text.stdout.splitlines()}
+    assert "  expired " in lines[str(expired.id)]
+    assert "  active " in lines[str(live.id)]
+    listed = {row["id"]: row for row in json.loads(flowgate("keys", "list", "--json").stdout)}
+    assert listed[str(expired.id)]["status"] == "expired"
+    assert listed[str(live.id)]["status"] == "active"
+
+
+async def test_keys_create_refuses_an_expiry_in_the_past() -> None:
+    result = flowgate("keys", "create", "--name", "late", "--expires-at", "2020-01-01T00:00:00Z")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: Expiry must be in the future"
+    assert await ApiKey.count() == 0

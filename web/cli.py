@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import msgspec
+
 os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
 
 from web.domain import api_keys, queue, users, webhooks, workflow_files, workflows
@@ -59,15 +61,15 @@ async def migrate() -> int:
 
 
 async def keys_create(args: argparse.Namespace) -> int:
-    new = await api_keys.create_key(
-        args.name,
+    settings = api_keys.KeySettings(
+        name=args.name,
         monthly_limit=args.monthly_limit,
         expires_at=args.expires_at,
         allowed_workflows=args.workflow,
         webhook_url=args.webhook_url,
         webhook_events=args.webhook_event,
-        webhook_secret=args.webhook_secret,
     )
+    new = await api_keys.create_key(settings, webhook_secret=args.webhook_secret)
     if args.json:
         print(
             json.dumps(
@@ -97,16 +99,15 @@ async def keys_create(args: argparse.Namespace) -> int:
 async def keys_list(args: argparse.Namespace) -> int:
     rows = await api_keys.list_keys()
     if args.json:
-        print(json.dumps([_key_json(row) for row in rows]))
+        print(json.dumps([_key_json(msgspec.structs.asdict(row)) for row in rows]))
         return 0
     if not rows:
         print("No API keys yet: flowgate keys create --name NAME")
     for row in rows:
-        state = "active" if row["active"] else "revoked" if row["revoked_at"] else "inactive"
-        expires = row["expires_at"].isoformat() if row["expires_at"] else "never"
+        expires = row.expires_at.isoformat() if row.expires_at else "never"
         print(
-            f"{row['id']}  {row['prefix']}…  {state:8}  limit {row['monthly_limit']}/month  "
-            f"expires {expires}  {row['name']}"
+            f"{row.id}  {row.prefix}…  {row.status:8}  limit {row.monthly_limit}/month  "
+            f"expires {expires}  {row.name}"
         )
     return 0
 
@@ -246,7 +247,7 @@ async def dev_key(args: argparse.Namespace) -> int:
             return 0
         except DomainError:
             pass
-    new = await api_keys.create_key("demo (make run)")
+    new = await api_keys.create_key(api_keys.KeySettings(name="demo (make run)"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new.secret + "\n")
     path.chmod(0o600)
