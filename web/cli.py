@@ -226,6 +226,23 @@ async def users_create(args: argparse.Namespace) -> int:
     return 0
 
 
+async def users_set_password(args: argparse.Namespace) -> int:
+    """A new password for a user, which also lifts a lockout of their email."""
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = users.generate_password()
+    redis = queue.connect(get_settings().redis_url, 5.0)
+    try:
+        user = await users.set_password(redis, args.email, password)
+    finally:
+        await redis.aclose()
+    print(f"Set a new password for {user.role} {user.email} (and unlocked the account).")
+    if not args.password_stdin:
+        print(f"Password (shown once): {password}")
+    return 0
+
+
 async def dev_admin(_: argparse.Namespace) -> int:
     """For `make run`: on an empty database, create a demo admin and print its login once."""
     if await users.count_users():
@@ -391,6 +408,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the password from standard input (default: generate one and print it once)",
     )
     p.set_defaults(async_handler=users_create)
+    p = people.add_parser(
+        "set-password", help="set a new password for a user (and unlock a locked account)"
+    )
+    p.add_argument("--email", required=True)
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (default: generate one and print it once)",
+    )
+    p.set_defaults(async_handler=users_set_password)
 
     p = sub.add_parser("dev-admin", help=argparse.SUPPRESS)
     p.set_defaults(async_handler=dev_admin)

@@ -4,7 +4,7 @@ web.domain.errors."""
 
 from __future__ import annotations
 
-from web.domain.errors import InvalidInput
+from web.domain.errors import Conflict, DomainError, InvalidInput
 
 
 class FieldError(InvalidInput):
@@ -13,3 +13,17 @@ class FieldError(InvalidInput):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class FieldConflict(Conflict):
+    """Conflict (409) caused by one field's value, e.g. an email already taken."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def field_of(error: DomainError) -> str | None:
+    """The form field an error is about, or None for an error of the whole form."""
+    field = getattr(error, "field", None)
+    return field if isinstance(field, str) else None
