@@ -87,9 +87,11 @@ async def main() -> dict[str, Any]:
     await redis.flushdb()
     receiver = Receiver()
     key = await api_keys.create_key(
-        "latency", monthly_limit=10**9, rate_limit_burst=10**9,
-        rate_limit_refill_per_second=10**6, webhook_url=receiver.url,
-        webhook_events=["execution.started", "execution.pending_approval"],
+        api_keys.KeySettings(
+            name="latency", monthly_limit=10**9, rate_limit_burst=10**9,
+            rate_limit_refill_per_second=10**6, webhook_url=receiver.url,
+            webhook_events=["execution.started", "execution.pending_approval"],
+        ),
         webhook_secret="whsec_bench",  # noqa: S106 (a benchmark's own throwaway secret)
     )  # fmt: skip
     worker = subprocess.Popen(

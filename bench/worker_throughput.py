@@ -75,8 +75,10 @@ async def main(profile: bool) -> dict[str, Any]:
     redis = queue.connect(os.environ["REDIS_URL"], 5.0)
     await redis.flushdb()
     key = await api_keys.create_key(
-        "throughput", monthly_limit=10**9, rate_limit_burst=10**9,
-        rate_limit_refill_per_second=10**6,
+        api_keys.KeySettings(
+            name="throughput", monthly_limit=10**9, rate_limit_burst=10**9,
+            rate_limit_refill_per_second=10**6,
+        )
     )  # fmt: skip
     headers = {"Authorization": f"Bearer {key.secret}"}
     app = create_app()

@@ -14,8 +14,8 @@ from arq.worker import Worker
 from httpx import Response
 from litestar import Litestar
 
-from web.domain import api_keys
-from web.domain.tables import Execution, ExecutionRow
+from web.domain import api_keys, clock
+from web.domain.tables import ApiKey, Execution, ExecutionRow
 from web.domain.workflows import BFSI_WORKFLOW_ID
 from web.settings import Settings
 from worker.settings import functions, shutdown, startup
@@ -53,8 +53,21 @@ def auth(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
-async def create_key(name: str = "test customer", **kwargs: Any) -> api_keys.NewKey:
-    return await api_keys.create_key(name, **kwargs)
+async def create_key(
+    name: str = "test customer", webhook_secret: str | None = None, **settings: Any
+) -> api_keys.NewKey:
+    """A key with these KeySettings. An expiry in the past (refused by the domain) is written
+    afterwards: the key of a test that needs one expired."""
+    expires_at = settings.get("expires_at")
+    expired = expires_at is not None and expires_at <= clock.now()
+    if expired:
+        settings["expires_at"] = None
+    new = await api_keys.create_key(
+        api_keys.KeySettings(name=name, **settings), webhook_secret=webhook_secret
+    )
+    if expired:
+        await ApiKey.update({ApiKey.expires_at: expires_at}).where(ApiKey.id == new.id)
+    return new
 
 
 async def execute(

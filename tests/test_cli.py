@@ -7,9 +7,13 @@ import subprocess
 import sys
 
 import httpx
+import pytest
+from arq.connections import ArqRedis
 
-from tests.factories import execute
+from tests.factories import PASSWORD, execute, sign_in
+from web.domain import users
 from web.domain.api_keys import hash_key
+from web.domain.errors import TooManyRequests, Unauthorized
 from web.domain.tables import ApiKey
 
 
@@ -109,3 +113,119 @@ async def test_keys_create_refuses_a_limit_past_the_column_size() -> None:
     assert result.returncode == 1
     assert result.stderr.strip() == "error: Monthly limit must be at most 2147483647"
     assert await ApiKey.count() == 0
+
+
+# --- issue 11: one status rule, no key born expired ------------------------------------------
+
+
+async def test_keys_list_shows_an_expired_key_as_expired() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.factories import create_key
+
+    expired = await create_key("old", expires_at=datetime.now(UTC) - timedelta(days=1))
+    live = await create_key("live")
+
+    text = flowgate("keys", "list")
+    assert text.returncode == 0, text.stderr
+    lines = {line.split()[0]: line for line in text.stdout.splitlines()}
+    assert "  expired " in lines[str(expired.id)]
+    assert "  active " in lines[str(live.id)]
+    listed = {row["id"]: row for row in json.loads(flowgate("keys", "list", "--json").stdout)}
+    assert listed[str(expired.id)]["status"] == "expired"
+    assert listed[str(live.id)]["status"] == "active"
+
+
+async def test_keys_create_refuses_an_expiry_in_the_past() -> None:
+    result = flowgate("keys", "create", "--name", "late", "--expires-at", "2020-01-01T00:00:00Z")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: Expiry must be in the future"
+    assert await ApiKey.count() == 0
+
+
+# --- users (moved from tests/dashboard/test_auth.py: they test the CLI) -----------------------
+
+
+def test_users_create_reads_the_password_from_stdin() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "web.cli", "users", "create", "--email", "Eve@Example.com",
+         "--role", "admin", "--password-stdin"],
+        input=PASSWORD + "\n", capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Created admin eve@example.com")
+    assert PASSWORD not in result.stdout
+
+    generated = subprocess.run(
+        [sys.executable, "-m", "web.cli", "users", "create", "--email", "rev@example.com",
+         "--role", "reviewer"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert generated.returncode == 0, generated.stderr
+    assert "Password (shown once): " in generated.stdout
+
+    duplicate = subprocess.run(
+        [sys.executable, "-m", "web.cli", "users", "create", "--email", "eve@example.com",
+         "--role", "admin"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert duplicate.returncode == 1
+    assert duplicate.stderr.strip() == "error: A user with the email eve@example.com already exists"
+
+
+async def test_signing_in_with_a_password_set_on_the_command_line(
+    client: httpx.AsyncClient,
+) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "web.cli", "users", "create", "--email", "cli@example.com",
+         "--role", "reviewer", "--password-stdin"],
+        input=PASSWORD + "\n", capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    await sign_in(client, "cli@example.com")
+    assert (await client.get("/dashboard/approvals")).status_code == 200
+
+
+async def test_users_set_password_sets_a_new_one_and_unlocks_a_locked_account(
+    client: httpx.AsyncClient, redis: ArqRedis
+) -> None:
+    await users.create_user("locked@example.com", PASSWORD, "reviewer")
+    for _ in range(users.LOCKOUT_FAILURES):
+        with pytest.raises(Unauthorized):
+            await users.sign_in(redis, "locked@example.com", "wrong password")
+    with pytest.raises(TooManyRequests):
+        await users.sign_in(redis, "locked@example.com", PASSWORD)
+
+    new_password = "a brand new password"
+    result = subprocess.run(
+        [sys.executable, "-m", "web.cli", "users", "set-password", "--email", "Locked@Example.com",
+         "--password-stdin"],
+        input=new_password + "\n", capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert "locked@example.com" in result.stdout and new_password not in result.stdout
+    await sign_in(client, "locked@example.com", new_password)  # unlocked, with the new one
+    with pytest.raises(Unauthorized):
+        await users.sign_in(redis, "locked@example.com", PASSWORD)
+
+
+async def test_users_set_password_without_stdin_prints_a_generated_one_once(
+    client: httpx.AsyncClient,
+) -> None:
+    await users.create_user("gen@example.com", PASSWORD, "admin")
+    result = flowgate("users", "set-password", "--email", "gen@example.com")
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if "shown once" in line]
+    password = line.split(": ", 1)[1]
+    await sign_in(client, "gen@example.com", password)
+
+    unknown = flowgate("users", "set-password", "--email", "nobody@example.com")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "error: No user with the email nobody@example.com"
+    short = subprocess.run(
+        [sys.executable, "-m", "web.cli", "users", "set-password", "--email", "gen@example.com",
+         "--password-stdin"],
+        input="short\n", capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert short.returncode == 1
+    assert short.stderr.strip() == "error: The password must be at least 10 characters long"

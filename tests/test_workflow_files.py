@@ -16,15 +16,10 @@ import pytest
 import yaml
 
 from tests.factories import PUBLIC, auth, execution_row, row_states, rows, start
-from web.domain import workflows
+from web.domain import workflow_files, workflows
 from web.domain.tables import Workflow
-from web.domain.workflows import (
-    BFSI_TEMPLATE,
-    BFSI_TEMPLATE_PATH,
-    BFSI_WORKFLOW_ID,
-    definition_problems,
-    save_workflow,
-)
+from web.domain.workflow_files import definition_problems
+from web.domain.workflows import BFSI_TEMPLATE, BFSI_WORKFLOW_ID, save_workflow
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -80,8 +75,10 @@ async def stored(workflow_id: str) -> dict[str, Any]:
 
 
 async def test_the_bfsi_template_is_the_file_in_the_repository_and_what_migrate_seeds() -> None:
-    assert BFSI_TEMPLATE_PATH == REPOSITORY / "workflows" / "bfsi_marketing_template.yaml"
-    from_file = yaml.safe_load(BFSI_TEMPLATE_PATH.read_text())
+    # Package data (so a non-editable install has it too: tests/test_package_install.py).
+    path = REPOSITORY / "web" / "domain" / "workflow_templates" / "bfsi_marketing_template.yaml"
+    assert workflows.bfsi_template_text() == path.read_text()
+    from_file = yaml.safe_load(path.read_text())
     assert from_file == BFSI_TEMPLATE
     assert from_file["id"] == BFSI_WORKFLOW_ID
     # The test database was made by the real `flowgate migrate` (tests/conftest.py).
@@ -302,7 +299,7 @@ async def test_export_then_import_gives_back_the_same_workflow(tmp_path: Path, f
 
 
 def test_export_writes_prompts_as_yaml_blocks_people_can_edit() -> None:
-    text = workflows.dump_definition(campaign())
+    text = workflow_files.dump_definition(campaign())
     assert (
         "    prompt_template: |-\n"
         "      Write an offer for {{ name }} in {{ city }}.\n"

@@ -19,7 +19,7 @@ import msgspec
 
 os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
 
-from web.domain import api_keys, queue, users, webhooks, workflows
+from web.domain import api_keys, queue, users, webhooks, workflow_files, workflows
 from web.domain.errors import DomainError
 from web.settings import get_settings
 
@@ -61,15 +61,15 @@ async def migrate() -> int:
 
 
 async def keys_create(args: argparse.Namespace) -> int:
-    new = await api_keys.create_key(
-        args.name,
+    settings = api_keys.KeySettings(
+        name=args.name,
         monthly_limit=args.monthly_limit,
         expires_at=args.expires_at,
         allowed_workflows=args.workflow,
         webhook_url=args.webhook_url,
         webhook_events=args.webhook_event,
-        webhook_secret=args.webhook_secret,
     )
+    new = await api_keys.create_key(settings, webhook_secret=args.webhook_secret)
     if args.json:
         print(
             json.dumps(
@@ -99,16 +99,15 @@ async def keys_create(args: argparse.Namespace) -> int:
 async def keys_list(args: argparse.Namespace) -> int:
     rows = await api_keys.list_keys()
     if args.json:
-        print(json.dumps([_key_json(row) for row in rows]))
+        print(json.dumps([_key_json(msgspec.structs.asdict(row)) for row in rows]))
         return 0
     if not rows:
         print("No API keys yet: flowgate keys create --name NAME")
     for row in rows:
-        state = "active" if row["active"] else "revoked" if row["revoked_at"] else "inactive"
-        expires = row["expires_at"].isoformat() if row["expires_at"] else "never"
+        expires = row.expires_at.isoformat() if row.expires_at else "never"
         print(
-            f"{row['id']}  {row['prefix']}…  {state:8}  limit {row['monthly_limit']}/month  "
-            f"expires {expires}  {row['name']}"
+            f"{row.id}  {row.prefix}…  {row.status:8}  limit {row.monthly_limit}/month  "
+            f"expires {expires}  {row.name}"
         )
     return 0
 
@@ -169,11 +168,11 @@ async def workflows_list(args: argparse.Namespace) -> int:
             json.dumps(
                 [
                     {
-                        "id": row["id"],
-                        "name": row["name"],
-                        "active": row["active"],
-                        "steps": [step.get("type") for step in row["steps"]],
-                        "updatedAt": row["updated_at"].isoformat(),
+                        "id": row.id,
+                        "name": row.name,
+                        "active": row.active,
+                        "steps": [step.get("type") for step in row.steps],
+                        "updatedAt": row.updated_at.isoformat(),
                     }
                     for row in rows
                 ]
@@ -183,29 +182,28 @@ async def workflows_list(args: argparse.Namespace) -> int:
     if not rows:
         print("No workflows yet: flowgate workflows import FILE.yaml")
     for row in rows:
-        state = "active" if row["active"] else "inactive"
-        steps = " -> ".join(str(step.get("type")) for step in row["steps"])
-        print(f"{row['id']}  {state:8}  {row['name']}  ({steps})")
+        state = "active" if row.active else "inactive"
+        steps = " -> ".join(str(step.get("type")) for step in row.steps)
+        print(f"{row.id}  {state:8}  {row.name}  ({steps})")
     return 0
 
 
 async def workflows_import(args: argparse.Namespace) -> int:
     """Create or update a workflow from a YAML or JSON file; every problem on its own line."""
     try:
-        definition = workflows.read_definition_file(Path(args.file))
-    except workflows.InvalidDefinition as exc:
+        definition = workflow_files.read_definition_file(Path(args.file))
+    except workflow_files.InvalidDefinition as exc:
         for problem in exc.problems:
             print(f"error: {args.file}: {problem}", file=sys.stderr)
         return 1
-    existed = await workflows.workflow_exists(definition["id"])
-    await workflows.save_workflow(definition)
-    print(f"{'updated' if existed else 'created'} workflow {definition['id']}")
+    created = await workflows.import_workflow(definition)
+    print(f"{'created' if created else 'updated'} workflow {definition['id']}")
     return 0
 
 
 async def workflows_export(args: argparse.Namespace) -> int:
     definition = await workflows.get_definition(args.id)
-    sys.stdout.write(workflows.dump_definition(definition, args.format))
+    sys.stdout.write(workflow_files.dump_definition(definition, args.format))
     return 0
 
 
@@ -226,6 +224,23 @@ async def users_create(args: argparse.Namespace) -> int:
     user = await users.create_user(args.email, password, args.role)
     print(f"Created {user.role} {user.email} (id {user.id}).")
     if generated:
+        print(f"Password (shown once): {password}")
+    return 0
+
+
+async def users_set_password(args: argparse.Namespace) -> int:
+    """A new password for a user, which also lifts a lockout of their email."""
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = users.generate_password()
+    redis = queue.connect(get_settings().redis_url, 5.0)
+    try:
+        user = await users.set_password(redis, args.email, password)
+    finally:
+        await redis.aclose()
+    print(f"Set a new password for {user.role} {user.email} (and unlocked the account).")
+    if not args.password_stdin:
         print(f"Password (shown once): {password}")
     return 0
 
@@ -251,7 +266,7 @@ async def dev_key(args: argparse.Namespace) -> int:
             return 0
         except DomainError:
             pass
-    new = await api_keys.create_key("demo (make run)")
+    new = await api_keys.create_key(api_keys.KeySettings(name="demo (make run)"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new.secret + "\n")
     path.chmod(0o600)
@@ -395,6 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the password from standard input (default: generate one and print it once)",
     )
     p.set_defaults(async_handler=users_create)
+    p = people.add_parser(
+        "set-password", help="set a new password for a user (and unlock a locked account)"
+    )
+    p.add_argument("--email", required=True)
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (default: generate one and print it once)",
+    )
+    p.set_defaults(async_handler=users_set_password)
 
     p = sub.add_parser("dev-admin", help=argparse.SUPPRESS)
     p.set_defaults(async_handler=dev_admin)

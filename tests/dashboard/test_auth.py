@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import httpx
 from litestar import Litestar
@@ -142,42 +140,3 @@ async def test_the_next_parameter_only_leads_inside_the_dashboard(
         {"email": "ana@example.com", "password": PASSWORD, "next": "https://evil.example/"},
     )
     assert response.headers["location"] == "/dashboard"
-
-
-def test_users_create_reads_the_password_from_stdin() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "web.cli", "users", "create", "--email", "Eve@Example.com",
-         "--role", "admin", "--password-stdin"],
-        input=PASSWORD + "\n", capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("Created admin eve@example.com")
-    assert PASSWORD not in result.stdout
-
-    generated = subprocess.run(
-        [sys.executable, "-m", "web.cli", "users", "create", "--email", "rev@example.com",
-         "--role", "reviewer"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert generated.returncode == 0, generated.stderr
-    assert "Password (shown once): " in generated.stdout
-
-    duplicate = subprocess.run(
-        [sys.executable, "-m", "web.cli", "users", "create", "--email", "eve@example.com",
-         "--role", "admin"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert duplicate.returncode == 1
-    assert duplicate.stderr.strip() == "error: A user with the email eve@example.com already exists"
-
-
-async def test_signing_in_with_a_password_set_on_the_command_line(
-    client: httpx.AsyncClient,
-) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "web.cli", "users", "create", "--email", "cli@example.com",
-         "--role", "reviewer", "--password-stdin"],
-        input=PASSWORD + "\n", capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    await sign_in(client, "cli@example.com")
-    assert (await client.get("/dashboard/approvals")).status_code == 200

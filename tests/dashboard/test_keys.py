@@ -55,9 +55,15 @@ async def stored(key_id: UUID | str) -> dict[str, Any]:
     return result
 
 
+async def follow(admin: httpx.AsyncClient, response: httpx.Response) -> httpx.Response:
+    """The page a POST redirects to (post/redirect/get): a new secret is shown there, once."""
+    assert response.status_code == 303, response.text
+    return await admin.get(response.headers["location"])
+
+
 async def created_key(admin: httpx.AsyncClient, **overrides: Any) -> tuple[UUID, str, str]:
     """Create a key through the form: (id, key, page)."""
-    response = await post_form(admin, f"{KEYS}/new", key_form(**overrides))
+    response = await follow(admin, await post_form(admin, f"{KEYS}/new", key_form(**overrides)))
     assert response.status_code == 200, response.text
     key_id = re.search(r'href="/dashboard/keys/([0-9a-f-]{36})"', response.text)
     assert key_id
@@ -108,10 +114,13 @@ async def test_a_new_key_is_shown_once_and_works_against_the_public_api(
     assert form.text.count('name="webhook_events" value=') == 4
     assert form.text.count("checked> <code>execution.") == 4  # all four events by default
 
-    response = await post_form(
+    response = await follow(
         admin_client,
-        f"{KEYS}/new",
-        key_form(webhook_url="https://hooks.example.com/flowgate", monthly_limit="50"),
+        await post_form(
+            admin_client,
+            f"{KEYS}/new",
+            key_form(webhook_url="https://hooks.example.com/flowgate", monthly_limit="50"),
+        ),
     )
 
     assert response.status_code == 200
@@ -240,13 +249,19 @@ async def test_editing_scope_and_expiry_changes_what_the_public_api_allows(
     assert 'value="workflow_other" checked' in form
     assert f'value="{BFSI_WORKFLOW_ID}" >' in form
 
-    expired = await post_form(admin_client, edit_url, key_form(expires_at="2020-01-01T00:00"))
-    assert expired.status_code == 303
-    assert (await stored(key_id))["expires_at"] == datetime(2020, 1, 1, tzinfo=UTC)
+    # An expiry in the past is refused (test_an_expiry_in_the_past_is_refused_next_to_its_field):
+    # one an hour ahead, then the clock passes it.
+    soon = (clock.now() + timedelta(hours=1)).astimezone(UTC).replace(second=0, microsecond=0)
+    expiring = await post_form(
+        admin_client, edit_url, key_form(expires_at=f"{soon:%Y-%m-%dT%H:%M}")
+    )
+    assert expiring.status_code == 303
+    assert (await stored(key_id))["expires_at"] == soon
+    assert f'value="{soon:%Y-%m-%dT%H:%M}"' in (await admin_client.get(edit_url)).text
+    clock.shift(timedelta(hours=2))
     answer = await execute(client, secret)
     assert answer.status_code == 403
     assert answer.json()["message"] == "API key has expired"
-    assert 'value="2020-01-01T00:00"' in (await admin_client.get(edit_url)).text
 
 
 async def test_the_webhook_secret_is_kept_replaced_shown_once_or_removed(
@@ -261,7 +276,10 @@ async def test_the_webhook_secret_is_kept_replaced_shown_once_or_removed(
     assert kept.status_code == 303
     assert (await stored(key_id))["webhook_secret"] == first
 
-    replaced = await post_form(admin_client, edit_url, key_form(webhook_secret="generate", **url))
+    replaced = await follow(
+        admin_client,
+        await post_form(admin_client, edit_url, key_form(webhook_secret="generate", **url)),
+    )
     assert replaced.status_code == 200
     assert replaced.headers["cache-control"] == "no-store"
     second = shown(replaced.text, "new-webhook-secret")
@@ -327,7 +345,10 @@ async def test_rotation_keeps_the_old_key_working_until_the_grace_period_ends(
     key_id, old, _ = await created_key(admin_client)
     assert 'name="grace_hours" value="24"' in (await admin_client.get(f"{KEYS}/{key_id}")).text
 
-    response = await post_form(admin_client, f"{KEYS}/{key_id}/rotate", {"grace_hours": "2"})
+    response = await follow(
+        admin_client,
+        await post_form(admin_client, f"{KEYS}/{key_id}/rotate", {"grace_hours": "2"}),
+    )
 
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
@@ -352,13 +373,19 @@ async def test_rotation_keeps_the_old_key_working_until_the_grace_period_ends(
     assert "old key works until" not in (await admin_client.get(KEYS)).text
 
 
+async def rotated(admin: httpx.AsyncClient, key_id: UUID) -> httpx.Response:
+    return await follow(
+        admin, await post_form(admin, f"{KEYS}/{key_id}/rotate", {"grace_hours": "2"})
+    )
+
+
 async def test_rotating_again_within_the_grace_period_warns_and_ends_the_first_old_key(
     client: httpx.AsyncClient, admin_client: httpx.AsyncClient
 ) -> None:
     key_id, first, _ = await created_key(admin_client)
     assert 'id="rotate-ends-old"' not in (await admin_client.get(f"{KEYS}/{key_id}")).text
     second = shown(
-        (await post_form(admin_client, f"{KEYS}/{key_id}/rotate", {"grace_hours": "2"})).text,
+        (await rotated(admin_client, key_id)).text,
         "new-key",
     )
 
@@ -366,7 +393,7 @@ async def test_rotating_again_within_the_grace_period_warns_and_ends_the_first_o
     assert 'id="rotate-ends-old"' in page
     assert "The key replaced by the last rotation stops working now." in page
     third = shown(
-        (await post_form(admin_client, f"{KEYS}/{key_id}/rotate", {"grace_hours": "2"})).text,
+        (await rotated(admin_client, key_id)).text,
         "new-key",
     )
 
@@ -381,7 +408,7 @@ async def test_rotation_defaults_to_24_hours_and_refuses_bad_periods_and_revoked
     key_id, _, _ = await created_key(admin_client)
     url = f"{KEYS}/{key_id}/rotate"
 
-    default = await post_form(admin_client, url, {"grace_hours": ""})
+    default = await follow(admin_client, await post_form(admin_client, url, {"grace_hours": ""}))
     assert default.status_code == 200
     until = (await stored(key_id))["previous_key_expires_at"]
     assert abs(until - clock.now() - timedelta(hours=24)) < timedelta(minutes=1)
@@ -501,3 +528,136 @@ async def test_key_changes_need_the_csrf_token(admin_client: httpx.AsyncClient) 
     row = await stored(key_id)
     assert row["name"] == "Acme site" and row["active"] and row["previous_key_hash"] is None
     assert await ApiKey.count() == 1
+
+
+# --- issue 11: post/redirect/get, expiry in the past, revoked keys, errors by their field ----
+
+
+async def test_reloading_the_show_once_page_neither_shows_the_key_again_nor_creates_another(
+    admin_client: httpx.AsyncClient,
+) -> None:
+    response = await post_form(
+        admin_client, f"{KEYS}/new", key_form(webhook_url="https://hooks.example.com/")
+    )
+    assert response.status_code == 303
+    location = response.headers["location"]
+    assert re.fullmatch(rf"{KEYS}/[0-9a-f-]{{36}}/created", location)  # no secret in the URL
+
+    shown_once = await admin_client.get(location)
+    assert shown_once.status_code == 200
+    assert shown_once.headers["cache-control"] == "no-store"
+    secret = shown(shown_once.text, "new-key")
+    webhook_secret = shown(shown_once.text, "new-webhook-secret")
+    assert await ApiKey.count() == 1
+
+    reloaded = await admin_client.get(location)
+    assert reloaded.status_code == 303
+    assert reloaded.headers["location"] == location.removesuffix("/created")
+    page = await admin_client.get(reloaded.headers["location"])
+    assert secret not in page.text and webhook_secret not in page.text
+    assert await ApiKey.count() == 1
+
+
+async def test_a_rotated_key_and_a_new_webhook_secret_are_shown_once_after_a_redirect(
+    admin_client: httpx.AsyncClient,
+) -> None:
+    key_id, _, _ = await created_key(admin_client, webhook_url="https://hooks.example.com/")
+    for url, form, element in (
+        (f"{KEYS}/{key_id}/rotate", {"grace_hours": "1"}, "new-key"),
+        (
+            f"{KEYS}/{key_id}/edit",
+            key_form(webhook_url="https://hooks.example.com/", webhook_secret="generate"),
+            "new-webhook-secret",
+        ),
+    ):
+        response = await post_form(admin_client, url, form)
+        assert response.status_code == 303, url
+        first = await admin_client.get(response.headers["location"])
+        secret = shown(first.text, element)
+        again = await admin_client.get(response.headers["location"])
+        assert again.status_code == 303 and secret not in again.text
+    row = await stored(key_id)
+    assert row["webhook_secret"] == secret
+
+
+async def test_the_show_once_page_of_another_key_shows_nothing(
+    admin_client: httpx.AsyncClient,
+) -> None:
+    first_id, _, _ = await created_key(admin_client, name="First")
+    response = await post_form(admin_client, f"{KEYS}/new", key_form(name="Second"))
+    other = await admin_client.get(f"{KEYS}/{first_id}/created")
+    assert other.status_code == 303  # the entry was for the second key, and is gone now
+    assert (await admin_client.get(response.headers["location"])).status_code == 303
+
+
+async def test_an_expiry_in_the_past_is_refused_next_to_its_field(
+    admin_client: httpx.AsyncClient,
+) -> None:
+    past = (clock.now() - timedelta(minutes=5)).astimezone(UTC)
+    created = await post_form(
+        admin_client, f"{KEYS}/new", key_form(expires_at=f"{past:%Y-%m-%dT%H:%M}")
+    )
+    assert created.status_code == 400
+    field = re.search(r"<label>Expires.*?</label>", created.text, re.S)
+    assert field
+    assert "Expiry must be in the future" in field.group(0)
+    assert 'aria-describedby="expires_at-error"' in field.group(0)
+    assert await ApiKey.count() == 0
+
+    key_id, _, _ = await created_key(admin_client)
+    edited = await post_form(
+        admin_client, f"{KEYS}/{key_id}/edit", key_form(expires_at="2020-01-01T00:00")
+    )
+    assert edited.status_code == 400
+    assert "Expiry must be in the future" in edited.text
+    assert (await stored(key_id))["expires_at"] is None
+
+
+async def test_form_errors_sit_next_to_their_field_not_in_a_banner(
+    admin_client: httpx.AsyncClient,
+) -> None:
+    cases = [
+        ({"monthly_limit": "lots"}, "monthly_limit"),
+        ({"rate_limit_burst": "0"}, "rate_limit_burst"),
+        ({"rate_limit_refill_per_second": "nan"}, "rate_limit_refill_per_second"),
+        ({"name": "  "}, "name"),
+        ({"webhook_url": "ftp://example.com/"}, "webhook_url"),
+        ({"allowed_workflows": "workflow_nope"}, "allowed_workflows"),
+    ]
+    for overrides, field in cases:
+        response = await post_form(admin_client, f"{KEYS}/new", key_form(**overrides))
+        assert response.status_code == 400, field
+        html = response.text
+        assert html.count('role="alert"') == 1, field
+        error = html.index(f'<div class="field-error" id="{field}-error">')
+        if field != "allowed_workflows":
+            assert f'name="{field}"' in html[html.rindex("<label", 0, error) : error], field
+        # Nothing between the CSRF input and the first fieldset: no banner at the top.
+        top = html[html.index('id="key-form"') : html.index("<fieldset>")]
+        assert 'class="flash' not in top, field
+
+
+async def test_a_revoked_key_is_read_only(admin_client: httpx.AsyncClient) -> None:
+    key_id, _, _ = await created_key(admin_client)
+    await follow(admin_client, await post_form(admin_client, f"{KEYS}/{key_id}/rotate", {}))
+    assert "the old key keeps working until" in (await admin_client.get(f"{KEYS}/{key_id}")).text
+    await post_form(admin_client, f"{KEYS}/{key_id}/revoke")
+
+    page = (await admin_client.get(f"{KEYS}/{key_id}")).text
+    assert 'id="revoked-read-only"' in page and "it is read-only" in page
+    assert "keeps working until" not in page
+    assert f'href="{KEYS}/{key_id}/edit"' not in page
+    assert f'action="{KEYS}/{key_id}/rotate"' not in page
+
+    edit = await admin_client.get(f"{KEYS}/{key_id}/edit")
+    assert edit.status_code == 303 and edit.headers["location"] == f"{KEYS}/{key_id}"
+    before = await stored(key_id)
+    saved = await post_form(admin_client, f"{KEYS}/{key_id}/edit", key_form(name="Revived"))
+    assert saved.status_code == 303 and saved.headers["location"] == f"{KEYS}/{key_id}"
+    assert "A revoked API key cannot be edited" in (await admin_client.get(f"{KEYS}/{key_id}")).text
+    rotate = await post_form(admin_client, f"{KEYS}/{key_id}/rotate", {"grace_hours": "1"})
+    assert rotate.status_code == 303
+    assert (
+        "A revoked API key cannot be rotated" in (await admin_client.get(f"{KEYS}/{key_id}")).text
+    )
+    assert await stored(key_id) == before

@@ -57,9 +57,11 @@ async def test_an_invited_user_signs_in_with_the_password_shown_once(
     assert form.status_code == 200
     assert 'name="role" value="reviewer" checked' in form.text
 
-    response = await post_form(
+    posted = await post_form(
         admin_client, f"{USERS}/new", {"email": "Nina@Example.com", "role": "reviewer"}
     )
+    assert posted.status_code == 303  # post/redirect/get: the password is shown there, once
+    response = await admin_client.get(posted.headers["location"])
 
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
@@ -222,8 +224,46 @@ async def test_user_changes_need_the_csrf_token(
 
 async def test_emails_are_escaped(admin_client: httpx.AsyncClient) -> None:
     email = "<b>x</b>@example.com"
-    response = await post_form(admin_client, f"{USERS}/new", {"email": email, "role": "reviewer"})
+    posted = await post_form(admin_client, f"{USERS}/new", {"email": email, "role": "reviewer"})
+    response = await admin_client.get(posted.headers["location"])
     assert response.status_code == 200
     for html in (response.text, (await admin_client.get(USERS)).text):
         assert "<b>x</b>" not in html
         assert "&lt;b&gt;x&lt;/b&gt;@example.com" in html
+
+
+# --- issue 11: post/redirect/get, errors next to their field ---------------------------------
+
+
+async def test_reloading_the_created_page_does_not_show_the_password_again(
+    admin_client: httpx.AsyncClient,
+) -> None:
+    posted = await post_form(
+        admin_client, f"{USERS}/new", {"email": "once@example.com", "role": "reviewer"}
+    )
+    assert posted.status_code == 303
+    location = posted.headers["location"]
+    assert re.fullmatch(rf"{USERS}/[0-9a-f-]{{36}}/created", location)
+    first = await admin_client.get(location)
+    found = re.search(r'<code id="new-password">([^<]+)</code>', first.text)
+    assert found and first.headers["cache-control"] == "no-store"
+
+    again = await admin_client.get(location)
+    assert again.status_code == 303
+    assert found.group(1) not in (await admin_client.get(USERS)).text
+    assert await User.count() == 2
+
+
+async def test_invite_errors_sit_next_to_their_field(admin_client: httpx.AsyncClient) -> None:
+    for form, field, status in (
+        ({"email": "nope", "role": "admin"}, "email", 400),
+        ({"email": "admin@example.com", "role": "admin"}, "email", 409),
+        ({"email": "eve@example.com", "role": "owner"}, "role", 400),
+    ):
+        response = await post_form(admin_client, f"{USERS}/new", form)
+        assert response.status_code == status, form
+        html = response.text
+        assert html.count('role="alert"') == 1, form
+        assert f'<div class="field-error" id="{field}-error">' in html, form
+        top = html[html.index('id="user-form"') : html.index("<label>Email")]
+        assert 'class="flash' not in top, form

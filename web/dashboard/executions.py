@@ -14,7 +14,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
 from web.dashboard.auth import back_to, is_htmx, page, require_admin, require_user
-from web.domain import api_keys, executions, webhooks
+from web.domain import api_keys, executions, webhooks, workflows
 from web.domain.errors import InvalidInput
 from web.domain.statuses import ExecutionStatus
 
@@ -78,7 +78,7 @@ class ExecutionsController(Controller):
                 "created_to": created_to or "",
             },
             "statuses": [s.value for s in ExecutionStatus],
-            "workflows": [w["id"] for w in await executions.list_workflow_choices()],
+            "workflows": [w.id for w in await workflows.list_workflow_choices()],
             "keys": await api_keys.list_keys(),
         }
         template = (

@@ -1,5 +1,7 @@
-"""API keys pages (admins only): the list with usage bars, create and edit forms, the show-once
-page for new secrets, revoke, rotate, and a key's page with a 30-day chart (inline SVG)."""
+"""API keys pages (admins only): the list with usage bars, create and edit forms (each problem
+next to its field), the show-once page for new secrets (post/redirect/get, the secret carried
+once in the server-side session), revoke, rotate, and a key's page with a 30-day chart (inline
+SVG). A revoked key is read-only."""
 
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from litestar.plugins.flash import flash
 from litestar.response import Template
 
 from web.dashboard.auth import back_to, page, require_admin, require_user
-from web.domain import api_keys, executions
+from web.domain import api_keys, executions, workflows
 from web.domain.errors import Conflict, InvalidInput
+from web.domain.field_errors import FieldError
 from web.settings import Settings
 
 BASE = "/dashboard/keys"
@@ -48,22 +51,22 @@ def _values_from_form(form: FormMultiDict) -> dict[str, Any]:
     }
 
 
-def _values_of(key: dict[str, Any]) -> dict[str, Any]:
+def _values_of(key: api_keys.KeyView) -> dict[str, Any]:
     """A stored key as the edit form's values (never its secrets)."""
 
     def shown(value: Any) -> str:
         return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
-    expires: datetime | None = key["expires_at"]
+    expires = key.expires_at
     return {
-        "name": key["name"],
-        "monthly_limit": str(key["monthly_limit"]),
-        "rate_limit_burst": shown(key["rate_limit_burst"]),
-        "rate_limit_refill_per_second": shown(key["rate_limit_refill_per_second"]),
+        "name": key.name,
+        "monthly_limit": str(key.monthly_limit),
+        "rate_limit_burst": shown(key.rate_limit_burst),
+        "rate_limit_refill_per_second": shown(key.rate_limit_refill_per_second),
         "expires_at": expires.astimezone(UTC).strftime(EXPIRY_FORMAT) if expires else "",
-        "allowed_workflows": list(key["allowed_workflows"] or []),
-        "webhook_url": key["webhook_url"] or "",
-        "webhook_events": list(key["webhook_events"] or []),
+        "allowed_workflows": list(key.allowed_workflows),
+        "webhook_url": key.webhook_url or "",
+        "webhook_events": list(key.webhook_events),
         "generate_secret": False,
         "webhook_secret": api_keys.SecretChange.KEEP.value,
     }
@@ -83,17 +86,17 @@ NEW_KEY_VALUES: dict[str, Any] = {
 }
 
 
-def _integer(value: str, label: str) -> int | None:
+def _integer(value: str, field: str, label: str) -> int | None:
     if not value:
         return None
     try:
         number = int(value)
     except ValueError:
-        raise InvalidInput(f"{label} must be a whole number") from None
+        raise FieldError(field, f"{label} must be a whole number") from None
     return number  # bounds: web.domain.api_keys checks them for the form and the CLI alike
 
 
-def _number(value: str, label: str) -> float | None:
+def _number(value: str, field: str, label: str) -> float | None:
     if not value:
         return None
     try:
@@ -101,7 +104,7 @@ def _number(value: str, label: str) -> float | None:
     except ValueError:
         number = math.nan
     if not math.isfinite(number):
-        raise InvalidInput(f"{label} must be a number")
+        raise FieldError(field, f"{label} must be a number")
     return number
 
 
@@ -111,7 +114,9 @@ def _expiry(value: str) -> datetime | None:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidInput("Expiry must be a date and time like 2026-01-01T00:00") from None
+        raise FieldError(
+            "expires_at", "Expiry must be a date and time like 2026-01-01T00:00"
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
@@ -119,27 +124,29 @@ def _secret_change(value: str) -> api_keys.SecretChange:
     try:
         return api_keys.SecretChange(value)
     except ValueError:
-        raise InvalidInput("Choose to keep, replace or remove the webhook secret") from None
+        raise FieldError(
+            "webhook_secret", "Choose to keep, replace or remove the webhook secret"
+        ) from None
 
 
-def _settings(values: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments of `create_key` / `update_key`; InvalidInput for a field that is
-    not even a number or a date (the domain checks the rest)."""
-    monthly_limit = _integer(values["monthly_limit"], "Monthly limit")
+def _settings(values: dict[str, Any]) -> api_keys.KeySettings:
+    """The form as KeySettings; FieldError for a field that is not even a number or a date
+    (the domain checks the rest, for the form and the CLI alike)."""
+    monthly_limit = _integer(values["monthly_limit"], "monthly_limit", "Monthly limit")
     if monthly_limit is None:
-        raise InvalidInput("Monthly limit is required (0 blocks every execution)")
-    return {
-        "name": values["name"],
-        "monthly_limit": monthly_limit,
-        "rate_limit_burst": _integer(values["rate_limit_burst"], "Burst"),
-        "rate_limit_refill_per_second": _number(
-            values["rate_limit_refill_per_second"], "Refill rate"
+        raise FieldError("monthly_limit", "Monthly limit is required (0 blocks every execution)")
+    return api_keys.KeySettings(
+        name=values["name"],
+        monthly_limit=monthly_limit,
+        rate_limit_burst=_integer(values["rate_limit_burst"], "rate_limit_burst", "Burst"),
+        rate_limit_refill_per_second=_number(
+            values["rate_limit_refill_per_second"], "rate_limit_refill_per_second", "Refill rate"
         ),
-        "expires_at": _expiry(values["expires_at"]),
-        "allowed_workflows": values["allowed_workflows"],
-        "webhook_url": values["webhook_url"] or None,
-        "webhook_events": values["webhook_events"],
-    }
+        expires_at=_expiry(values["expires_at"]),
+        allowed_workflows=values["allowed_workflows"],
+        webhook_url=values["webhook_url"] or None,
+        webhook_events=values["webhook_events"],
+    )
 
 
 def _chart(days: list[dict[str, Any]]) -> dict[str, Any]:
@@ -197,12 +204,22 @@ def _rate_defaults(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _show_once(request: Request[Any, Any, Any], **context: Any) -> Template:
-    """The page that shows a new secret: answered to the POST itself (the secret is in no
-    session, URL or log) and never cached."""
-    response = page(request, "keys/created.html", **context)
-    response.headers["Cache-Control"] = "no-store"
-    return response
+SHOWN_ONCE = "keys_shown_once"  # the server-side session's entry, popped when shown
+
+
+def _show_once(request: Request[Any, Any, Any], key_id: UUID, **secrets: Any) -> Response[Any]:
+    """Post/redirect/get for a new secret: kept in the server-side session (never a URL, a
+    cookie or a log) for the page the redirect leads to, which shows it once and forgets it,
+    so reloading that page neither shows it again nor repeats the POST."""
+    request.session[SHOWN_ONCE] = {"key_id": str(key_id), **secrets}
+    return back_to(request, f"{BASE}/{key_id}/created")
+
+
+def _error_page_context(exc: InvalidInput) -> dict[str, Any]:
+    """A form's problem: next to its field when it names one, else above the form."""
+    if isinstance(exc, FieldError):
+        return {"errors": {exc.field: exc.message}, "error": None}
+    return {"errors": {}, "error": exc.message}
 
 
 class KeysController(Controller):
@@ -215,18 +232,17 @@ class KeysController(Controller):
         request: Request[Any, Any, Any],
         settings: Settings,
         values: dict[str, Any],
-        key: dict[str, Any] | None = None,
-        error: str | None = None,
-        status_code: int = 200,
+        key: api_keys.KeyView | None = None,
+        problem: InvalidInput | None = None,
     ) -> Template:
         return page(
             request,
             "keys/form.html",
-            status_code,
+            200 if problem is None else 400,
             key=key,
             values=values,
-            error=error,
-            workflows=await executions.list_workflow_choices(),
+            **(_error_page_context(problem) if problem else {"errors": {}, "error": None}),
+            workflows=await workflows.list_workflow_choices(),
             events=api_keys.WEBHOOK_EVENTS,
             defaults=_rate_defaults(settings),
         )
@@ -244,22 +260,44 @@ class KeysController(Controller):
     @post("/new")
     async def create(
         self, request: Request[Any, Any, Any], settings: NamedDependency[Settings]
-    ) -> Template:
+    ) -> Response[Any]:
         values = _values_from_form(await request.form())
         # A signing secret only means something with a URL to sign for.
         wants_secret = values["generate_secret"] and bool(values["webhook_url"])
         webhook_secret = api_keys.generate_webhook_secret() if wants_secret else None
         try:
-            new = await api_keys.create_key(**_settings(values), webhook_secret=webhook_secret)
+            new = await api_keys.create_key(_settings(values), webhook_secret=webhook_secret)
         except InvalidInput as exc:
-            return await self._form(request, settings, values, error=exc.message, status_code=400)
+            return await self._form(request, settings, values, problem=exc)
         return _show_once(
             request,
+            new.id,
             heading="API key created",
-            key={"id": new.id, "name": new.name},
             secret=new.secret,
             webhook_secret=webhook_secret,
         )
+
+    @get("/{key_id:uuid}/created")
+    async def created_page(
+        self, request: Request[Any, Any, Any], key_id: FromPath[UUID]
+    ) -> Response[Any]:
+        shown = request.session.pop(SHOWN_ONCE, None)
+        if not shown or shown.get("key_id") != str(key_id):
+            # Reloaded, or opened from history: the secret was shown once already.
+            return back_to(request, f"{BASE}/{key_id}")
+        key = await api_keys.get_key(key_id)
+        until = shown.get("previous_valid_until")
+        response = page(
+            request,
+            "keys/created.html",
+            heading=shown["heading"],
+            key=key,
+            secret=shown.get("secret"),
+            webhook_secret=shown.get("webhook_secret"),
+            previous_valid_until=datetime.fromisoformat(until) if until else None,
+        )
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     @get("/{key_id:uuid}")
     async def detail_page(
@@ -284,8 +322,11 @@ class KeysController(Controller):
         request: Request[Any, Any, Any],
         key_id: FromPath[UUID],
         settings: NamedDependency[Settings],
-    ) -> Template:
+    ) -> Response[Any]:
         key = await api_keys.get_key(key_id)
+        if key.read_only:
+            flash(request, api_keys.REVOKED_READ_ONLY, category="error")
+            return back_to(request, f"{BASE}/{key_id}")
         return await self._form(request, settings, _values_of(key), key=key)
 
     @post("/{key_id:uuid}/edit")
@@ -296,20 +337,21 @@ class KeysController(Controller):
         settings: NamedDependency[Settings],
     ) -> Response[Any]:
         key = await api_keys.get_key(key_id)
+        if key.read_only:
+            flash(request, api_keys.REVOKED_READ_ONLY, category="error")
+            return back_to(request, f"{BASE}/{key_id}")
         values = _values_from_form(await request.form())
         try:
             new_secret = await api_keys.update_key(
-                key_id, **_settings(values), webhook_secret=_secret_change(values["webhook_secret"])
+                key_id, _settings(values), _secret_change(values["webhook_secret"])
             )
+        except Conflict as exc:  # revoked: read-only
+            flash(request, exc.message, category="error")
+            return back_to(request, f"{BASE}/{key_id}")
         except InvalidInput as exc:
-            return await self._form(request, settings, values, key, exc.message, 400)
+            return await self._form(request, settings, values, key, exc)
         if new_secret:
-            return _show_once(
-                request,
-                heading="API key saved",
-                key={"id": key_id, "name": values["name"]},
-                webhook_secret=new_secret,
-            )
+            return _show_once(request, key_id, heading="API key saved", webhook_secret=new_secret)
         flash(request, "API key saved", category="success")
         return back_to(request, f"{BASE}/{key_id}")
 
@@ -327,15 +369,15 @@ class KeysController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         try:
-            hours = _number(_text(form, "grace_hours"), "Grace period")
+            hours = _number(_text(form, "grace_hours"), "grace_hours", "Grace period")
             rotated = await api_keys.rotate_key(key_id, api_keys.rotation_grace(hours))
         except (InvalidInput, Conflict) as exc:
             flash(request, exc.message, category="error")
             return back_to(request, f"{BASE}/{key_id}#rotate")
         return _show_once(
             request,
+            rotated.id,
             heading="API key rotated",
-            key={"id": rotated.id, "name": rotated.name},
             secret=rotated.secret,
-            previous_valid_until=rotated.previous_valid_until,
+            previous_valid_until=rotated.previous_valid_until.isoformat(),
         )

@@ -1,4 +1,5 @@
-"""Users pages (admins only): the list, invite (a generated password shown once), change role,
+"""Users pages (admins only): the list, invite (a generated password shown once, after a
+redirect), change role,
 deactivate / reactivate. Each change swaps one row under HTMX; an admin cannot demote or
 deactivate themselves (web.domain.users says why)."""
 
@@ -15,9 +16,11 @@ from litestar.response import Template
 from web.dashboard.auth import back_to, current_user, is_htmx, page, require_admin, require_user
 from web.domain import users
 from web.domain.errors import DomainError
+from web.domain.field_errors import field_of
 
 BASE = "/dashboard/users"
 ROLES = tuple(role.value for role in users.Role)
+SHOWN_ONCE = "users_shown_once"  # the server-side session's entry, popped when shown
 
 
 class UsersController(Controller):
@@ -34,12 +37,13 @@ class UsersController(Controller):
         return page(request, "users/form.html", email="", role="reviewer", roles=ROLES)
 
     @post("/new")
-    async def invite(self, request: Request[Any, Any, Any]) -> Template:
+    async def invite(self, request: Request[Any, Any, Any]) -> Response[Any]:
         form = await request.form()
         email, role = str(form.get("email", "")).strip(), str(form.get("role", ""))
         try:
             user, password = await users.invite_user(email, role)
         except DomainError as exc:  # invalid email or role, or the email is taken (409)
+            field = field_of(exc)
             return page(
                 request,
                 "users/form.html",
@@ -47,9 +51,22 @@ class UsersController(Controller):
                 email=email,
                 role=role,
                 roles=ROLES,
-                error=exc.message,
+                errors={field: exc.message} if field else {},
+                error=None if field else exc.message,
             )
-        response = page(request, "users/created.html", invited=user, password=password)
+        # Post/redirect/get: the password waits in the server-side session for one showing.
+        request.session[SHOWN_ONCE] = {"user_id": str(user.id), "password": password}
+        return back_to(request, f"{BASE}/{user.id}/created")
+
+    @get("/{user_id:uuid}/created")
+    async def created_page(
+        self, request: Request[Any, Any, Any], user_id: FromPath[UUID]
+    ) -> Response[Any]:
+        shown = request.session.pop(SHOWN_ONCE, None)
+        if not shown or shown.get("user_id") != str(user_id):
+            return back_to(request, f"{BASE}#user-{user_id}")  # shown once already
+        invited = await users.get_user(user_id)
+        response = page(request, "users/created.html", invited=invited, password=shown["password"])
         response.headers["Cache-Control"] = "no-store"
         return response
 

@@ -11,7 +11,7 @@ from litestar.plugins.flash import flash
 from litestar.response import Template
 
 from web.dashboard.auth import back_to, is_htmx, page, require_admin, require_user
-from web.domain import executions, workflows
+from web.domain import workflows
 
 BASE = "/dashboard/workflows"
 
@@ -24,22 +24,25 @@ class WorkflowsController(Controller):
     @get("/")
     async def list_page(self, request: Request[Any, Any, Any]) -> Template:
         return page(
-            request, "workflows/list.html", workflows=await executions.list_workflows_with_counts()
+            request, "workflows/list.html", workflows=await workflows.list_workflows_with_counts()
         )
 
     @get("/{workflow_id:str}")
     async def detail_page(
         self, request: Request[Any, Any, Any], workflow_id: FromPath[str]
     ) -> Template:
-        workflow = await executions.get_workflow_with_counts(workflow_id)
+        workflow = await workflows.get_workflow_with_counts(workflow_id)
         return page(request, "workflows/detail.html", workflow=workflow)
 
     async def _set_active(
         self, request: Request[Any, Any, Any], workflow_id: str, active: bool
     ) -> Response[Any]:
-        await workflows.set_active(workflow_id, active)
+        if active:
+            await workflows.activate_workflow(workflow_id)
+        else:
+            await workflows.deactivate_workflow(workflow_id)
         if is_htmx(request):
-            workflow = await executions.get_workflow_with_counts(workflow_id)
+            workflow = await workflows.get_workflow_with_counts(workflow_id)
             return page(request, "workflows/_row.html", workflow=workflow)
         state = "active" if active else "inactive: executing it answers 403"
         flash(request, f"Workflow {workflow_id} is {state}", category="success")

@@ -19,8 +19,11 @@ from enum import StrEnum
 from typing import Any, Literal
 from uuid import UUID
 
+import msgspec
+
 from web.domain import clock, limits, webhooks
 from web.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
+from web.domain.field_errors import FieldError
 from web.domain.tables import ApiKey, Workflow
 from web.settings import get_settings
 
@@ -184,11 +187,26 @@ async def authenticate_usable(authorization: str | None) -> AuthenticatedKey:
     return key
 
 
+class KeySettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The editable settings of a key: what the CLI's options and the dashboard's form give
+    `create_key` and `update_key` alike (`check_settings` checks every field)."""
+
+    name: str
+    monthly_limit: int = DEFAULT_MONTHLY_LIMIT
+    expires_at: datetime | None = None
+    allowed_workflows: list[str] = msgspec.field(default_factory=list)
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None  # None: every event
+    rate_limit_burst: int | None = None
+    rate_limit_refill_per_second: float | None = None
+
+
 def _check_webhook_events(events: list[str]) -> list[str]:
     unknown = [event for event in events if event not in WEBHOOK_EVENTS]
     if unknown:
-        raise InvalidInput(
-            f"Unknown webhook event {unknown[0]!r}; expected one of {', '.join(WEBHOOK_EVENTS)}"
+        raise FieldError(
+            "webhook_events",
+            f"Unknown webhook event {unknown[0]!r}; expected one of {', '.join(WEBHOOK_EVENTS)}",
         )
     return list(dict.fromkeys(events))
 
@@ -197,54 +215,45 @@ def _check_webhook_url(url: str | None) -> str | None:
     if url is None or not url.strip():
         return None
     settings = get_settings()
-    return webhooks.check_url(
-        url,
-        allow_http=settings.webhook_allow_http,
-        allow_private=settings.webhook_allow_private,
-    )
+    try:
+        return webhooks.check_url(
+            url,
+            allow_http=settings.webhook_allow_http,
+            allow_private=settings.webhook_allow_private,
+        )
+    except InvalidInput as exc:
+        raise FieldError("webhook_url", exc.message) from None
 
 
-@dataclass(frozen=True)
-class KeySettings:
-    """The editable settings of a key, checked (`_check_settings`)."""
-
-    name: str
-    monthly_limit: int
-    expires_at: datetime | None
-    allowed_workflows: list[str]
-    webhook_url: str | None
-    webhook_events: list[str]
-    rate_limit_burst: int | None
-    rate_limit_refill_per_second: float | None
-
-
-async def _check_settings(
-    name: str,
-    *,
-    monthly_limit: int,
-    expires_at: datetime | None,
-    allowed_workflows: list[str] | None,
-    webhook_url: str | None,
-    webhook_events: list[str] | None,
-    rate_limit_burst: int | None,
-    rate_limit_refill_per_second: float | None,
-) -> KeySettings:
-    """The settings, or InvalidInput naming the first problem (create and edit alike)."""
-    name = name.strip()
+async def check_settings(settings: KeySettings) -> KeySettings:
+    """The settings normalised (name stripped, duplicates dropped, every event when None), or
+    FieldError naming the first field with a problem (create and edit alike)."""
+    name = settings.name.strip()
     if not name or len(name) > 200:
-        raise InvalidInput("Name must be between 1 and 200 characters")
-    if monthly_limit < 0:
-        raise InvalidInput("Monthly limit must be zero or more")
-    if rate_limit_burst is not None and rate_limit_burst < 1:
-        raise InvalidInput("Burst must be at least 1")
-    for label, number in (("Monthly limit", monthly_limit), ("Burst", rate_limit_burst or 0)):
-        if number > INT_MAX:
-            raise InvalidInput(f"{label} must be at most {INT_MAX}")
-    if rate_limit_refill_per_second is not None and rate_limit_refill_per_second <= 0:
-        raise InvalidInput("Refill rate must be more than 0 tokens a second")
+        raise FieldError("name", "Name must be between 1 and 200 characters")
+    if settings.monthly_limit < 0:
+        raise FieldError("monthly_limit", "Monthly limit must be zero or more")
+    if settings.monthly_limit > INT_MAX:
+        raise FieldError("monthly_limit", f"Monthly limit must be at most {INT_MAX}")
+    burst = settings.rate_limit_burst
+    if burst is not None and burst < 1:
+        raise FieldError("rate_limit_burst", "Burst must be at least 1")
+    if burst is not None and burst > INT_MAX:
+        raise FieldError("rate_limit_burst", f"Burst must be at most {INT_MAX}")
+    refill = settings.rate_limit_refill_per_second
+    if refill is not None and refill <= 0:
+        raise FieldError(
+            "rate_limit_refill_per_second", "Refill rate must be more than 0 tokens a second"
+        )
+    expires_at = settings.expires_at
     if expires_at is not None and expires_at.tzinfo is None:
-        raise InvalidInput("Expiry must include a time zone (for example 2026-01-01T00:00:00Z)")
-    workflows = list(dict.fromkeys(allowed_workflows or []))
+        raise FieldError(
+            "expires_at", "Expiry must include a time zone (for example 2026-01-01T00:00:00Z)"
+        )
+    if expires_at is not None and expires_at <= clock.now():
+        # A key born expired (or edited into the past) could never be used: say so instead.
+        raise FieldError("expires_at", "Expiry must be in the future")
+    workflows = list(dict.fromkeys(settings.allowed_workflows))
     if workflows:
         known = {
             row["id"]
@@ -252,20 +261,32 @@ async def _check_settings(
         }
         missing = [workflow for workflow in workflows if workflow not in known]
         if missing:
-            raise InvalidInput(f"Unknown workflow {missing[0]!r}")
-    events = _check_webhook_events(
-        list(WEBHOOK_EVENTS) if webhook_events is None else webhook_events
-    )
+            raise FieldError("allowed_workflows", f"Unknown workflow {missing[0]!r}")
+    events = settings.webhook_events
     return KeySettings(
         name=name,
-        monthly_limit=monthly_limit,
+        monthly_limit=settings.monthly_limit,
         expires_at=expires_at,
         allowed_workflows=workflows,
-        webhook_url=_check_webhook_url(webhook_url),
-        webhook_events=events,
-        rate_limit_burst=rate_limit_burst,
-        rate_limit_refill_per_second=rate_limit_refill_per_second,
+        webhook_url=_check_webhook_url(settings.webhook_url),
+        webhook_events=_check_webhook_events(list(WEBHOOK_EVENTS) if events is None else events),
+        rate_limit_burst=burst,
+        rate_limit_refill_per_second=refill,
     )
+
+
+def _stored(checked: KeySettings) -> dict[str, Any]:
+    """The columns (by name) a checked KeySettings writes, on create and on edit."""
+    return {
+        "name": checked.name,
+        "monthly_limit": checked.monthly_limit,
+        "expires_at": checked.expires_at,
+        "allowed_workflows": checked.allowed_workflows,
+        "webhook_url": checked.webhook_url,
+        "webhook_events": checked.webhook_events,
+        "rate_limit_burst": checked.rate_limit_burst,
+        "rate_limit_refill_per_second": checked.rate_limit_refill_per_second,
+    }
 
 
 def generate_webhook_secret() -> str:
@@ -273,41 +294,16 @@ def generate_webhook_secret() -> str:
     return WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
-async def create_key(
-    name: str,
-    *,
-    monthly_limit: int = DEFAULT_MONTHLY_LIMIT,
-    expires_at: datetime | None = None,
-    allowed_workflows: list[str] | None = None,
-    webhook_url: str | None = None,
-    webhook_events: list[str] | None = None,
-    webhook_secret: str | None = None,
-    rate_limit_burst: int | None = None,
-    rate_limit_refill_per_second: float | None = None,
-) -> NewKey:
-    checked = await _check_settings(
-        name,
-        monthly_limit=monthly_limit,
-        expires_at=expires_at,
-        allowed_workflows=allowed_workflows,
-        webhook_url=webhook_url,
-        webhook_events=webhook_events,
-        rate_limit_burst=rate_limit_burst,
-        rate_limit_refill_per_second=rate_limit_refill_per_second,
-    )
+async def create_key(settings: KeySettings, *, webhook_secret: str | None = None) -> NewKey:
+    """Check the settings and store a new key; its secret is in the answer only (shown once).
+    FieldError for a setting with a problem."""
+    checked = await check_settings(settings)
     secret = secrets.token_hex(32)
     key = ApiKey(
-        name=checked.name,
+        **_stored(checked),
         key_hash=hash_key(secret),
         prefix=secret[:8],
-        monthly_limit=checked.monthly_limit,
-        expires_at=checked.expires_at,
-        allowed_workflows=checked.allowed_workflows,
-        webhook_url=checked.webhook_url,
-        webhook_events=checked.webhook_events,
         webhook_secret=webhook_secret or None,
-        rate_limit_burst=checked.rate_limit_burst,
-        rate_limit_refill_per_second=checked.rate_limit_refill_per_second,
     )
     await key.save()
     return NewKey(
@@ -319,30 +315,14 @@ async def create_key(
         expires_at=checked.expires_at,
         allowed_workflows=checked.allowed_workflows,
         webhook_url=checked.webhook_url,
-        webhook_events=checked.webhook_events,
+        webhook_events=checked.webhook_events or [],
         webhook_secret_set=bool(webhook_secret),
     )
 
 
-async def list_keys() -> list[dict[str, Any]]:
-    """Every key, newest first, without hash or webhook secret."""
-    rows: list[dict[str, Any]] = await ApiKey.select(
-        ApiKey.id,
-        ApiKey.name,
-        ApiKey.prefix,
-        ApiKey.active,
-        ApiKey.expires_at,
-        ApiKey.monthly_limit,
-        ApiKey.rate_limit_burst,
-        ApiKey.rate_limit_refill_per_second,
-        ApiKey.allowed_workflows,
-        ApiKey.webhook_url,
-        ApiKey.webhook_events,
-        ApiKey.created_at,
-        ApiKey.last_used_at,
-        ApiKey.revoked_at,
-    ).order_by(ApiKey.created_at, ascending=False)
-    return rows
+async def list_keys() -> list[KeyView]:
+    """Every key, newest first, as `list_keys_with_usage` gives it (never a hash or secret)."""
+    return await list_keys_with_usage()
 
 
 async def revoke_key(key_id: UUID) -> None:
@@ -379,6 +359,7 @@ _SHOWN_COLUMNS = (
 
 
 def key_status(active: bool, expires_at: datetime | None) -> KeyStatus:
+    """The one rule for what a key is now, for the dashboard and the CLI alike."""
     if not active:
         return "revoked"
     if expires_at is not None and expires_at <= clock.now():
@@ -386,30 +367,76 @@ def key_status(active: bool, expires_at: datetime | None) -> KeyStatus:
     return "active"
 
 
-def _shown(row: dict[str, Any]) -> dict[str, Any]:
+class KeyView(msgspec.Struct, frozen=True, kw_only=True):
+    """A key as the dashboard and the CLI show it: a list entry and a key's page alike, with
+    its executions this month (`used`). Never a hash or a webhook secret (only whether one is
+    set)."""
+
+    id: UUID
+    name: str
+    prefix: str
+    active: bool
+    status: KeyStatus
+    expires_at: datetime | None
+    monthly_limit: int
+    rate_limit_burst: int | None
+    rate_limit_refill_per_second: float | None
+    allowed_workflows: list[str]
+    webhook_url: str | None
+    webhook_events: list[str]
+    webhook_secret_set: bool
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    previous_valid_until: datetime | None  # the old secret of a rotation, while it still works
+    used: int
+
+    @property
+    def read_only(self) -> bool:
+        """A revoked key can no longer be edited or rotated."""
+        return self.status == "revoked"
+
+
+def _view(row: dict[str, Any]) -> KeyView:
     current = clock.now()
     grace_until = row["previous_key_expires_at"]
-    return {
-        **row,
-        "status": key_status(row["active"], row["expires_at"]),
-        # The old secret of a rotation, while it still works.
-        "previous_valid_until": grace_until if grace_until and grace_until > current else None,
-    }
+    return KeyView(
+        id=row["id"],
+        name=row["name"],
+        prefix=row["prefix"],
+        active=row["active"],
+        status=key_status(row["active"], row["expires_at"]),
+        expires_at=row["expires_at"],
+        monthly_limit=row["monthly_limit"],
+        rate_limit_burst=row["rate_limit_burst"],
+        rate_limit_refill_per_second=row["rate_limit_refill_per_second"],
+        allowed_workflows=list(row["allowed_workflows"] or []),
+        webhook_url=row["webhook_url"],
+        webhook_events=list(row["webhook_events"] or []),
+        webhook_secret_set=bool(row["webhook_secret_set"]),
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        revoked_at=row["revoked_at"],
+        # A revoked key's old secret stopped with it (authenticate refuses an inactive key).
+        previous_valid_until=(
+            grace_until if row["active"] and grace_until and grace_until > current else None
+        ),
+        used=int(row["used"]),
+    )
 
 
-async def list_keys_with_usage() -> list[dict[str, Any]]:
-    """Every key, newest first, with its status and its executions this month (`used`), in one
-    query. No hash and no webhook secret (only whether one is set)."""
+async def list_keys_with_usage() -> list[KeyView]:
+    """Every key, newest first, with its status and its executions this month, in one query."""
     rows = await ApiKey.raw(
         f"SELECT {_SHOWN_COLUMNS} FROM api_key AS k "  # noqa: S608 (constant columns)
         "LEFT JOIN api_key_usage AS u ON u.api_key = k.id AND u.month = {} "
         "ORDER BY k.created_at DESC",
         limits.month_of(clock.now()),
     )
-    return [_shown(row) for row in rows]
+    return [_view(row) for row in rows]
 
 
-async def get_key(key_id: UUID) -> dict[str, Any]:
+async def get_key(key_id: UUID) -> KeyView:
     """One key as `list_keys_with_usage` shows it; NotFound if there is none."""
     rows = await ApiKey.raw(
         f"SELECT {_SHOWN_COLUMNS} FROM api_key AS k "  # noqa: S608 (constant columns)
@@ -420,50 +447,32 @@ async def get_key(key_id: UUID) -> dict[str, Any]:
     )
     if not rows:
         raise NotFound("API key not found")
-    return _shown(rows[0])
+    return _view(rows[0])
+
+
+REVOKED_READ_ONLY = "A revoked API key cannot be edited"
 
 
 async def update_key(
-    key_id: UUID,
-    *,
-    name: str,
-    monthly_limit: int,
-    expires_at: datetime | None,
-    allowed_workflows: list[str],
-    webhook_url: str | None,
-    webhook_events: list[str],
-    rate_limit_burst: int | None,
-    rate_limit_refill_per_second: float | None,
-    webhook_secret: SecretChange = SecretChange.KEEP,
+    key_id: UUID, settings: KeySettings, webhook_secret: SecretChange = SecretChange.KEEP
 ) -> str | None:
     """Replace the key's settings (checked as `create_key` checks them). Returns the new webhook
-    secret when one was generated (to show once), else None. NotFound for an unknown id.
-    The token bucket picks up new burst/refill figures at the next request."""
-    checked = await _check_settings(
-        name,
-        monthly_limit=monthly_limit,
-        expires_at=expires_at,
-        allowed_workflows=allowed_workflows,
-        webhook_url=webhook_url,
-        webhook_events=webhook_events,
-        rate_limit_burst=rate_limit_burst,
-        rate_limit_refill_per_second=rate_limit_refill_per_second,
-    )
-    values: dict[Any, Any] = {
-        ApiKey.name: checked.name,
-        ApiKey.monthly_limit: checked.monthly_limit,
-        ApiKey.expires_at: checked.expires_at,
-        ApiKey.allowed_workflows: checked.allowed_workflows,
-        ApiKey.webhook_url: checked.webhook_url,
-        ApiKey.webhook_events: checked.webhook_events,
-        ApiKey.rate_limit_burst: checked.rate_limit_burst,
-        ApiKey.rate_limit_refill_per_second: checked.rate_limit_refill_per_second,
-    }
+    secret when one was generated (to show once), else None. NotFound for an unknown id,
+    Conflict for a revoked key (read-only). The token bucket picks up new burst/refill figures
+    at the next request."""
+    checked = await check_settings(settings)
+    values = _stored(checked)
     new_secret = generate_webhook_secret() if webhook_secret is SecretChange.GENERATE else None
     if webhook_secret is not SecretChange.KEEP:
-        values[ApiKey.webhook_secret] = new_secret
-    updated = await ApiKey.update(values).where(ApiKey.id == key_id).returning(ApiKey.id)
+        values["webhook_secret"] = new_secret
+    updated = (
+        await ApiKey.update(**values)
+        .where(ApiKey.id == key_id, ApiKey.active.eq(True))
+        .returning(ApiKey.id)
+    )
     if not updated:
+        if await ApiKey.exists().where(ApiKey.id == key_id):
+            raise Conflict(REVOKED_READ_ONLY)
         raise NotFound("API key not found")
     return new_secret
 

@@ -24,7 +24,7 @@ from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
 from web.domain.statuses import ExecutionStatus, SendStatus
-from web.domain.tables import Execution, ExecutionRow, Workflow
+from web.domain.tables import Execution, ExecutionRow
 from web.domain.types import Definition, ExecutionOutput, ReadModel, RowData, from_row
 from web.domain.workflows import RunnableWorkflow
 
@@ -577,50 +577,3 @@ async def executions_per_day(api_key_id: UUID, days: int = 30) -> list[dict[str,
         {"day": day, "count": counts.get(day, 0)}
         for day in (first + timedelta(days=offset) for offset in range(days))
     ]
-
-
-_LIVE_STATUSES = (
-    ExecutionStatus.PENDING,
-    ExecutionStatus.RUNNING,
-    ExecutionStatus.PENDING_APPROVAL,
-)
-
-
-async def list_workflows_with_counts(workflow_id: str | None = None) -> list[dict[str, Any]]:
-    """Every workflow (or only `workflow_id`) with its executions in all, those not finished
-    (`in_progress`) and the last start, in one GROUP BY query; ordered by id."""
-    where = "WHERE w.id = {} " if workflow_id is not None else ""
-    live = ", ".join(f"'{status.value}'" for status in _LIVE_STATUSES)
-    rows = await Execution.raw(
-        "SELECT w.id, w.name, w.description, w.active, w.required_fields, w.steps, "  # noqa: S608
-        "  w.created_at, w.updated_at, count(e.id) AS executions, "
-        f"  count(e.id) FILTER (WHERE e.status IN ({live})) AS in_progress, "
-        "  max(e.created_at) AS last_started_at "
-        "FROM workflow AS w LEFT JOIN execution AS e ON e.workflow = w.id "
-        f"{where}GROUP BY w.id ORDER BY w.id",
-        *([workflow_id] if workflow_id is not None else []),
-    )
-    return [
-        {
-            **row,
-            "steps": json_column(row["steps"]),
-            "required_fields": list(row["required_fields"] or []),
-        }
-        for row in rows
-    ]
-
-
-async def get_workflow_with_counts(workflow_id: str) -> dict[str, Any]:
-    """One workflow as `list_workflows_with_counts` gives it; NotFound if unknown."""
-    rows = await list_workflows_with_counts(workflow_id)
-    if not rows:
-        raise NotFound("Workflow not found")
-    return rows[0]
-
-
-async def list_workflow_choices() -> list[dict[str, Any]]:
-    """Id, name and active flag of every workflow, by id (for pickers)."""
-    rows: list[dict[str, Any]] = await Workflow.select(
-        Workflow.id, Workflow.name, Workflow.active
-    ).order_by(Workflow.id)
-    return rows

@@ -10,23 +10,24 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
+import msgspec
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
 
-from web.domain import clock
+from web.domain import clock, pool
 from web.domain.errors import (
-    Conflict,
     Forbidden,
-    InvalidInput,
     NotFound,
     TooManyRequests,
     Unauthorized,
 )
+from web.domain.field_errors import FieldConflict, FieldError
 from web.domain.tables import User
 
 LOCKOUT_FAILURES = 10
@@ -55,16 +56,34 @@ class SignedInUser:
         return self.role == Role.ADMIN
 
 
+class UserView(msgspec.Struct, frozen=True):
+    """A user as the dashboard lists them (never the password hash)."""
+
+    id: UUID
+    email: str
+    role: Role
+    active: bool
+    created_at: datetime
+    last_login_at: datetime | None
+
+
+_SHOWN = (User.id, User.email, User.role, User.active, User.created_at, User.last_login_at)
+
+
+def _view(row: dict[str, Any]) -> UserView:
+    return msgspec.convert(row, UserView)
+
+
 def _check_email(email: str) -> str:
     email = email.strip().lower()
     if not EMAIL.fullmatch(email) or len(email) > 320:
-        raise InvalidInput("Enter a valid email address")
+        raise FieldError("email", "Enter a valid email address")
     return email
 
 
 def _check_password(password: str) -> str:
     if len(password) < 10:
-        raise InvalidInput("The password must be at least 10 characters long")
+        raise FieldError("password", "The password must be at least 10 characters long")
     return password
 
 
@@ -72,19 +91,37 @@ def _check_role(role: str) -> Role:
     try:
         return Role(role)
     except ValueError:
-        raise InvalidInput("Role must be admin or reviewer") from None
+        raise FieldError("role", "Role must be admin or reviewer") from None
 
 
 async def create_user(email: str, password: str, role: str) -> SignedInUser:
+    """A new active user; FieldError for a bad email, password or role, FieldConflict when the
+    email is taken."""
     email = _check_email(email)
     checked_role = _check_role(role)
-    if await User.exists().where(User.email == email):
-        raise Conflict(f"A user with the email {email} already exists")
-    user = User(
-        email=email, password_hash=_hasher.hash(_check_password(password)), role=checked_role
-    )
-    await user.save()
+    password_hash = _hasher.hash(_check_password(password))
+    async with pool.engine().transaction():
+        if await User.exists().where(User.email == email):
+            raise FieldConflict("email", f"A user with the email {email} already exists")
+        user = User(email=email, password_hash=password_hash, role=checked_role)
+        await user.save()
     return SignedInUser(id=user.id, email=email, role=checked_role)
+
+
+async def set_password(redis: Redis, email: str, password: str) -> SignedInUser:
+    """Give the user a new password and lift a lockout of their email (`flowgate users
+    set-password`). NotFound for an unknown email. Sessions already signed in stay."""
+    email = email.strip().lower()
+    password_hash = _hasher.hash(_check_password(password))
+    rows = (
+        await User.update({User.password_hash: password_hash})
+        .where(User.email == email)
+        .returning(User.id, User.email, User.role)
+    )
+    if not rows:
+        raise NotFound(f"No user with the email {email}")
+    await redis.delete(_lock_key(email))  # the lockout counter (see sign_in)
+    return SignedInUser(id=rows[0]["id"], email=rows[0]["email"], role=Role(rows[0]["role"]))
 
 
 def generate_password() -> str:
@@ -143,11 +180,8 @@ async def get_active_user(user_id: UUID) -> SignedInUser | None:
     return None if row is None else SignedInUser(row["id"], row["email"], Role(row["role"]))
 
 
-async def list_users() -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = await User.select(
-        User.id, User.email, User.role, User.active, User.created_at, User.last_login_at
-    ).order_by(User.email)
-    return rows
+async def list_users() -> list[UserView]:
+    return [_view(row) for row in await User.select(*_SHOWN).order_by(User.email)]
 
 
 async def set_role(user_id: UUID, role: str) -> None:
@@ -179,19 +213,12 @@ async def invite_user(email: str, role: str) -> tuple[SignedInUser, str]:
     return await create_user(email, password, role), password
 
 
-async def get_user(user_id: UUID) -> dict[str, Any]:
+async def get_user(user_id: UUID) -> UserView:
     """One user as `list_users` shows it; NotFound if there is none."""
-    row = (
-        await User.select(
-            User.id, User.email, User.role, User.active, User.created_at, User.last_login_at
-        )
-        .where(User.id == user_id)
-        .first()
-    )
+    row = await User.select(*_SHOWN).where(User.id == user_id).first()
     if row is None:
         raise NotFound("User not found")
-    result: dict[str, Any] = row
-    return result
+    return _view(row)
 
 
 async def change_role(acting: SignedInUser, user_id: UUID, role: str) -> None:

@@ -1,343 +1,102 @@
-"""Workflow definitions as data: the step types and the schema of their settings, reading and
-writing definitions as YAML or JSON files, the seeded BFSI template (workflows/ at the root of the
-repository), and the checks that decide whether a key may run a workflow.
+"""Stored workflows: saving and importing definitions, activating and deactivating them, the
+reads the dashboard and CLI show (with execution counts), the checks that decide whether a key
+may run a workflow, and the seeded BFSI template (package data, read when first needed).
 
-Secrets never appear in a definition: provider settings name the environment variable that holds
-them (`api_key_env`, `access_token_env`, `token_env`), and the worker reads it when it runs.
-Imports only web.domain, Piccolo and PyYAML.
+The file format and its validator are web.domain.workflow_files. Imports only web.domain,
+Piccolo and asyncpg (never web.domain.executions, which imports this module).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+import functools
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
 from typing import Any
 
-import yaml
+import msgspec
 
 from web.domain import clock, pool
 from web.domain.api_keys import AuthenticatedKey
-from web.domain.errors import Forbidden, InvalidInput, NotFound
+from web.domain.errors import Forbidden, NotFound
+from web.domain.statuses import ExecutionStatus
 from web.domain.tables import Workflow
-
-STEP_TYPES = ("generate_content", "compliance_check", "approval", "send_message")
+from web.domain.workflow_files import Definition, check_definition, parse_definition
 
 BFSI_WORKFLOW_ID = "workflow_bfsi_marketing_template"
+# Package data (pyproject.toml [tool.setuptools.package-data]), so an installed flowgate has it.
+BFSI_TEMPLATE_RESOURCE = ("web.domain", "workflow_templates/bfsi_marketing_template.yaml")
 
-# The repository's workflows/ folder (the package is installed editable, as `make` does).
-WORKFLOWS_DIR = Path(__file__).resolve().parents[2] / "workflows"
-BFSI_TEMPLATE_PATH = WORKFLOWS_DIR / "bfsi_marketing_template.yaml"
+# A step of a definition ({"name", "type", "settings"}) and a step's settings: free-form data,
+# checked by web.domain.workflow_files when the workflow is saved.
+Step = dict[str, Any]
+StepSettings = dict[str, Any]
 
-FILE_FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
-
-
-class InvalidDefinition(InvalidInput):
-    """A workflow definition with problems, each naming its exact path
-    (`steps[2].settings.model: required`). The message is all of them, joined by "; "."""
-
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = problems
+_LIVE_STATUSES = (
+    ExecutionStatus.PENDING,
+    ExecutionStatus.RUNNING,
+    ExecutionStatus.PENDING_APPROVAL,
+)
 
 
-# --- the schema ------------------------------------------------------------------------------
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_WORKFLOW_ID = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting: its kind, whether it is required, and the bounds of its value.
-
-    Kinds: "string", "text" (a non-empty string, e.g. a template), "id" (a string or an integer,
-    as YAML reads unquoted digits), "url" (http or https), "env" (the NAME of an environment
-    variable), "integer", "number", "boolean", "strings" (a list of strings), "headers" (a map of
-    strings) and "object" (checked against `fields`).
-    """
-
-    kind: str
-    required: bool = False
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[str, ...] = ()
-    fields: Mapping[str, Setting] = field(default_factory=dict)
+def bfsi_template_text() -> str:
+    package, name = BFSI_TEMPLATE_RESOURCE
+    return resources.files(package).joinpath(name).read_text(encoding="utf-8")
 
 
-# How an HTTP provider calls out: per-request timeout, retries on 429/5xx, concurrency.
-_HTTP_CALLS = {
-    "concurrency": Setting("integer", minimum=1, maximum=64),
-    "timeout_seconds": Setting("number", minimum=0.001, maximum=600),
-    "max_retries": Setting("integer", minimum=0, maximum=10),
-    "retry_backoff_seconds": Setting("number", minimum=0, maximum=600),
-    "max_retry_wait_seconds": Setting("number", minimum=0, maximum=3600),
-}
-
-CONTENT_PROVIDERS: dict[str, dict[str, Setting]] = {
-    "template": {"template": Setting("text", required=True)},
-    "openai_compatible": {
-        "base_url": Setting("url", required=True),
-        "model": Setting("text", required=True),
-        "api_key_env": Setting("env", required=True),
-        "prompt_template": Setting("text", required=True),
-        "system_prompt": Setting("string"),
-        "temperature": Setting("number", minimum=0, maximum=2),
-        "max_tokens": Setting("integer", minimum=1),
-        **_HTTP_CALLS,
-    },
-}
-
-MESSAGING_PROVIDERS: dict[str, dict[str, Setting]] = {
-    "sandbox": {},
-    "whatsapp_cloud": {
-        "phone_number_id": Setting("id", required=True),
-        "access_token_env": Setting("env", required=True),
-        "base_url": Setting("url"),
-        "template": Setting(
-            "object",
-            fields={
-                "name": Setting("text", required=True),
-                "language": Setting("text", required=True),
-                "body_parameters": Setting("strings"),
-            },
-        ),
-        **_HTTP_CALLS,
-    },
-    "http": {
-        "url": Setting("url", required=True),
-        "token_env": Setting("env"),
-        "headers": Setting("headers"),
-        **_HTTP_CALLS,
-    },
-}
-
-# Settings of each step type whatever its provider; `provider` picks the rest from above.
-STEP_SETTINGS: dict[str, dict[str, Setting]] = {
-    "generate_content": {"provider": Setting("string", choices=tuple(CONTENT_PROVIDERS))},
-    "compliance_check": {
-        "banned_phrases": Setting("strings"),
-        "required_text": Setting("strings"),
-        "max_length": Setting("integer", minimum=1),
-        "phone_field": Setting("string"),
-        "required_fields": Setting("strings"),
-    },
-    "approval": {
-        "title": Setting("string"),
-        "description": Setting("string"),
-        "allowBulkApproval": Setting("boolean"),
-        "requireComment": Setting("boolean"),
-        "displayFields": Setting("strings"),
-    },
-    "send_message": {
-        "provider": Setting("string", choices=tuple(MESSAGING_PROVIDERS)),
-        "channel": Setting("string", choices=("whatsapp",)),
-        "to_field": Setting("string"),
-        "batch_size": Setting("integer", minimum=1, maximum=1000),
-    },
-}
-DEFAULT_PROVIDERS = {"generate_content": "template", "send_message": "sandbox"}
-PROVIDERS = {"generate_content": CONTENT_PROVIDERS, "send_message": MESSAGING_PROVIDERS}
-
-_TOP_LEVEL = {
-    "id": Setting("string", required=True),
-    "name": Setting("text", required=True),
-    "description": Setting("string"),
-    "active": Setting("boolean"),
-    "required_fields": Setting("strings"),
-    "steps": Setting("list", required=True),
-}
-_STEP_KEYS = ("name", "type", "settings")
+@functools.cache
+def bfsi_template() -> Definition:
+    """The BFSI template, parsed and checked on first use (never at import)."""
+    return parse_definition(bfsi_template_text(), "yaml")
 
 
-def _kind_problem(setting: Setting, value: Any) -> str | None:
-    """Why `value` is not of the setting's kind (and bounds), or None."""
-    kind = setting.kind
-    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if kind in ("string", "text", "url", "env") and not isinstance(value, str):
-        return "must be a string"
-    if kind == "text" and not value.strip():
-        return "must not be empty"
-    if kind == "id" and (
-        isinstance(value, bool) or not isinstance(value, str | int) or value == ""
-    ):
-        return "must be a string"
-    if kind == "url" and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
-        return "must be an http:// or https:// URL"
-    if kind == "env" and not _ENV_NAME.fullmatch(value):
-        return (
-            "must be the name of an environment variable (such as OPENAI_API_KEY), "
-            "never the secret itself"
-        )
-    if kind == "integer" and (not number or not float(value).is_integer()):
-        return "must be an integer"
-    if kind == "number" and not number:
-        return "must be a number"
-    if kind == "boolean" and not isinstance(value, bool):
-        return "must be true or false"
-    if kind == "strings" and (
-        not isinstance(value, list) or not all(isinstance(item, str) for item in value)
-    ):
-        return "must be a list of strings"
-    if kind == "headers" and (
-        not isinstance(value, dict)
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
-    ):
-        return "must be a map of header names to strings"
-    if kind == "object" and not isinstance(value, dict):
-        return "must be an object"
-    if kind == "list" and not isinstance(value, list):
-        return "must be a list"
-    if setting.choices and value not in setting.choices:
-        return f"must be one of {', '.join(setting.choices)}"
-    if number and kind in ("integer", "number"):
-        if setting.minimum is not None and value < setting.minimum:
-            return f"must be at least {setting.minimum:g}"
-        if setting.maximum is not None and value > setting.maximum:
-            return f"must be at most {setting.maximum:g}"
-    return None
+def __getattr__(name: str) -> Any:
+    # `BFSI_TEMPLATE` stays importable (tests copy it) without reading the file at import.
+    if name == "BFSI_TEMPLATE":
+        return bfsi_template()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _check_fields(
-    values: Mapping[str, Any], schema: Mapping[str, Setting], path: str, what: str | None
-) -> list[str]:
-    """Problems of an object against its schema: required fields, kinds, and unknown fields
-    (called `unknown {what}`; not reported when `what` is None)."""
-    prefix = f"{path}." if path else ""
-    problems = [
-        f"{prefix}{name}: required"
-        for name, setting in schema.items()
-        if setting.required and values.get(name) is None
-    ]
-    for name, value in values.items():
-        setting = schema.get(name)
-        if setting is None:
-            if what is not None:
-                problems.append(f"{prefix}{name}: unknown {what}")
-            continue
-        if value is None:
-            continue
-        problem = _kind_problem(setting, value)
-        if problem:
-            problems.append(f"{prefix}{name}: {problem}")
-        elif setting.kind == "object":
-            problems.extend(_check_fields(value, setting.fields, f"{prefix}{name}", "field"))
-    return problems
+# --- read models -----------------------------------------------------------------------------
 
 
-def _step_problems(index: int, step: Any) -> list[str]:
-    path = f"steps[{index}]"
-    if not isinstance(step, dict):
-        return [f"{path}: must be an object"]
-    problems = [f"{path}.{key}: unknown field" for key in step if key not in _STEP_KEYS]
-    if "name" in step and not isinstance(step["name"], str):
-        problems.append(f"{path}.name: must be a string")
-    kind = step.get("type")
-    if kind is None:
-        return [*problems, f"{path}.type: required"]
-    if kind not in STEP_TYPES:
-        return [*problems, f"{path}.type: must be one of {', '.join(STEP_TYPES)}"]
-    settings = step.get("settings", {})
-    if not isinstance(settings, dict):
-        return [*problems, f"{path}.settings: must be an object"]
-    schema = dict(STEP_SETTINGS[kind])
-    what: str | None = f"setting of {kind}"
-    if kind in PROVIDERS:
-        provider = settings.get("provider", DEFAULT_PROVIDERS[kind])
-        if provider in PROVIDERS[kind]:
-            schema.update(PROVIDERS[kind][provider])
-            what = f"setting of the {provider} provider"
-        else:
-            what = None  # the provider's own problem says it all
-    return [*problems, *_check_fields(settings, schema, f"{path}.settings", what)]
+class WorkflowSummary(msgspec.Struct, frozen=True):
+    """A workflow as `flowgate workflows list` shows it."""
+
+    id: str
+    name: str
+    active: bool
+    steps: list[Step]
+    updated_at: datetime
 
 
-def definition_problems(definition: Any) -> list[str]:
-    """Every problem of a workflow definition, each naming its exact path; [] when valid."""
-    if not isinstance(definition, dict):
-        return ["the workflow must be an object (a YAML mapping)"]
-    problems = _check_fields(definition, _TOP_LEVEL, "", "field")
-    workflow_id = definition.get("id")
-    if isinstance(workflow_id, str) and not _WORKFLOW_ID.fullmatch(workflow_id):
-        problems.append(
-            "id: must be 1 to 200 letters, digits, '_', '-' or '.' (e.g. workflow_my_campaign)"
-        )
-    steps = definition.get("steps")
-    if isinstance(steps, list):
-        if not steps:
-            problems.append("steps: must not be empty")
-        for index, step in enumerate(steps):
-            problems.extend(_step_problems(index, step))
-        approvals = [
-            i for i, s in enumerate(steps) if isinstance(s, dict) and s.get("type") == "approval"
-        ]
-        if len(approvals) > 1:
-            problems.append(f"steps[{approvals[1]}]: a workflow has at most one approval step")
-    return problems
+class WorkflowChoice(msgspec.Struct, frozen=True):
+    """A workflow in a picker (the key form's allowed workflows)."""
+
+    id: str
+    name: str
+    active: bool
 
 
-def check_definition(definition: Any) -> None:
-    """Raise InvalidDefinition listing every problem of a workflow definition."""
-    problems = definition_problems(definition)
-    if problems:
-        raise InvalidDefinition(problems)
+class WorkflowWithCounts(msgspec.Struct, frozen=True):
+    """A workflow with its executions in all, those not finished and its last start."""
+
+    id: str
+    name: str
+    description: str
+    active: bool
+    required_fields: list[str]
+    steps: list[Step]
+    created_at: datetime
+    updated_at: datetime
+    executions: int
+    in_progress: int
+    last_started_at: datetime | None
 
 
-# --- files -----------------------------------------------------------------------------------
-
-
-def parse_definition(text: str, fmt: str) -> dict[str, Any]:
-    """A definition from YAML or JSON text, checked. InvalidInput on syntax or schema problems."""
-    try:
-        definition = json.loads(text) if fmt == "json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InvalidDefinition([f"not valid {fmt.upper()}: {exc}"]) from None
-    check_definition(definition)
-    result: dict[str, Any] = definition
-    return result
-
-
-def read_definition_file(path: Path) -> dict[str, Any]:
-    """A definition from a .yaml, .yml or .json file, checked."""
-    fmt = FILE_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise InvalidInput(f"{path.name}: give a .yaml, .yml or .json file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse_definition(text, fmt)
-
-
-class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (prompts, templates) as literal blocks, the way people write them."""
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Dumper.add_representer(str, _represent_str)
-
-
-def dump_definition(definition: dict[str, Any], fmt: str = "yaml") -> str:
-    """The definition as a file's text; parse_definition(dump_definition(d, f), f) == d."""
-    if fmt == "json":
-        return json.dumps(definition, indent=2, ensure_ascii=False) + "\n"
-    text: str = yaml.dump(
-        definition, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100
-    )
-    return text
-
-
-BFSI_TEMPLATE: dict[str, Any] = read_definition_file(BFSI_TEMPLATE_PATH)
-
-
-# --- stored workflows ------------------------------------------------------------------------
+def _json(value: Any) -> Any:
+    """A JSONB column as asyncpg hands it over (text): decoded here, for every read."""
+    return msgspec.json.decode(value) if isinstance(value, str | bytes) else value
 
 
 @dataclass(frozen=True)
@@ -349,13 +108,14 @@ class RunnableWorkflow:
     required_fields: tuple[str, ...]
 
 
-async def save_workflow(definition: dict[str, Any], *, replace: bool = True) -> bool:
-    """Create or (when `replace`) update a workflow; True if anything was written. Executions
-    already started keep the definition they started with (Execution.definition)."""
-    check_definition(definition)
-    exists = await Workflow.exists().where(Workflow.id == definition["id"])
+# --- use cases -------------------------------------------------------------------------------
+
+
+async def _write(definition: Definition, *, replace: bool) -> tuple[bool, bool]:
+    """(written, existed before); inside the caller's transaction."""
+    exists = bool(await Workflow.exists().where(Workflow.id == definition["id"]))
     if exists and not replace:
-        return False
+        return False, True
     fields: dict[str, Any] = {
         "name": definition["name"],
         "description": definition.get("description") or "",
@@ -369,14 +129,59 @@ async def save_workflow(definition: dict[str, Any], *, replace: bool = True) -> 
         )
     else:
         await Workflow.insert(Workflow(id=definition["id"], **fields))
-    return True
+    return True, exists
+
+
+async def save_workflow(definition: Definition, *, replace: bool = True) -> bool:
+    """Create or (when `replace`) update a workflow; True if anything was written. Executions
+    already started keep the definition they started with (Execution.definition)."""
+    check_definition(definition)
+    async with pool.engine().transaction():
+        written, _ = await _write(definition, replace=replace)
+    return written
+
+
+async def import_workflow(definition: Definition) -> bool:
+    """Create or update a workflow from a definition (`flowgate workflows import`), checked
+    first; True when it was created, False when an existing one was replaced."""
+    check_definition(definition)
+    async with pool.engine().transaction():
+        _, existed = await _write(definition, replace=True)
+    return not existed
+
+
+async def seed_workflows() -> bool:
+    """Insert the BFSI template when it is missing; an existing one (maybe edited) is kept."""
+    return await save_workflow(bfsi_template(), replace=False)
+
+
+async def set_active(workflow_id: str, active: bool) -> None:
+    """Activate or deactivate a workflow; NotFound if unknown. Runs already started finish."""
+    updated = (
+        await Workflow.update({Workflow.active: active})
+        .where(Workflow.id == workflow_id)
+        .returning(Workflow.id)
+    )
+    if not updated:
+        raise NotFound("Workflow not found")
+
+
+async def activate_workflow(workflow_id: str) -> None:
+    await set_active(workflow_id, True)
+
+
+async def deactivate_workflow(workflow_id: str) -> None:
+    await set_active(workflow_id, False)
+
+
+# --- reads -----------------------------------------------------------------------------------
 
 
 async def workflow_exists(workflow_id: str) -> bool:
     return bool(await Workflow.exists().where(Workflow.id == workflow_id))
 
 
-async def get_definition(workflow_id: str) -> dict[str, Any]:
+async def get_definition(workflow_id: str) -> Definition:
     """A stored workflow as a definition (what `workflows export` prints). NotFound if unknown."""
     row = (
         await Workflow.select(
@@ -403,34 +208,73 @@ async def get_definition(workflow_id: str) -> dict[str, Any]:
     }
 
 
-async def list_workflows() -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = (
-        await Workflow.select(
-            Workflow.id,
-            Workflow.name,
-            Workflow.active,
-            Workflow.steps,
-            Workflow.updated_at,
+async def list_workflows() -> list[WorkflowSummary]:
+    async with pool.connection() as con:
+        rows = await con.fetch(
+            "SELECT id, name, active, steps, updated_at FROM workflow ORDER BY id"
         )
-        .order_by(Workflow.id)
-        .output(load_json=True)
-    )
-    return rows
+    return [
+        WorkflowSummary(
+            id=row["id"],
+            name=row["name"],
+            active=row["active"],
+            steps=_json(row["steps"]),
+            updated_at=row["updated_at"],
+        )
+        for row in rows
+    ]
 
 
-async def seed_workflows() -> bool:
-    """Insert the BFSI template when it is missing; an existing one (maybe edited) is kept."""
-    return await save_workflow(BFSI_TEMPLATE, replace=False)
+async def list_workflows_with_counts(workflow_id: str | None = None) -> list[WorkflowWithCounts]:
+    """Every workflow (or only `workflow_id`) with its executions in all, those not finished
+    (`in_progress`) and the last start, in one GROUP BY query; ordered by id."""
+    async with pool.connection() as con:
+        rows = await con.fetch(
+            "SELECT w.id, w.name, w.description, w.active, w.required_fields, w.steps, "
+            "  w.created_at, w.updated_at, count(e.id) AS executions, "
+            "  count(e.id) FILTER (WHERE e.status = ANY($1::text[])) AS in_progress, "
+            "  max(e.created_at) AS last_started_at "
+            "FROM workflow AS w LEFT JOIN execution AS e ON e.workflow = w.id "
+            "WHERE $2::text IS NULL OR w.id = $2 GROUP BY w.id ORDER BY w.id",
+            [status.value for status in _LIVE_STATUSES],
+            workflow_id,
+        )
+    return [
+        WorkflowWithCounts(
+            id=row["id"],
+            name=row["name"],
+            description=row["description"],
+            active=row["active"],
+            required_fields=list(row["required_fields"] or []),
+            steps=_json(row["steps"]),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            executions=int(row["executions"]),
+            in_progress=int(row["in_progress"]),
+            last_started_at=row["last_started_at"],
+        )
+        for row in rows
+    ]
 
 
-async def set_active(workflow_id: str, active: bool) -> None:
-    updated = (
-        await Workflow.update({Workflow.active: active})
-        .where(Workflow.id == workflow_id)
-        .returning(Workflow.id)
-    )
-    if not updated:
+async def get_workflow_with_counts(workflow_id: str) -> WorkflowWithCounts:
+    """One workflow as `list_workflows_with_counts` gives it; NotFound if unknown."""
+    rows = await list_workflows_with_counts(workflow_id)
+    if not rows:
         raise NotFound("Workflow not found")
+    return rows[0]
+
+
+async def list_workflow_choices() -> list[WorkflowChoice]:
+    """Id, name and active flag of every workflow, by id (for pickers)."""
+    async with pool.connection() as con:
+        rows = await con.fetch("SELECT id, name, active FROM workflow ORDER BY id")
+    return [WorkflowChoice(id=row["id"], name=row["name"], active=row["active"]) for row in rows]
+
+
+async def list_workflow_ids() -> list[str]:
+    """Every workflow id, in order (the executions list's filter)."""
+    return [choice.id for choice in await list_workflow_choices()]
 
 
 async def get_runnable_workflow(workflow_id: str, key: AuthenticatedKey) -> RunnableWorkflow:
@@ -449,14 +293,14 @@ async def get_runnable_workflow(workflow_id: str, key: AuthenticatedKey) -> Runn
     return RunnableWorkflow(id=workflow_id, required_fields=tuple(row["required_fields"] or ()))
 
 
-def step_settings(definition: dict[str, Any], step_type: str) -> dict[str, Any]:
+def step_settings(definition: Definition, step_type: str) -> StepSettings:
     """The settings of the definition's first step of `step_type` ({} when it has none)."""
     for step in definition.get("steps", []):
         if step.get("type") == step_type:
-            settings: dict[str, Any] = step.get("settings", {})
+            settings: StepSettings = step.get("settings", {})
             return settings
     return {}
 
 
-def approval_settings(definition: dict[str, Any]) -> dict[str, Any]:
+def approval_settings(definition: Definition) -> StepSettings:
     return step_settings(definition, "approval")
