@@ -17,7 +17,7 @@ import httpx
 from arq.connections import ArqRedis
 
 from web.domain import clock, executions, queue
-from web.domain.errors import UNAVAILABLE_ERRORS
+from web.domain.errors import is_unavailable
 from web.domain.executions import Claim
 from web.domain.statuses import ApprovalStatus
 from web.settings import Settings
@@ -45,13 +45,18 @@ async def _queue_events(redis: ArqRedis, events: list[UUID] | None) -> None:
     for event_id in events or []:
         try:
             await queue.enqueue_webhook(redis, event_id)
-        except UNAVAILABLE_ERRORS:
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
             logger.warning("could not queue webhook event %s now; the reconciler will", event_id)
 
 
 async def run_execution(
     execution_id: UUID, settings: Settings, http: httpx.AsyncClient, redis: ArqRedis
 ) -> RunOutcome:
+    """Run the execution's remaining steps, if no other worker holds it. Raises what
+    web.domain.errors.is_unavailable accepts (PostgreSQL or Redis is down), for the job to be
+    tried again; any other error of a step fails the execution with a readable message."""
     claim = await executions.claim(execution_id, uuid4(), settings.execution_lease_seconds)
     if claim is None:
         return await _not_claimed(execution_id)
@@ -67,10 +72,9 @@ async def run_execution(
     except LeaseLost:
         logger.warning("execution %s: lease lost at step %s, stopping", execution_id, run.index)
         return RunOutcome("lease_lost")
-    except UNAVAILABLE_ERRORS:
-        # PostgreSQL or Redis went away: leave the run to a retry, from the last saved step.
-        raise
     except Exception as exc:
+        if is_unavailable(exc):
+            raise  # PostgreSQL or Redis went away: leave the run to a retry, from the saved step
         return await run.fail(exc)
 
 
@@ -156,7 +160,8 @@ class _Run:
         """End the execution `failed`, naming the step and what went wrong."""
         index = self.index
         name = _step_name(self.steps[index], index) if index < len(self.steps) else "completion"
-        message = f"Step {index + 1} ({name}) failed: {exc}"
+        # An exception without a message (a bare TimeoutError) is named by its class instead.
+        message = f"Step {index + 1} ({name}) failed: {str(exc) or type(exc).__name__}"
         logger.warning("execution %s failed: %s", self.claim.id, message)
         await _queue_events(self.redis, await executions.fail(self.claim, message))
         return RunOutcome("failed")
