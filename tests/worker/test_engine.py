@@ -94,9 +94,8 @@ async def test_running_a_finished_execution_again_changes_nothing(
     await run_worker()
     before = await execution_row(execution_id)
 
-    outcome = await engine.run_execution(
-        UUID(execution_id), get_settings(), httpx.AsyncClient(), redis
-    )
+    async with httpx.AsyncClient() as http:
+        outcome = await engine.run_execution(UUID(execution_id), get_settings(), http, redis)
 
     assert outcome.state == "nothing to do (completed)"
     assert await execution_row(execution_id) == before
@@ -109,9 +108,8 @@ async def test_a_run_waiting_for_approval_is_not_resumed_by_a_stray_job(
     execution_id = await start(client, api_key, csv_data=rows(1))
     await run_worker()
 
-    outcome = await engine.run_execution(
-        UUID(execution_id), get_settings(), httpx.AsyncClient(), redis
-    )
+    async with httpx.AsyncClient() as http:
+        outcome = await engine.run_execution(UUID(execution_id), get_settings(), http, redis)
 
     assert outcome.state == "nothing to do (pending_approval)"
     assert (await execution_row(execution_id))["status"] == "pending_approval"
@@ -124,7 +122,8 @@ async def test_a_second_worker_waits_while_the_first_holds_the_lease(
     first = await executions.claim(execution_id, uuid4(), lease_seconds=30)
     assert first is not None and first.was_pending
 
-    outcome = await engine.run_execution(execution_id, get_settings(), httpx.AsyncClient(), redis)
+    async with httpx.AsyncClient() as http:
+        outcome = await engine.run_execution(execution_id, get_settings(), http, redis)
 
     assert outcome.state == "busy"
     assert outcome.retry_after is not None and 25 < outcome.retry_after <= 30
