@@ -21,7 +21,7 @@ from web.settings import Settings
 
 
 @dataclass(frozen=True)
-class Outcome:
+class DeliveryOutcome:
     """`retry_in` seconds when the event should be tried again; `next_event` to queue after a
     finished one (events of an execution go out in order)."""
 
@@ -57,23 +57,48 @@ async def _refusal(url: str, settings: Settings) -> str | None:
     return None
 
 
+# What one POST came to: the receiver's status and the start of its answer, or why none.
+_Answer = tuple[int | None, str | None, str | None]  # (status, error, body)
+
+
 async def _attempt(
     http: httpx.AsyncClient, delivery: Delivery, settings: Settings
 ) -> AttemptResult:
+    """One POST of the event, timed, as the attempt to record."""
     url = delivery.url or ""
     started = time.monotonic()
+    status, error, body = await _post(http, delivery, url, settings)
+    elapsed = int((time.monotonic() - started) * 1000)
+    return AttemptResult(url, status, elapsed, error, body)
 
-    def result(status: int | None, error: str | None, body: str | None) -> AttemptResult:
-        elapsed = int((time.monotonic() - started) * 1000)
-        return AttemptResult(url, status, elapsed, error, body)
 
+async def _post(
+    http: httpx.AsyncClient, delivery: Delivery, url: str, settings: Settings
+) -> _Answer:
     if not url:
-        return result(None, "No webhook URL is configured for this API key", None)
+        return None, "No webhook URL is configured for this API key", None
     refusal = await _refusal(url, settings)
     if refusal:
-        return result(None, refusal, None)
+        return None, refusal, None
     body = delivery.payload.encode()
-    headers = webhooks.delivery_headers(
+    try:
+        async with http.stream(
+            "POST",
+            url,
+            content=body,
+            headers=_signed_headers(delivery, body),
+            timeout=settings.webhook_timeout_seconds,
+            follow_redirects=False,
+        ) as response:
+            return response.status_code, None, await _start_of_body(response)
+    except httpx.TimeoutException:
+        return None, f"Timed out after {settings.webhook_timeout_seconds:g} s", None
+    except httpx.HTTPError as exc:
+        return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, None
+
+
+def _signed_headers(delivery: Delivery, body: bytes) -> dict[str, str]:
+    return webhooks.delivery_headers(
         delivery.event,
         str(delivery.execution_id),
         str(delivery.event_id),
@@ -81,43 +106,31 @@ async def _attempt(
         delivery.secret,
         int(time.time()),
     )
-    try:
-        async with http.stream(
-            "POST",
-            url,
-            content=body,
-            headers=headers,
-            timeout=settings.webhook_timeout_seconds,
-            follow_redirects=False,
-        ) as response:
-            received = b""
-            async for chunk in response.aiter_bytes():
-                received += chunk
-                if len(received) >= webhooks.RESPONSE_BODY_LIMIT:
-                    break
-            text = received[: webhooks.RESPONSE_BODY_LIMIT].decode("utf-8", "replace")
-            return result(response.status_code, None, text)
-    except httpx.TimeoutException:
-        return result(None, f"Timed out after {settings.webhook_timeout_seconds:g} s", None)
-    except httpx.HTTPError as exc:
-        return result(
-            None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, None
-        )
 
 
-async def deliver(http: httpx.AsyncClient, event_id: UUID, settings: Settings) -> Outcome:
+async def _start_of_body(response: httpx.Response) -> str:
+    """The receiver's answer up to RESPONSE_BODY_LIMIT bytes; the rest is never read."""
+    received = b""
+    async for chunk in response.aiter_bytes():
+        received += chunk
+        if len(received) >= webhooks.RESPONSE_BODY_LIMIT:
+            break
+    return received[: webhooks.RESPONSE_BODY_LIMIT].decode("utf-8", "replace")
+
+
+async def deliver(http: httpx.AsyncClient, event_id: UUID, settings: Settings) -> DeliveryOutcome:
     """One attempt at `event_id`. Attempts 1..n+1 follow settings.webhook_retry_delays (n of
     them); after the last, the event is given up as failed."""
     delivery = await webhooks.load_delivery(event_id)
     if delivery is None or delivery.status != "pending":
-        return Outcome("nothing to do")
+        return DeliveryOutcome("nothing to do")
     result = await _attempt(http, delivery, settings)
     delays = settings.webhook_retry_delays
     attempt = delivery.attempts + 1  # in this delivery cycle
     final = result.ok or attempt > len(delays)
     next_event = await webhooks.record_attempt(delivery, result, final=final)
     if result.ok:
-        return Outcome("delivered", next_event=next_event)
+        return DeliveryOutcome("delivered", next_event=next_event)
     if final:
-        return Outcome("failed", next_event=next_event)
-    return Outcome("retry", retry_in=delays[attempt - 1])
+        return DeliveryOutcome("failed", next_event=next_event)
+    return DeliveryOutcome("retry", retry_in=delays[attempt - 1])

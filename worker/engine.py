@@ -17,16 +17,18 @@ import httpx
 from arq.connections import ArqRedis
 
 from web.domain import clock, executions, queue
-from web.domain.errors import UNAVAILABLE_ERRORS
+from web.domain.errors import is_unavailable
+from web.domain.executions import Claim
 from web.domain.statuses import ApprovalStatus
 from web.settings import Settings
-from worker.steps import LeaseLost, StepContext, StepError, runners
+from worker.steps import RUNNERS
+from worker.steps.context import LeaseLost, StepContext, StepError
 
 logger = logging.getLogger("flowgate.engine")
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RunOutcome:
     """What a run ended with. `retry_after` is set when another worker holds the lease."""
 
     state: str
@@ -43,83 +45,123 @@ async def _queue_events(redis: ArqRedis, events: list[UUID] | None) -> None:
     for event_id in events or []:
         try:
             await queue.enqueue_webhook(redis, event_id)
-        except UNAVAILABLE_ERRORS:
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
             logger.warning("could not queue webhook event %s now; the reconciler will", event_id)
 
 
 async def run_execution(
     execution_id: UUID, settings: Settings, http: httpx.AsyncClient, redis: ArqRedis
-) -> Outcome:
-    lease = settings.execution_lease_seconds
-    claim = await executions.claim(execution_id, uuid4(), lease)
+) -> RunOutcome:
+    """Run the execution's remaining steps, if no other worker holds it. Raises what
+    web.domain.errors.is_unavailable accepts (PostgreSQL or Redis is down), for the job to be
+    tried again; any other error of a step fails the execution with a readable message."""
+    claim = await executions.claim(execution_id, uuid4(), settings.execution_lease_seconds)
     if claim is None:
-        status = await executions.status_of(execution_id)
-        if status in ("pending", "running"):
-            return Outcome("busy", retry_after=await executions.lease_remaining(execution_id))
-        return Outcome(f"nothing to do ({status or 'missing'})")
+        return await _not_claimed(execution_id)
     await _queue_events(redis, claim.events)
-
-    async def renew() -> None:
-        if not await executions.renew_lease(claim, lease):
-            raise LeaseLost
-
-    steps: list[dict[str, Any]] = claim.definition.get("steps", [])
-    step_runners = runners()
-    index = claim.current_step
+    run = _Run(claim, settings, http, redis)
     try:
-        while index < len(steps):
-            step = steps[index]
-            name = _step_name(step, index)
-            kind = step.get("type")
-            summary: dict[str, Any]
-            if kind == "approval":
-                if claim.approval_status != ApprovalStatus.APPROVED:
-                    await _queue_events(redis, await executions.pause_for_approval(claim, index))
-                    logger.info("execution %s waits for approval", execution_id)
-                    return Outcome("pending_approval")
-                summary = {"decision": "approved"}
-            elif kind in step_runners:
-                await renew()
-                context = StepContext(
-                    execution_id=execution_id,
-                    index=index,
-                    name=name,
-                    settings=step.get("settings", {}),
-                    app=settings,
-                    http=http,
-                    renew_lease=renew,
-                )
-                summary = await step_runners[kind](context)
-            else:
-                raise StepError(f"unknown step type {kind!r}")
-            result = {
-                "index": index,
-                "name": name,
-                "type": kind,
-                "outcome": "completed",
-                "finishedAt": clock.iso(clock.now()),
-                **summary,
-            }
-            if not await executions.finish_step(claim, index, result, lease):
-                raise LeaseLost
-            index += 1
-        await _queue_events(redis, await executions.complete(claim))
-        logger.info("execution %s completed", execution_id)
-        return Outcome("completed")
+        return await run.remaining_steps()
     except asyncio.CancelledError:
         # The worker is stopping (SIGTERM past its grace time) or the job timed out: give the
         # lease back so the re-queued job resumes at once, from the last saved step.
         await asyncio.shield(executions.release(claim))
         raise
     except LeaseLost:
-        logger.warning("execution %s: lease lost at step %s, stopping", execution_id, index)
-        return Outcome("lease_lost")
-    except UNAVAILABLE_ERRORS:
-        # PostgreSQL or Redis went away: leave the run to a retry, from the last saved step.
-        raise
+        logger.warning("execution %s: lease lost at step %s, stopping", execution_id, run.index)
+        return RunOutcome("lease_lost")
     except Exception as exc:
-        name = _step_name(steps[index], index) if index < len(steps) else "completion"
-        message = f"Step {index + 1} ({name}) failed: {exc}"
-        logger.warning("execution %s failed: %s", execution_id, message)
-        await _queue_events(redis, await executions.fail(claim, message))
-        return Outcome("failed")
+        if is_unavailable(exc):
+            raise  # PostgreSQL or Redis went away: leave the run to a retry, from the saved step
+        return await run.fail(exc)
+
+
+async def _not_claimed(execution_id: UUID) -> RunOutcome:
+    status = await executions.status_of(execution_id)
+    if status in ("pending", "running"):
+        return RunOutcome("busy", retry_after=await executions.lease_remaining(execution_id))
+    return RunOutcome(f"nothing to do ({status or 'missing'})")
+
+
+class _Run:
+    """One worker's pass over an execution it holds the lease of, from `claim.current_step`."""
+
+    def __init__(
+        self, claim: Claim, settings: Settings, http: httpx.AsyncClient, redis: ArqRedis
+    ) -> None:
+        self.claim = claim
+        self.settings = settings
+        self.http = http
+        self.redis = redis
+        self.steps: list[dict[str, Any]] = claim.definition.get("steps", [])
+        self.index = claim.current_step
+
+    async def remaining_steps(self) -> RunOutcome:
+        while self.index < len(self.steps):
+            summary = await self._run_step(self.steps[self.index])
+            if summary is None:
+                return await self._pause_for_approval()
+            await self._save_step(summary)
+            self.index += 1
+        await _queue_events(self.redis, await executions.complete(self.claim))
+        logger.info("execution %s completed", self.claim.id)
+        return RunOutcome("completed")
+
+    async def _run_step(self, step: dict[str, Any]) -> dict[str, Any] | None:
+        """The step's summary, or None at an approval step not approved yet."""
+        kind = step.get("type")
+        if kind == "approval":
+            if self.claim.approval_status != ApprovalStatus.APPROVED:
+                return None
+            return {"decision": "approved"}
+        runner = RUNNERS.get(kind) if isinstance(kind, str) else None
+        if runner is None:
+            raise StepError(f"unknown step type {kind!r}")
+        await self.renew_lease()
+        return await runner(
+            StepContext(
+                execution_id=self.claim.id,
+                index=self.index,
+                name=_step_name(step, self.index),
+                step_settings=step.get("settings", {}),
+                process_settings=self.settings,
+                http=self.http,
+                renew_lease=self.renew_lease,
+            )
+        )
+
+    async def renew_lease(self) -> None:
+        if not await executions.renew_lease(self.claim, self.settings.execution_lease_seconds):
+            raise LeaseLost
+
+    async def _save_step(self, summary: dict[str, Any]) -> None:
+        step = self.steps[self.index]
+        result = {
+            "index": self.index,
+            "name": _step_name(step, self.index),
+            "type": step.get("type"),
+            "outcome": "completed",
+            "finishedAt": clock.iso(clock.now()),
+            **summary,
+        }
+        if not await executions.finish_step(
+            self.claim, self.index, result, self.settings.execution_lease_seconds
+        ):
+            raise LeaseLost
+
+    async def _pause_for_approval(self) -> RunOutcome:
+        await _queue_events(self.redis, await executions.pause_for_approval(self.claim, self.index))
+        logger.info("execution %s waits for approval", self.claim.id)
+        return RunOutcome("pending_approval")
+
+    async def fail(self, exc: Exception) -> RunOutcome:
+        """End the execution `failed`, naming the step and what went wrong."""
+        index = self.index
+        name = _step_name(self.steps[index], index) if index < len(self.steps) else "completion"
+        # An exception without a message (a bare TimeoutError) is named by its class instead.
+        message = f"Step {index + 1} ({name}) failed: {str(exc) or type(exc).__name__}"
+        logger.warning("execution %s failed: %s", self.claim.id, message)
+        await _queue_events(self.redis, await executions.fail(self.claim, message))
+        return RunOutcome("failed")

@@ -10,7 +10,7 @@ from uuid import UUID
 from arq import Retry
 
 from web.domain import queue, recovery
-from web.domain.errors import UNAVAILABLE_ERRORS
+from web.domain.errors import is_unavailable
 from worker import delivery, engine
 
 logger = logging.getLogger("flowgate.jobs")
@@ -19,7 +19,8 @@ TRANSIENT_RETRY_DELAYS = (1, 2, 5, 10, 20, 30, 60, 60, 60)
 
 
 def _retry_later(ctx: dict[str, Any]) -> Retry:
-    """PostgreSQL or Redis is unreachable: try the job again later, backing off."""
+    """PostgreSQL or Redis is unreachable: try the job again later, backing off. Only then: any
+    other error ends the job (the engine has already failed the execution for a step's own)."""
     delays = TRANSIENT_RETRY_DELAYS
     return Retry(defer=delays[min(ctx["job_try"], len(delays)) - 1])
 
@@ -29,7 +30,9 @@ async def run_execution(ctx: dict[str, Any], execution_id: str) -> dict[str, Any
         outcome = await engine.run_execution(
             UUID(execution_id), ctx["settings"], ctx["http"], ctx["redis"]
         )
-    except UNAVAILABLE_ERRORS as exc:
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
         raise _retry_later(ctx) from exc
     if outcome.retry_after is not None:
         # Another worker holds the lease: look again once it would have expired.
@@ -40,7 +43,9 @@ async def run_execution(ctx: dict[str, Any], execution_id: str) -> dict[str, Any
 async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
     try:
         outcome = await delivery.deliver(ctx["http"], UUID(event_id), ctx["settings"])
-    except UNAVAILABLE_ERRORS as exc:
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
         raise _retry_later(ctx) from exc
     if outcome.retry_in is not None:
         raise Retry(defer=outcome.retry_in)

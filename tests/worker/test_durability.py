@@ -16,7 +16,8 @@ from arq.connections import ArqRedis
 from tests.factories import PUBLIC, auth, execution_row, rows, start
 from web.domain import queue
 from web.domain.tables import ExecutionRow, SandboxMessage
-from worker.providers.sandbox import OutgoingMessage, SandboxMessenger
+from worker.providers.sandbox import SandboxMessenger
+from worker.providers.types import OutgoingMessage
 
 
 async def _sent_rows(execution_id: str) -> int:

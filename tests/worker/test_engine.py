@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import socket
+from typing import Any
 from uuid import UUID, uuid4
 
+import asyncpg
 import httpx
 import pytest
+from arq import Retry
 from arq.connections import ArqRedis
 
 from tests.factories import PUBLIC, auth, execution_row, row_states, rows, start
-from web.domain import executions, queue
+from web.domain import executions, queue, recovery
 from web.domain.tables import SandboxMessage, Workflow
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 from web.settings import get_settings
-from worker import engine
+from worker import engine, jobs
 from worker.settings import WorkerSettings
+from worker.steps import RUNNERS
+from worker.steps.context import StepContext, StepRunner
 
 
 def test_every_job_name_in_the_queue_is_registered_in_the_worker() -> None:
@@ -87,9 +94,8 @@ async def test_running_a_finished_execution_again_changes_nothing(
     await run_worker()
     before = await execution_row(execution_id)
 
-    outcome = await engine.run_execution(
-        UUID(execution_id), get_settings(), httpx.AsyncClient(), redis
-    )
+    async with httpx.AsyncClient() as http:
+        outcome = await engine.run_execution(UUID(execution_id), get_settings(), http, redis)
 
     assert outcome.state == "nothing to do (completed)"
     assert await execution_row(execution_id) == before
@@ -102,9 +108,8 @@ async def test_a_run_waiting_for_approval_is_not_resumed_by_a_stray_job(
     execution_id = await start(client, api_key, csv_data=rows(1))
     await run_worker()
 
-    outcome = await engine.run_execution(
-        UUID(execution_id), get_settings(), httpx.AsyncClient(), redis
-    )
+    async with httpx.AsyncClient() as http:
+        outcome = await engine.run_execution(UUID(execution_id), get_settings(), http, redis)
 
     assert outcome.state == "nothing to do (pending_approval)"
     assert (await execution_row(execution_id))["status"] == "pending_approval"
@@ -118,7 +123,8 @@ async def test_a_second_worker_waits_while_the_first_holds_the_lease(
     assert first is not None
     assert (await execution_row(execution_id))["status"] == "running"  # it was pending
 
-    outcome = await engine.run_execution(execution_id, get_settings(), httpx.AsyncClient(), redis)
+    async with httpx.AsyncClient() as http:
+        outcome = await engine.run_execution(execution_id, get_settings(), http, redis)
 
     assert outcome.state == "busy"
     assert outcome.retry_after is not None and 25 < outcome.retry_after <= 30
@@ -163,3 +169,90 @@ async def test_status_moves_pending_running_pending_approval_running_completed(
     assert stored["status"] == "completed"
     assert stored["output"]["successCount"] == rows_count
     assert len(stored["output"]["results"]) == rows_count
+
+
+def _refused_port() -> int:
+    """A local port nothing listens on (bound, then closed)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def _read_a_missing_file(ctx: StepContext) -> dict[str, Any]:
+    with open("/nonexistent/flowgate/template.txt") as missing:
+        return {"read": len(missing.read())}
+
+
+async def _call_a_refusing_port_raw(ctx: StepContext) -> dict[str, Any]:
+    await asyncio.open_connection("127.0.0.1", REFUSED_PORT)
+    return {}
+
+
+async def _time_out(ctx: StepContext) -> dict[str, Any]:
+    async with asyncio.timeout(0.01):
+        await asyncio.sleep(5)
+    return {}
+
+
+REFUSED_PORT = _refused_port()
+
+
+@pytest.mark.parametrize(
+    ("step", "error"),
+    [
+        (
+            _read_a_missing_file,
+            "[Errno 2] No such file or directory: '/nonexistent/flowgate/template.txt'",
+        ),
+        (
+            _call_a_refusing_port_raw,
+            f"[Errno 111] Connect call failed ('127.0.0.1', {REFUSED_PORT})",
+        ),
+        (_time_out, "TimeoutError"),
+    ],
+    ids=["FileNotFoundError", "ConnectionRefusedError", "TimeoutError"],
+)
+async def test_a_step_whose_own_code_raises_oserror_fails_the_execution_and_is_not_queued_again(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker,
+    redis: ArqRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    step: StepRunner,
+    error: str,
+) -> None:
+    # OSError and TimeoutError are "PostgreSQL or Redis is down" only when the database or Redis
+    # client raised them; a step's own are its failure, not a reason to retry for ever.
+    monkeypatch.setitem(RUNNERS, "generate_content", step)
+    execution_id = await start(client, api_key, csv_data=rows(2))
+
+    async with asyncio.timeout(60):  # retried as an outage, the job would back off for minutes
+        await run_worker()
+
+    status = (
+        await client.get(f"{PUBLIC}/executions/{execution_id}/status", headers=auth(api_key))
+    ).json()
+    assert status["status"] == "failed"
+    assert status["error"] == f"Step 1 (Generate personalised message) failed: {error}"
+    assert await redis.zcard("arq:queue") == 0
+    requeued = await recovery.requeue_stalled(redis, stalled_after=0)
+    assert requeued.executions == []
+
+
+async def test_a_database_that_cannot_be_reached_from_a_step_leaves_the_run_to_a_retry(
+    client: httpx.AsyncClient, api_key: str, redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def reach_a_database_that_is_down(ctx: StepContext) -> dict[str, Any]:
+        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{REFUSED_PORT}/flowgate")
+        return {}
+
+    monkeypatch.setitem(RUNNERS, "generate_content", reach_a_database_that_is_down)
+    execution_id = await start(client, api_key, csv_data=rows(1))
+
+    async with httpx.AsyncClient() as http:
+        context = {"settings": get_settings(), "http": http, "redis": redis, "job_try": 1}
+        with pytest.raises(Retry):
+            await jobs.run_execution(context, execution_id)
+
+    stored = await execution_row(execution_id)
+    assert (stored["status"], stored["error"], stored["current_step"]) == ("running", None, 0)

@@ -9,10 +9,11 @@ from uuid import UUID, uuid4
 
 import httpx
 from arq.connections import ArqRedis
+from arq.constants import default_queue_name, job_key_prefix
 
 from tests.factories import create_key, execution_row, rows, start
 from tests.receiver import Receiver
-from web.domain import executions, recovery
+from web.domain import executions, queue, recovery
 from web.domain.tables import WebhookEvent
 from worker import jobs
 from worker.settings import WorkerSettings
@@ -66,14 +67,24 @@ async def test_queueing_again_is_idempotent_and_leaves_fresh_work_alone(
 
 
 async def test_the_reconciler_runs_every_minute_and_when_a_worker_starts(
-    redis: ArqRedis,
+    client: httpx.AsyncClient, redis: ArqRedis, run_worker: Any, api_key: str
 ) -> None:
     (job,) = WorkerSettings.cron_jobs
     assert job.coroutine is jobs.reconcile
     assert job.run_at_startup is True
     assert job.second == 0
+    execution_id = await start(client, api_key)
+    # Redis loses this one queued job (and nothing else).
+    job_id = queue.run_job_id(UUID(execution_id), 0)
+    assert await redis.zrem(default_queue_name, job_id) == 1
+    assert await redis.delete(job_key_prefix + job_id) == 1
+
     result = await jobs.reconcile({"redis": redis, "settings": _settings(0)})
-    assert result == {"executions": 0, "webhook_events": 0}
+
+    assert result == {"executions": 1, "webhook_events": 0}
+    assert await redis.zscore(default_queue_name, job_id) is not None
+    await run_worker()
+    assert (await execution_row(execution_id))["status"] == "pending_approval"
 
 
 def _settings(stalled_after: float) -> Any:

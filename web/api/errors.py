@@ -11,11 +11,11 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from web.domain.errors import (
-    UNAVAILABLE_ERRORS,
     UNSTORABLE_TEXT,
     UNSTORABLE_TEXT_ERRORS,
     DomainError,
     TooManyRequests,
+    is_unavailable,
 )
 
 logger = logging.getLogger("flowgate.api")
@@ -107,7 +107,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
         return error_response(400, NOT_UTF8)
     if isinstance(exc, UNSTORABLE_TEXT_ERRORS):
         return error_response(400, UNSTORABLE_TEXT)
-    if isinstance(exc, UNAVAILABLE_ERRORS):
+    if is_unavailable(exc):
         logger.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, exc)
         return error_response(
             503, "Service temporarily unavailable, please retry", headers={"Retry-After": "1"}

@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
-from web.domain import clock
 from web.domain.errors import Forbidden
 from web.domain.script_client import Script, ScriptClient, run_script
-from web.domain.tables import ApiKeyUsage
 
 USAGE_LIMIT_EXCEEDED = "API key usage limit exceeded"  # public-api.md, "403 Forbidden"
 # The check on api_key_usage (used <= monthly_limit) that refuses a count past the limit; the
@@ -190,15 +188,3 @@ class QuotaExceeded(Forbidden):
     def __init__(self, quota: QuotaState) -> None:
         super().__init__(USAGE_LIMIT_EXCEEDED)
         self.quota = quota
-
-
-async def quota_state(api_key_id: UUID, limit: int) -> QuotaState:
-    """This month's quota of a key, without counting anything."""
-    current = clock.now()
-    row = (
-        await ApiKeyUsage.select(ApiKeyUsage.used)
-        .where(ApiKeyUsage.api_key == api_key_id, ApiKeyUsage.month == month_of(current))
-        .first()
-    )
-    used = int(row["used"]) if row else 0
-    return QuotaState(limit=limit, used=used, resets_at=next_month_start(current))

@@ -14,11 +14,6 @@ class ExecutionStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-FINAL_STATUSES = frozenset(
-    {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED}
-)
-
-
 class ApprovalStatus(StrEnum):
     PENDING = "pending"
     APPROVED = "approved"

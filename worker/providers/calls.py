@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from worker.providers import ProviderError
+from worker.providers.types import ProviderError
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_RETRIES = 3

@@ -20,10 +20,16 @@ from uuid import UUID
 import httpx
 
 from web.domain.statuses import SendStatus
-from worker.providers import ProviderConfigError, ProviderError
+from worker.concurrency import map_bounded
 from worker.providers.calls import CallPolicy, error_text, post_json
-from worker.providers.messaging import OutgoingMessage, SendResult, send_each
 from worker.providers.secrets import read_secret, scrub
+from worker.providers.types import (
+    OutgoingMessage,
+    ProviderConfigError,
+    ProviderContext,
+    ProviderError,
+    SendResult,
+)
 
 
 class HttpGatewayMessenger:
@@ -44,6 +50,10 @@ class HttpGatewayMessenger:
         self._policy = CallPolicy.from_settings(settings)
         self.concurrency = self._policy.concurrency
 
+    @classmethod
+    def for_step(cls, settings: dict[str, Any], context: ProviderContext) -> HttpGatewayMessenger:
+        return cls(settings, context.http, context.execution_id)
+
     def request_body(self, message: OutgoingMessage) -> dict[str, Any]:
         return {
             "executionId": str(self._execution_id),
@@ -54,7 +64,7 @@ class HttpGatewayMessenger:
         }
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        return await send_each(messages, self.concurrency, self._send_one)
+        return await map_bounded(messages, self.concurrency, self._send_one)
 
     async def _send_one(self, message: OutgoingMessage) -> SendResult:
         try:
@@ -68,10 +78,12 @@ class HttpGatewayMessenger:
                 who="the gateway",
             )
         except ProviderError as exc:
-            return _failed(message, str(exc))
+            return SendResult.failed(message.row_id, str(exc))
         if response.status_code >= 300:
             text = scrub(error_text(response), self._token)
-            return _failed(message, f"the gateway answered {response.status_code}: {text}")
+            return SendResult.failed(
+                message.row_id, f"the gateway answered {response.status_code}: {text}"
+            )
         try:
             message_id = response.json()["messageId"]
         except (ValueError, KeyError, TypeError):
@@ -81,11 +93,7 @@ class HttpGatewayMessenger:
             or isinstance(message_id, bool)
             or message_id == ""
         ):
-            return _failed(
-                message, f"the gateway's answer has no messageId: {error_text(response)}"
+            return SendResult.failed(
+                message.row_id, f"the gateway's answer has no messageId: {error_text(response)}"
             )
         return SendResult(message.row_id, SendStatus.SENT, str(message_id))
-
-
-def _failed(message: OutgoingMessage, error: str) -> SendResult:
-    return SendResult(message.row_id, SendStatus.FAILED, None, error)

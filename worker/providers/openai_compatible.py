@@ -15,11 +15,10 @@ from typing import Any
 
 import httpx
 
-from worker.providers import ProviderError
 from worker.providers.calls import CallPolicy, error_text, post_json
-from worker.providers.content import Generated
 from worker.providers.secrets import read_secret, scrub
 from worker.providers.template import compile_template, render
+from worker.providers.types import Generated, ProviderContext, ProviderError
 
 
 class OpenAICompatibleProvider:
@@ -39,6 +38,12 @@ class OpenAICompatibleProvider:
         self._api_key = read_secret(settings, "api_key_env")
         self._policy = CallPolicy.from_settings(settings)
         self.concurrency = self._policy.concurrency
+
+    @classmethod
+    def for_step(
+        cls, settings: dict[str, Any], context: ProviderContext
+    ) -> OpenAICompatibleProvider:
+        return cls(settings, context.http)
 
     def request_body(self, row: dict[str, Any]) -> dict[str, Any]:
         messages = []

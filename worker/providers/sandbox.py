@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 from web.domain.statuses import SendStatus
 from web.domain.tables import SandboxMessage
-from worker.providers.messaging import OutgoingMessage, SendResult
-
-__all__ = ["OutgoingMessage", "SandboxMessenger", "SendResult"]
+from worker.providers.types import OutgoingMessage, ProviderContext, SendResult
 
 
 class SandboxMessenger:
@@ -23,6 +22,10 @@ class SandboxMessenger:
     def __init__(self, channel: str, delay_seconds: float = 0.0) -> None:
         self.channel = channel
         self.delay_seconds = delay_seconds
+
+    @classmethod
+    def for_step(cls, settings: dict[str, Any], context: ProviderContext) -> SandboxMessenger:
+        return cls(str(settings.get("channel", "whatsapp")), context.sandbox_delay_seconds)
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         if not messages:

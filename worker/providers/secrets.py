@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from worker.providers import ProviderConfigError
+from worker.providers.types import ProviderConfigError
 
 
 def read_secret(settings: dict[str, Any], setting: str) -> str:

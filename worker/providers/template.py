@@ -10,8 +10,7 @@ from jinja2 import Template, TemplateError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 
-from worker.providers import ProviderConfigError, ProviderError
-from worker.providers.content import Generated
+from worker.providers.types import Generated, ProviderConfigError, ProviderContext, ProviderError
 
 _env = SandboxedEnvironment(autoescape=False, keep_trailing_newline=False)
 
@@ -46,6 +45,10 @@ class TemplateProvider:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self._template = compile_template(settings, "template")
+
+    @classmethod
+    def for_step(cls, settings: dict[str, Any], context: ProviderContext) -> TemplateProvider:
+        return cls(settings)
 
     def render(self, row: dict[str, Any]) -> str:
         return render(self._template, row)

@@ -22,10 +22,16 @@ from typing import Any
 import httpx
 
 from web.domain.statuses import SendStatus
-from worker.providers import ProviderConfigError, ProviderError
+from worker.concurrency import map_bounded
 from worker.providers.calls import CallPolicy, error_text, post_json
-from worker.providers.messaging import OutgoingMessage, SendResult, send_each
 from worker.providers.secrets import read_secret, scrub
+from worker.providers.types import (
+    OutgoingMessage,
+    ProviderConfigError,
+    ProviderContext,
+    ProviderError,
+    SendResult,
+)
 
 DEFAULT_BASE_URL = "https://graph.facebook.com/v21.0"
 
@@ -44,6 +50,10 @@ class WhatsAppCloudMessenger:
         self._token = read_secret(settings, "access_token_env")
         self._policy = CallPolicy.from_settings(settings)
         self.concurrency = self._policy.concurrency
+
+    @classmethod
+    def for_step(cls, settings: dict[str, Any], context: ProviderContext) -> WhatsAppCloudMessenger:
+        return cls(settings, context.http)
 
     def request_body(self, message: OutgoingMessage) -> dict[str, Any]:
         """The Cloud API's message object for one row; ProviderError if it cannot be built."""
@@ -81,7 +91,7 @@ class WhatsAppCloudMessenger:
         return str(value)
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
-        return await send_each(messages, self.concurrency, self._send_one)
+        return await map_bounded(messages, self.concurrency, self._send_one)
 
     async def _send_one(self, message: OutgoingMessage) -> SendResult:
         try:
@@ -95,22 +105,19 @@ class WhatsAppCloudMessenger:
                 who="the WhatsApp Cloud API",
             )
         except ProviderError as exc:
-            return _failed(message, str(exc))
+            return SendResult.failed(message.row_id, str(exc))
         if response.status_code >= 400:
-            return _failed(message, scrub(_error(response), self._token))
+            return SendResult.failed(message.row_id, scrub(_error(response), self._token))
         try:
             message_id = response.json()["messages"][0]["id"]
         except (ValueError, KeyError, IndexError, TypeError):
             message_id = None
         if not isinstance(message_id, str) or not message_id:
-            return _failed(
-                message, f"the WhatsApp Cloud API answer has no message id: {error_text(response)}"
+            return SendResult.failed(
+                message.row_id,
+                f"the WhatsApp Cloud API answer has no message id: {error_text(response)}",
             )
         return SendResult(message.row_id, SendStatus.SENT, message_id)
-
-
-def _failed(message: OutgoingMessage, error: str) -> SendResult:
-    return SendResult(message.row_id, SendStatus.FAILED, None, error)
 
 
 def _error(response: httpx.Response) -> str:

@@ -7,14 +7,14 @@ from typing import Any
 
 from web.domain import compliance, execution_rows
 from web.domain.statuses import ComplianceStatus
-from worker.steps import StepContext
+from worker.steps.context import StepContext
 
 
 async def run(ctx: StepContext) -> dict[str, Any]:
     rows = await execution_rows.load(ctx.execution_id)
     items = []
     for row in rows:
-        verdict = compliance.check(ctx.settings, row.data, row.generated_content)
+        verdict = compliance.check(ctx.step_settings, row.data, row.generated_content)
         reasons = verdict.reasons
         if row.generated_content is None and row.error:
             # The provider's error first: it is why there is nothing to check.

@@ -8,15 +8,20 @@ fails on gets its error and no content (it then fails compliance); the run goes 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 from uuid import UUID
 
 from web.domain import execution_rows
 from web.domain.execution_rows import RowState
-from worker.providers import ProviderConfigError, ProviderError
-from worker.providers.content import ContentProvider, content_provider
-from worker.steps import StepContext, StepError, keeping_lease, run_all
+from worker.concurrency import map_bounded
+from worker.providers.content import content_provider
+from worker.providers.types import (
+    ContentProvider,
+    ProviderConfigError,
+    ProviderContext,
+    ProviderError,
+)
+from worker.steps.context import StepContext, StepError, keeping_lease
 
 Item = tuple[UUID, str | None, str | None, dict[str, Any] | None]
 
@@ -30,20 +35,17 @@ async def _generate(provider: ContentProvider, row: RowState) -> Item:
 
 
 async def _generate_remote(provider: ContentProvider, rows: list[RowState]) -> list[Item]:
-    limit = asyncio.Semaphore(provider.concurrency)
-
     async def one(row: RowState) -> Item:
-        async with limit:
-            item = await _generate(provider, row)
-        await execution_rows.save_generated([item])
+        item = await _generate(provider, row)
+        await execution_rows.save_generated([item])  # at once: a re-run never pays for it again
         return item
 
-    return await run_all([one(row) for row in rows])
+    return await map_bounded(rows, provider.concurrency, one)
 
 
 async def run(ctx: StepContext) -> dict[str, Any]:
     try:
-        provider = content_provider(ctx.settings, ctx.http)
+        provider = content_provider(ctx.step_settings, ProviderContext(ctx.http, ctx.execution_id))
     except ProviderConfigError as exc:
         raise StepError(str(exc)) from exc
     rows = [r for r in await execution_rows.load(ctx.execution_id) if r.generated_content is None]

@@ -15,16 +15,22 @@ free of duplicates depends on the provider (worker.providers.messaging):
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 from uuid import UUID
 
 from web.domain import execution_rows
 from web.domain.execution_rows import RowState
 from web.domain.statuses import ComplianceStatus, RowDecision, SendStatus
-from worker.providers import ProviderConfigError
-from worker.providers.messaging import Messenger, OutgoingMessage, SendResult, messenger
-from worker.steps import StepContext, StepError, keeping_lease, run_all
+from worker.concurrency import map_bounded
+from worker.providers.messaging import messenger
+from worker.providers.types import (
+    Messenger,
+    OutgoingMessage,
+    ProviderConfigError,
+    ProviderContext,
+    SendResult,
+)
+from worker.steps.context import StepContext, StepError, keeping_lease
 
 DEFAULT_BATCH_SIZE = 25
 
@@ -61,37 +67,32 @@ async def _send_in_batches(
 
 
 async def _send_each_once(provider: Messenger, to_send: list[OutgoingMessage]) -> list[SendResult]:
-    limit = asyncio.Semaphore(provider.concurrency)
-
     async def one(message: OutgoingMessage) -> SendResult | None:
-        async with limit:
-            if not await execution_rows.mark_sending(message.row_id):
-                return None  # no longer unsent: another worker has it
-            try:
-                (result,) = await provider.send([message])
-            except Exception as exc:  # a provider bug: this row's fate is unknown, not retried
-                result = SendResult(
-                    message.row_id, SendStatus.FAILED, None, f"Delivery state unknown: {exc}"
-                )
-            await _save([result])
-            return result
+        if not await execution_rows.mark_sending(message.row_id):
+            return None  # no longer unsent: another worker has it
+        try:
+            (result,) = await provider.send([message])
+        except Exception as exc:  # a provider bug: this row's fate is unknown, not retried
+            result = SendResult.failed(message.row_id, f"Delivery state unknown: {exc}")
+        await _save([result])
+        return result
 
-    outcomes = await run_all([one(message) for message in to_send])
+    outcomes = await map_bounded(to_send, provider.concurrency, one)
     return [result for result in outcomes if result is not None]
 
 
 async def run(ctx: StepContext) -> dict[str, Any]:
     try:
         provider = messenger(
-            ctx.settings,
-            http=ctx.http,
-            execution_id=ctx.execution_id,
-            sandbox_delay_seconds=ctx.app.sandbox_send_delay_seconds,
+            ctx.step_settings,
+            ProviderContext(
+                ctx.http, ctx.execution_id, ctx.process_settings.sandbox_send_delay_seconds
+            ),
         )
     except ProviderConfigError as exc:
         raise StepError(str(exc)) from exc
-    to_field = str(ctx.settings.get("to_field", "phone"))
-    batch_size = max(int(ctx.settings.get("batch_size", DEFAULT_BATCH_SIZE)), 1)
+    to_field = str(ctx.step_settings.get("to_field", "phone"))
+    batch_size = max(int(ctx.step_settings.get("batch_size", DEFAULT_BATCH_SIZE)), 1)
 
     unknown = 0
     if not provider.resend_safe:

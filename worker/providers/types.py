@@ -1,0 +1,107 @@
+"""The types every provider and the steps that use them share: the two provider errors, what a
+content provider and a messenger look like, what they take and return, and what they may use
+besides their settings. Imports no other module of worker/, so any of them can import it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from uuid import UUID
+
+import httpx
+
+from web.domain.statuses import SendStatus
+
+
+class ProviderConfigError(ValueError):
+    """A provider cannot run with these settings (or a missing environment variable): the step,
+    and so the execution, fails with this message before any row is touched."""
+
+
+class ProviderError(Exception):
+    """One row failed at the provider (an error answer, a timeout): that row fails, the others
+    go on. The message is the provider's own, never a secret."""
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What a provider may use besides its step's settings."""
+
+    http: httpx.AsyncClient
+    execution_id: UUID
+    # The sandbox messenger's pause per message (FLOWGATE_SANDBOX_SEND_DELAY_SECONDS).
+    sandbox_delay_seconds: float = 0.0
+
+
+# --- content (`generate_content`) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Generated:
+    content: str
+    # The provider's token usage for this row (the chat-completions `usage` object), if any.
+    usage: dict[str, Any] | None = None
+
+
+class ContentProvider(Protocol):
+    # True when each row is a call over the network: rows are then generated `concurrency` at
+    # a time and each is saved as soon as it is done, so a re-run never pays for a row twice.
+    remote: bool
+    concurrency: int
+
+    async def generate(self, row: dict[str, Any]) -> Generated:
+        """The message for one row; ProviderError fails this row only."""
+        ...
+
+
+class ContentProviderClass(Protocol):
+    """A content provider class, as the registry of worker.providers.content holds it."""
+
+    def for_step(self, settings: dict[str, Any], context: ProviderContext) -> ContentProvider:
+        """The provider for a step's settings; ProviderConfigError if they cannot work."""
+        ...
+
+
+# --- messaging (`send_message`) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    row_id: UUID
+    recipient: str
+    body: str
+    # The row's input fields (the `http` provider forwards them; `customerId` among them).
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SendResult:
+    row_id: UUID
+    status: SendStatus
+    message_id: str | None
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, row_id: UUID, error: str) -> SendResult:
+        return cls(row_id, SendStatus.FAILED, None, error)
+
+
+class Messenger(Protocol):
+    # True when sending a row twice cannot deliver it twice (the provider deduplicates per row).
+    resend_safe: bool
+    # How many messages may be in flight at once.
+    concurrency: int
+
+    async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
+        """One result per message, in order: `sent` with the provider's message id, or
+        `failed` with the provider's error. Never raises for one message's failure."""
+        ...
+
+
+class MessengerClass(Protocol):
+    """A messenger class, as the registry of worker.providers.messaging holds it."""
+
+    def for_step(self, settings: dict[str, Any], context: ProviderContext) -> Messenger:
+        """The messenger for a step's settings; ProviderConfigError if they cannot work."""
+        ...
