@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,7 +36,7 @@ from web.domain import queue
 from web.domain.pool import start_pool
 from web.domain.script_client import ScriptClient
 from web.logs import configure_logging
-from web.settings import Settings, get_settings
+from web.settings import Settings, get_settings, secret_key_is_set
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_API_PATH = "/api/v1/public"
@@ -107,6 +108,10 @@ def _by_path(api_handler: Any, page_handler: Any) -> Any:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    if not secret_key_is_set():
+        logging.getLogger("flowgate.settings").warning(
+            "FLOWGATE_SECRET_KEY is not set: using a random key for this process only"
+        )
     template_config = TemplateConfig(
         directory=ROOT / "templates",
         engine=JinjaTemplateEngine,
