@@ -1,12 +1,13 @@
 # The README's commands. Every target that needs services starts them (or reuses running ones)
-# through scripts/services.sh, which honours DATABASE_URL / REDIS_URL when they are set.
+# through scripts/services.sh, which honours DATABASE_URL / REDIS_URL when they are set and
+# writes what it uses to .dev/env (read by run.sh and by the flowgate command).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SERVICES = eval "$$(scripts/services.sh up)"
 
-.PHONY: install upgrade audit run test lint bench bench-cpu soak stop clean
+.PHONY: install upgrade audit run logs test lint bench bench-cpu soak stop clean
 
 # Dependencies come from uv.lock (exact versions and hashes, runtime and dev), never from the
 # ranges in pyproject.toml, which stay for people who install flowgate as a package. uv itself
@@ -39,6 +40,11 @@ audit: install
 
 run: install
 	@$(SERVICES) && scripts/run.sh
+
+# The web server's and the worker's logs of `make run` (JSON lines), as they come.
+logs:
+	@mkdir -p .dev/logs && touch .dev/logs/web.log .dev/logs/worker.log
+	tail -n 50 -F .dev/logs/web.log .dev/logs/worker.log
 
 lint: install
 	$(UV) lock --check --quiet

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Bring up (or reuse) the PostgreSQL and Redis this checkout needs, and stop them again.
 #
-#   scripts/services.sh up     # prints `export DATABASE_URL=… REDIS_URL=…` lines for eval
+#   scripts/services.sh up     # prints `export DATABASE_URL=… REDIS_URL=…` lines for eval,
+#                              # and writes them with the local settings to .dev/env
 #   scripts/services.sh down   # stops only what this script started
 #
 # DATABASE_URL / REDIS_URL that already reach a running server are used as they are.
@@ -112,8 +113,29 @@ up() {
         start_redis
         redis_url="redis://127.0.0.1:$redis_port/0"
     fi
+    write_env "$db_url" "$redis_url"
     echo "export DATABASE_URL='$db_url'"
     echo "export REDIS_URL='$redis_url'"
+}
+
+# .dev/env: this checkout's settings, for every process of it: `make run`'s children, and the
+# `flowgate` command in any other shell of the checkout (web/settings.py apply_dev_env reads it
+# for what the environment does not set). Local development talks to webhook receivers on this
+# machine over http. One secret key for every process (CSRF tokens), kept across restarts.
+write_env() {  # write_env DATABASE_URL REDIS_URL
+    if [ ! -s "$dev/secret-key" ]; then
+        (umask 077 && "$python" -c 'import secrets; print(secrets.token_hex(32))' >"$dev/secret-key")
+    fi
+    (umask 077 && cat >"$dev/env.tmp" <<ENV
+# Written by scripts/services.sh up (make run): this checkout's services and local settings.
+# The environment wins over every line; a deployment has no .dev/ and never reads this.
+DATABASE_URL='$1'
+REDIS_URL='$2'
+FLOWGATE_SECRET_KEY='$(cat "$dev/secret-key")'
+FLOWGATE_WEBHOOK_ALLOW_HTTP='true'
+FLOWGATE_WEBHOOK_ALLOW_PRIVATE='true'
+ENV
+    ) && mv "$dev/env.tmp" "$dev/env"
 }
 
 down() {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,11 +12,12 @@ from typing import Any
 from arq.connections import ArqRedis
 from litestar import Litestar, Request, Response, Router, get
 from litestar.config.csrf import CSRFConfig
-from litestar.datastructures import State
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.middleware.session.server_side import ServerSideSessionConfig
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.flash import FlashConfig, FlashPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
@@ -35,10 +37,14 @@ from web.domain import queue
 from web.domain.pool import start_pool
 from web.domain.script_client import ScriptClient
 from web.logs import configure_logging
-from web.settings import Settings, get_settings
+from web.settings import Settings, get_settings, secret_key_is_set
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_API_PATH = "/api/v1/public"
+# The /schema viewer's files, vendored from the npm package (static/vendor/README.md): the page
+# works without internet.
+SWAGGER_UI = "/static/vendor/swagger-ui-dist-5.35.0"
+FAVICON = ROOT / "static" / "favicon.ico"
 
 
 @asynccontextmanager
@@ -93,6 +99,28 @@ async def index() -> Redirect:
     return Redirect("/dashboard", status_code=303)
 
 
+@get(
+    "/favicon.ico",
+    include_in_schema=False,
+    cache_control=CacheControlHeader(max_age=86400, public=True),
+    sync_to_thread=False,
+)
+def favicon() -> Response[bytes]:
+    """Browsers ask for it on every page (the pages also link static/favicon.svg)."""
+    return Response(FAVICON.read_bytes(), media_type="image/x-icon")
+
+
+def schema_viewer() -> SwaggerRenderPlugin:
+    """Swagger UI at /schema, from static/vendor/ rather than a CDN."""
+    return SwaggerRenderPlugin(
+        path="/",
+        js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
+        css_url=f"{SWAGGER_UI}/swagger-ui.css",
+        standalone_preset_js_url=f"{SWAGGER_UI}/swagger-ui-standalone-preset.js",
+        favicon="<link rel='icon' type='image/svg+xml' href='/static/favicon.svg'>",
+    )
+
+
 def _by_path(api_handler: Any, page_handler: Any) -> Any:
     """Errors under /dashboard are pages; everywhere else, the public API's JSON shape."""
 
@@ -107,6 +135,10 @@ def _by_path(api_handler: Any, page_handler: Any) -> Any:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     configure_logging(settings.log_level)
+    if not secret_key_is_set():
+        logging.getLogger("flowgate.settings").warning(
+            "FLOWGATE_SECRET_KEY is not set: using a random key for this process only"
+        )
     template_config = TemplateConfig(
         directory=ROOT / "templates",
         engine=JinjaTemplateEngine,
@@ -119,7 +151,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         secure=settings.cookie_secure,
         httponly=True,
         samesite="lax",
-        exclude=["^/api/", "^/static/", "^/schema", "^/health"],
+        exclude=["^/api/", "^/static/", "^/schema", "^/health", "^/favicon.ico"],
     )
     public_api = Router(
         path=PUBLIC_API_PATH,
@@ -132,6 +164,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             dashboard_router(),
             health,
             index,
+            favicon,
             create_static_files_router(path="/static", directories=[ROOT / "static"]),
         ],
         middleware=[sessions.middleware],
@@ -161,6 +194,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             title="flowgate public API",
             version="1.0.0",
             description="Run workflows (agents) with a human approval gate.",
+            render_plugins=[schema_viewer()],
         ),
     )
 

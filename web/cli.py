@@ -9,7 +9,8 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+import warnings
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,16 +20,14 @@ import msgspec
 
 os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
 
+from web import services
 from web.domain import api_keys, queue, users, webhooks, workflow_files, workflows
 from web.domain.errors import DomainError
-from web.settings import get_settings
+from web.settings import SettingsError, apply_dev_env, get_settings
 
 
-def _run(coro: Awaitable[int]) -> int:
-    async def main() -> int:
-        return await coro
-
-    return asyncio.run(main())
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
 
 
 def _datetime(value: str) -> datetime:
@@ -430,18 +429,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What `serve` and `worker` need before they start (the web app itself starts without Redis
+# and answers 503 until it is back); other commands find out on their first query.
+NEEDS = {"serve": ("PostgreSQL",), "worker": ("PostgreSQL", "Redis")}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Parse, read the settings (the environment, then the checkout's .dev/env), run the command.
+    A bad setting, or PostgreSQL/Redis out of reach, is one line on stderr and exit code 1."""
     args = build_parser().parse_args(argv)
-    async_handler: Callable[[argparse.Namespace], Awaitable[int]] | None = getattr(
+    # Piccolo warns on its own when it cannot connect; the one line below says it better.
+    warnings.filterwarnings("ignore", message=r".*Unable to connect to database")
+    try:
+        apply_dev_env()
+        settings = get_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    async_handler: Callable[[argparse.Namespace], Coroutine[Any, Any, int]] | None = getattr(
         args, "async_handler", None
     )
     try:
         if async_handler is not None:
             return _run(async_handler(args))
+        down = services.unreachable(settings, NEEDS.get(args.command, ()))
+        if down:
+            print(down[0].advice(), file=sys.stderr)
+            return 1
         handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except DomainError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        culprit = services.blame(settings, exc)
+        if culprit is None:
+            raise
+        print(culprit.advice(), file=sys.stderr)
         return 1
 
 

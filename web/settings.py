@@ -1,42 +1,174 @@
 """Process settings read once from the environment (DATABASE_URL, REDIS_URL, FLOWGATE_*).
 
 Plain Python: imported by the web app, the worker and the CLI alike; never imports Litestar.
+Each variable is read by one typed helper (`_int`, `_float`, `_bool`, `_floats`, `_choice`,
+`_str`), which refuses a bad value with `NAME: expected …, got '…'` (a `SettingsError`); an
+empty value counts as unset. The README's "Configuration" table lists every variable read here.
+
+A checkout also has `.dev/env` (written by `scripts/services.sh up`, which `make run` calls):
+the service URLs and local-development settings of that checkout. `apply_dev_env()` copies the
+values the environment does not set into it, for the `flowgate` command of a second terminal.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEV_ENV = Path(".dev") / "env"
+# A flowgate checkout is a folder with this file beside .dev/ (a deployment has no .dev/).
+CHECKOUT_MARKER = "piccolo_conf.py"
 
 
-def _int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+class SettingsError(ValueError):
+    """A variable with a value that cannot be used: the message names it and the value."""
+
+    def __init__(self, name: str, expected: str, value: str) -> None:
+        super().__init__(f"{name}: expected {expected}, got {value!r}")
+        self.name = name
 
 
-def _float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+def _raw(name: str) -> str | None:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
+def _str(name: str, default: str) -> str:
+    return _raw(name) or default
+
+
+def _int(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
+    value = _raw(name)
+    if value is None:
+        return default
+    expected = f"an integer from {minimum}" + (f" to {maximum}" if maximum is not None else " up")
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(name, expected, value) from None
+    if number < minimum or (maximum is not None and number > maximum):
+        raise SettingsError(name, expected, value)
+    return number
+
+
+def _number(name: str, text: str, minimum: float, expected: str, value: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise SettingsError(name, expected, value) from None
+    if not number >= minimum or number == float("inf"):  # refuses nan and inf too
+        raise SettingsError(name, expected, value)
+    return number
+
+
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
+    value = _raw(name)
+    if value is None:
+        return default
+    return _number(name, value, minimum, f"a number of at least {minimum:g}", value)
+
+
+def _floats(name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """A comma-separated list of numbers (seconds), e.g. `1,5,15`."""
+    value = _raw(name)
+    if value is None:
+        return default
+    expected = "comma-separated numbers of at least 0, e.g. '1,5,15'"
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts:
+        raise SettingsError(name, expected, value)
+    return tuple(_number(name, part, 0.0, expected, value) for part in parts)
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def _bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
+    value = _raw(name)
     if value is None:
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise SettingsError(name, "true or false (also 1/0, yes/no, on/off)", value)
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _raw(name)
+    if value is None:
+        return default
+    if value.upper() not in choices:
+        raise SettingsError(name, "one of " + ", ".join(choices), value)
+    return value.upper()
+
+
+def secret_key_is_set() -> bool:
+    return _raw("FLOWGATE_SECRET_KEY") is not None
 
 
 def _secret_key() -> str:
-    value = os.environ.get("FLOWGATE_SECRET_KEY")
-    if value:
-        return value
-    # Good for one process only (tokens signed by one process fail in another): scripts/run.sh
-    # sets a persistent one, production must set FLOWGATE_SECRET_KEY.
-    logging.getLogger("flowgate.settings").warning(
-        "FLOWGATE_SECRET_KEY is not set: using a random key for this process only"
-    )
-    return secrets.token_hex(32)
+    # A random one is good for one process only (tokens signed by one process fail in another):
+    # `make run` keeps a persistent one in .dev/env, production must set FLOWGATE_SECRET_KEY.
+    # The web app warns when it signs with a random key (web.app); other commands never sign.
+    return _raw("FLOWGATE_SECRET_KEY") or secrets.token_hex(32)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`NAME=value` lines (a value may be in single or double quotes); `#` lines are comments."""
+    values: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        name, value = line.removeprefix("export ").split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[name.strip()] = value
+    return values
+
+
+def find_dev_env(start: Path | None = None) -> Path | None:
+    """The checkout's `.dev/env`: in the current directory or the nearest parent that is a
+    flowgate checkout (has piccolo_conf.py), else beside the source of this package (an
+    editable install run from anywhere). None in a deployment."""
+    here = (start or Path.cwd()).resolve()
+    source_checkout = Path(__file__).resolve().parent.parent
+    for folder in [here, *here.parents, source_checkout]:
+        candidate = folder / DEV_ENV
+        if (folder / CHECKOUT_MARKER).is_file() and candidate.is_file():
+            return candidate
+    return None
+
+
+def apply_dev_env(environ: MutableMapping[str, str] | None = None) -> Path | None:
+    """Fill the variables the environment leaves unset from the checkout's .dev/env (the
+    environment always wins). FLOWGATE_DEV_ENV names another file; set it empty to read none."""
+    env = os.environ if environ is None else environ
+    chosen = env.get("FLOWGATE_DEV_ENV")
+    if chosen is not None:
+        path: Path | None = Path(chosen) if chosen.strip() else None
+        if path is not None and not path.is_file():
+            raise SettingsError("FLOWGATE_DEV_ENV", "an existing file, or empty", chosen)
+    else:
+        path = find_dev_env()
+    if path is None:
+        return None
+    values: Mapping[str, str] = read_env_file(path)
+    for name, value in values.items():
+        if not (env.get(name) or "").strip():
+            env[name] = value
+    get_settings.cache_clear()
+    return path
 
 
 @dataclass(frozen=True)
@@ -79,33 +211,27 @@ class Settings:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings(
-        database_url=os.environ.get(
-            "DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/flowgate"
-        ),
-        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-        port=_int("FLOWGATE_PORT", 3001),
-        max_rows=_int("FLOWGATE_MAX_ROWS", 100),
-        max_body_bytes=_int("FLOWGATE_MAX_BODY_BYTES", 1024 * 1024),
-        job_timeout_seconds=_int("FLOWGATE_JOB_TIMEOUT_SECONDS", 300),
+        database_url=_str("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/flowgate"),
+        redis_url=_str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        port=_int("FLOWGATE_PORT", 3001, minimum=1, maximum=65535),
+        max_rows=_int("FLOWGATE_MAX_ROWS", 100, minimum=1),
+        max_body_bytes=_int("FLOWGATE_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
+        job_timeout_seconds=_int("FLOWGATE_JOB_TIMEOUT_SECONDS", 300, minimum=1),
         execution_lease_seconds=_float("FLOWGATE_EXECUTION_LEASE_SECONDS", 60.0),
         sandbox_send_delay_seconds=_float("FLOWGATE_SANDBOX_SEND_DELAY_SECONDS", 0.0),
-        log_level=os.environ.get("FLOWGATE_LOG_LEVEL", "INFO"),
+        log_level=_choice("FLOWGATE_LOG_LEVEL", "INFO", LOG_LEVELS),
         rate_limit_enabled=_bool("FLOWGATE_RATE_LIMIT_ENABLED", True),
         rate_limit_burst=_int("FLOWGATE_RATE_LIMIT_BURST", 10),
         rate_limit_refill_per_second=_float("FLOWGATE_RATE_LIMIT_REFILL_PER_SECOND", 1.0),
         auth_failures_per_minute=_int("FLOWGATE_AUTH_FAILURES_PER_MINUTE", 20),
         redis_timeout_seconds=_float("FLOWGATE_REDIS_TIMEOUT_SECONDS", 0.5),
         webhook_timeout_seconds=_float("FLOWGATE_WEBHOOK_TIMEOUT_SECONDS", 10.0),
-        webhook_retry_delays=tuple(
-            float(part)
-            for part in os.environ.get("FLOWGATE_WEBHOOK_RETRY_DELAYS", "1,5,15").split(",")
-            if part.strip()
-        ),
+        webhook_retry_delays=_floats("FLOWGATE_WEBHOOK_RETRY_DELAYS", (1.0, 5.0, 15.0)),
         webhook_allow_http=_bool("FLOWGATE_WEBHOOK_ALLOW_HTTP", False),
         webhook_allow_private=_bool("FLOWGATE_WEBHOOK_ALLOW_PRIVATE", False),
         key_cache_seconds=_float("FLOWGATE_KEY_CACHE_SECONDS", 5.0),
         stalled_after_seconds=_float("FLOWGATE_STALLED_AFTER_SECONDS", 120.0),
         secret_key=_secret_key(),
         cookie_secure=_bool("FLOWGATE_COOKIE_SECURE", False),
-        session_max_age_seconds=_int("FLOWGATE_SESSION_MAX_AGE_SECONDS", 12 * 3600),
+        session_max_age_seconds=_int("FLOWGATE_SESSION_MAX_AGE_SECONDS", 12 * 3600, minimum=1),
     )

@@ -12,17 +12,26 @@ from litestar.exceptions import HTTPException
 from litestar.response import Redirect, Template
 
 from web.dashboard.auth import LOGIN_PATH, is_htmx
+from web.dashboard.vary import vary_on_htmx
 from web.domain.errors import UNSTORABLE_TEXT, UNSTORABLE_TEXT_ERRORS, DomainError
 
 
-def redirect_to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
+def redirect_to_login(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    return vary_on_htmx(_redirect_to_login(request, exc))
+
+
+def error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    return vary_on_htmx(_error_page(request, exc))
+
+
+def _redirect_to_login(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
     target = f"{LOGIN_PATH}?next={quote(request.url.path)}"
     if is_htmx(request):
         return Response(content="", status_code=200, headers={"HX-Redirect": target})
     return Redirect(target, status_code=303)
 
 
-def error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     if isinstance(exc, DomainError):
         status, message = exc.status_code, exc.message
     elif isinstance(exc, HTTPException):

@@ -10,6 +10,7 @@ from web.dashboard.auth import AuthController
 from web.dashboard.executions import ExecutionsController
 from web.dashboard.keys import KeysController
 from web.dashboard.users import UsersController
+from web.dashboard.vary import after_request
 from web.dashboard.workflows import WorkflowsController
 
 
@@ -31,4 +32,5 @@ def dashboard_router() -> Router:
             UsersController,
         ],
         include_in_schema=False,
+        after_request=after_request,
     )
