@@ -303,14 +303,23 @@ async def claim(execution_id: UUID, token: UUID, lease_seconds: float) -> Claim 
         row = rows[0]
         was_pending = row["previous_status"] == ExecutionStatus.PENDING
         events = await _record_event(webhooks.STARTED, row) if was_pending else []
+    claimed = from_row(row, _Claimed)
     return Claim(
         id=execution_id,
         token=token,
-        current_step=row["current_step"],
-        definition=json_column(row["definition"]),
-        approval_status=row["approval_status"],
+        current_step=claimed.current_step,
+        definition=claimed.definition,
+        approval_status=claimed.approval_status,
         events=events,
     )
+
+
+class _Claimed(ReadModel, frozen=True):
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("definition",)
+
+    current_step: int
+    definition: Definition
+    approval_status: str | None
 
 
 # What a webhook payload needs, as RETURNING columns of a transition.
@@ -320,12 +329,13 @@ _EVENT_COLUMNS = (
 
 
 def json_column(value: Any) -> Any:
-    """A JSONB value as Python: raw SQL (asyncpg without a codec) returns it as text."""
+    """A JSONB value as Python: raw SQL (asyncpg without a codec) returns it as text.
+    Read models decode theirs in web.domain.types.from_row; this serves the workflow counts."""
     return json.loads(value) if isinstance(value, str) else value
 
 
 async def _record_event(event: str, row: dict[str, Any]) -> list[UUID]:
-    new = await webhooks.record_event(event, {**row, "output": json_column(row.get("output"))})
+    new = await webhooks.record_event(event, from_row(row, webhooks.EventSource))
     return [new.id] if new is not None and new.queue_now else []
 
 

@@ -29,10 +29,11 @@ Model = TypeVar("Model", bound=ReadModel)
 
 
 def from_row(row: Mapping[str, Any], model: type[Model]) -> Model:
-    """One database row as `model`: JSONB text decoded, then converted (cheap: msgspec)."""
-    values = dict(row)
-    for column in model.JSON_COLUMNS:
-        value = values.get(column)
-        if isinstance(value, str):
-            values[column] = msgspec.json.decode(value)
-    return msgspec.convert(values, model)
+    """One database row as `model`: JSONB text decoded, then converted (cheap: msgspec).
+    Columns the model does not name are ignored; the row is copied only if it holds text."""
+    decoded = {
+        column: msgspec.json.decode(value)
+        for column in model.JSON_COLUMNS
+        if isinstance(value := row.get(column), str)
+    }
+    return msgspec.convert({**row, **decoded} if decoded else row, model)

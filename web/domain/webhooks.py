@@ -18,7 +18,7 @@ import ipaddress
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import ClassVar
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -28,7 +28,7 @@ from web.domain import clock, pool, queue
 from web.domain.errors import InvalidInput, NotFound
 from web.domain.script_client import ScriptClient
 from web.domain.tables import ApiKey, Execution, WebhookAttempt, WebhookEvent
-from web.domain.types import ReadModel, from_row
+from web.domain.types import ExecutionOutput, ReadModel, from_row
 
 USER_AGENT = "Workflow-Automation-Platform/1.0"  # public-api.md "Webhook Headers"
 STARTED = "execution.started"
@@ -70,26 +70,41 @@ def check_url(url: str, *, allow_http: bool, allow_private: bool) -> str:
 # --- payloads and signatures ------------------------------------------------------------
 
 
-def build_payload(event: str, execution: dict[str, Any]) -> str:
+class EventSource(ReadModel, frozen=True):
+    """What a webhook event says about its execution (the RETURNING columns of a transition)."""
+
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("output",)
+
+    id: UUID
+    workflow: str
+    api_key: UUID
+    status: str
+    started_at: datetime
+    completed_at: datetime | None
+    output: ExecutionOutput | None
+    error: str | None
+
+
+def build_payload(event: str, execution: EventSource) -> str:
     """public-api.md "Webhook Payload Structure", serialised once: these exact bytes are
     signed and sent on every attempt."""
-    data: dict[str, Any] = {
-        "status": execution["status"],
-        "startedAt": clock.iso(execution["started_at"]),
-        "completedAt": clock.iso(execution["completed_at"]),
+    data: dict[str, object] = {
+        "status": execution.status,
+        "startedAt": clock.iso(execution.started_at),
+        "completedAt": clock.iso(execution.completed_at),
     }
     if event == COMPLETED:
-        output = execution.get("output") or {}
+        output = execution.output or {}
         data["output"] = {
             "successCount": output.get("successCount", 0),
             "failedCount": output.get("failedCount", 0),
         }
     if event == FAILED:
-        data["error"] = execution.get("error")
+        data["error"] = execution.error
     payload = {
         "event": event,
-        "executionId": str(execution["id"]),
-        "workflowId": execution["workflow"],
+        "executionId": str(execution.id),
+        "workflowId": execution.workflow,
         "timestamp": clock.iso(clock.now()),
         "data": data,
     }
@@ -135,12 +150,12 @@ class NewEvent:
     queue_now: bool  # False while an earlier event of the same execution is still pending
 
 
-async def record_event(event: str, execution: dict[str, Any]) -> NewEvent | None:
+async def record_event(event: str, execution: EventSource) -> NewEvent | None:
     """Write `event` for `execution` if its key wants it. Call inside the transaction that
     changed the execution's status (its row is locked, which orders the sequence numbers)."""
     key = (
         await ApiKey.select(ApiKey.webhook_url, ApiKey.webhook_events)
-        .where(ApiKey.id == execution["api_key"])
+        .where(ApiKey.id == execution.api_key)
         .first()
     )
     if key is None or not key["webhook_url"] or event not in (key["webhook_events"] or []):
@@ -149,11 +164,11 @@ async def record_event(event: str, execution: dict[str, Any]) -> NewEvent | None
         "SELECT COALESCE(MAX(sequence), 0) + 1 AS next, "
         "  COUNT(*) FILTER (WHERE status = 'pending') AS pending "
         "FROM webhook_event WHERE execution = {}",
-        execution["id"],
+        execution.id,
     )
     record = WebhookEvent(
-        execution=execution["id"],
-        api_key=execution["api_key"],
+        execution=execution.id,
+        api_key=execution.api_key,
         sequence=rows[0]["next"],
         event=event,
         payload=build_payload(event, execution),
