@@ -369,3 +369,15 @@ async def test_an_execution_keeps_its_original_definition_after_the_workflow_cha
     assert pending.json()["approvalData"]["metadata"]["title"] == (
         "Review Generated WhatsApp Messages"
     )
+
+
+def test_the_bfsi_template_is_read_when_first_needed_not_at_import() -> None:
+    code = (
+        "import web.domain.workflows as w; print(w.bfsi_template.cache_info().currsize); "
+        "w.bfsi_template(); print(w.bfsi_template.cache_info().currsize)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "1"]

@@ -3,7 +3,7 @@ cache's lifetime (FLOWGATE_KEY_CACHE_SECONDS)."""
 
 from __future__ import annotations
 
-import asyncio
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -16,8 +16,26 @@ from web.settings import get_settings
 URL = f"{PUBLIC}/executions/00000000-0000-0000-0000-000000000000/status"
 
 
+class SteppedClock:
+    """The key cache's seconds clock, moved by the test alone: no timing window."""
+
+    def __init__(self) -> None:
+        self.seconds = 1000.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
 @pytest.fixture
-def short_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[float]:
+def cache_clock() -> Iterator[SteppedClock]:
+    stepped = SteppedClock()
+    api_keys.KEY_CACHE.monotonic = stepped
+    yield stepped
+    api_keys.KEY_CACHE.monotonic = time.monotonic
+
+
+@pytest.fixture
+def short_cache(monkeypatch: pytest.MonkeyPatch, cache_clock: SteppedClock) -> Iterator[float]:
     monkeypatch.setenv("FLOWGATE_KEY_CACHE_SECONDS", "0.5")
     get_settings.cache_clear()
     yield 0.5
@@ -26,7 +44,7 @@ def short_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[float]:
 
 
 async def test_a_revoked_key_stops_working_within_the_cache_lifetime(
-    client: httpx.AsyncClient, short_cache: float
+    client: httpx.AsyncClient, short_cache: float, cache_clock: SteppedClock
 ) -> None:
     new = await create_key()
     assert (await client.get(URL, headers=auth(new.secret))).status_code == 404
@@ -34,7 +52,9 @@ async def test_a_revoked_key_stops_working_within_the_cache_lifetime(
 
     # Still served from this process' cache for a moment ...
     assert (await client.get(URL, headers=auth(new.secret))).status_code == 404
-    await asyncio.sleep(short_cache + 0.1)
+    cache_clock.seconds += short_cache - 0.01
+    assert (await client.get(URL, headers=auth(new.secret))).status_code == 404  # not yet
+    cache_clock.seconds += 0.02
 
     # ... and refused once the entry is older than FLOWGATE_KEY_CACHE_SECONDS.
     refused = await client.get(URL, headers=auth(new.secret))

@@ -13,6 +13,7 @@ import hashlib
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -96,8 +97,9 @@ class _KeyCache:
     no query for their key. A revoked or edited key takes effect within `ttl` (expiry is checked
     on every request); unknown keys are never cached."""
 
-    def __init__(self, size: int = 10_000) -> None:
+    def __init__(self, size: int = 10_000, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.size = size
+        self.monotonic = monotonic  # the seconds clock of `ttl` (a test may set its own)
         self._entries: dict[str, tuple[float, datetime | None, AuthenticatedKey]] = {}
 
     def get(self, digest: str, ttl: float) -> AuthenticatedKey | None:
@@ -105,7 +107,7 @@ class _KeyCache:
         if entry is None:
             return None
         stored_at, cutoff, key = entry
-        if time.monotonic() - stored_at > ttl or (cutoff is not None and clock.now() >= cutoff):
+        if self.monotonic() - stored_at > ttl or (cutoff is not None and clock.now() >= cutoff):
             del self._entries[digest]
             return None
         return key
@@ -113,7 +115,7 @@ class _KeyCache:
     def put(self, digest: str, key: AuthenticatedKey, cutoff: datetime | None) -> None:
         if len(self._entries) >= self.size:
             self._entries.pop(next(iter(self._entries)))  # the oldest entry
-        self._entries[digest] = (time.monotonic(), cutoff, key)
+        self._entries[digest] = (self.monotonic(), cutoff, key)
 
     def clear(self) -> None:
         self._entries.clear()
