@@ -15,7 +15,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd -P)
-dev="$root/.dev"
+# FLOWGATE_DEV_DIR: another folder for .dev/ (the tests' own, with DATABASE_URL and REDIS_URL set).
+dev=${FLOWGATE_DEV_DIR:-"$root/.dev"}
 hash=$(printf '%s' "$root" | sha1sum | cut -c1-8)
 offset=$(( 16#${hash:0:4} % 2000 * 2 ))
 pg_port=${FLOWGATE_PG_PORT:-$(( 40000 + offset ))}

@@ -99,3 +99,62 @@ def test_redis_out_of_reach_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert result.stderr == (
         f"cannot reach Redis at 127.0.0.1:{port}: start it with make run, or set REDIS_URL\n"
     )
+
+
+def test_services_up_writes_the_env_file_the_command_reads(tmp_path: Path) -> None:
+    dev = tmp_path / "dev"
+    environment = {
+        **_clean_environment(),
+        "DATABASE_URL": os.environ["DATABASE_URL"],  # running servers: nothing is started
+        "REDIS_URL": os.environ["REDIS_URL"],
+        "FLOWGATE_DEV_DIR": str(dev),
+    }
+    root = Path(__file__).resolve().parent.parent
+    up = subprocess.run(
+        ["scripts/services.sh", "up"], cwd=root, env=environment,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert f"export DATABASE_URL='{os.environ['DATABASE_URL']}'" in up.stdout
+
+    from web.settings import read_env_file
+
+    written = read_env_file(dev / "env")
+    assert written == {
+        "DATABASE_URL": os.environ["DATABASE_URL"],
+        "REDIS_URL": os.environ["REDIS_URL"],
+        "FLOWGATE_SECRET_KEY": (dev / "secret-key").read_text().strip(),
+        "FLOWGATE_WEBHOOK_ALLOW_HTTP": "true",
+        "FLOWGATE_WEBHOOK_ALLOW_PRIVATE": "true",
+    }
+    assert len(written["FLOWGATE_SECRET_KEY"]) == 64
+    assert (dev / "env").stat().st_mode & 0o077 == 0  # it holds the secret key
+
+    listed = subprocess.run(
+        [FLOWGATE, "keys", "list"], cwd=tmp_path,
+        env={**_clean_environment(), "FLOWGATE_DEV_ENV": str(dev / "env")},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stderr == ""
+
+
+async def test_a_database_never_migrated_says_to_migrate(tmp_path: Path) -> None:
+    import asyncpg
+
+    base, name = os.environ["DATABASE_URL"].rsplit("/", 1)
+    empty = f"{name}_empty"
+    admin = await asyncpg.connect(f"{base}/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{empty}"')
+        await admin.execute(f'CREATE DATABASE "{empty}"')
+        checkout = _checkout(tmp_path, f"{base}/{empty}", os.environ["REDIS_URL"])
+
+        result = flowgate(checkout, "keys", "list")
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{empty}" WITH (FORCE)')
+        await admin.close()
+
+    assert result.returncode == 1
+    assert result.stderr.endswith("has no flowgate tables: run flowgate migrate (make run does)\n")
+    assert result.stderr.count("\n") == 1 and f"'{empty}'" in result.stderr

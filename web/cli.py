@@ -462,10 +462,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     except Exception as exc:
-        culprit = services.blame(settings, exc)
-        if culprit is None:
+        advice = services.explain(settings, exc)
+        if advice is None:
             raise
-        print(culprit.advice(), file=sys.stderr)
+        print(advice, file=sys.stderr)
         return 1
 
 

@@ -96,3 +96,18 @@ def blame(settings: Settings, exc: BaseException) -> Service | None:
     down = unreachable(settings)
     down.sort(key=lambda service: service.name != "Redis" if redis_error else 0)
     return down[0] if down else None
+
+
+def explain(settings: Settings, exc: BaseException) -> str | None:
+    """One line for an error that comes from the services rather than the command: a server out
+    of reach, or a database that was never migrated. None for anything else."""
+    culprit = blame(settings, exc)
+    if culprit is not None:
+        return culprit.advice()
+    if any(isinstance(e, asyncpg.exceptions.UndefinedTableError) for e in _chain(exc)):
+        database = urlsplit(settings.database_url)
+        return (
+            f"the database {database.path.lstrip('/')!r} at {database.hostname}:"
+            f"{database.port or 5432} has no flowgate tables: run flowgate migrate (make run does)"
+        )
+    return None

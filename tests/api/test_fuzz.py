@@ -3,11 +3,15 @@ about a minute), and hand-written cases that only a real HTTP server can receive
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,13 +81,21 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(
 
 
 def _raw_request(port: int, request: bytes) -> bytes:
+    """Send `request` and return the head of the answer (b"" when the server hung up without
+    one). Sending stops as soon as the server answers: a server that refuses a request early
+    answers before it has read it all, and closing with unread data would reset the connection
+    and lose the answer on our side."""
+    answer = b""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-            if b"\r\n\r\n" in answer:
-                break
+        rest = memoryview(request)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while rest and not select.select([sock], [], [], 0)[0]:
+                rest = rest[sock.send(rest[:65536]) :]
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer:
+                    break
     return answer
 
 
@@ -97,15 +109,34 @@ async def test_a_10_mb_header_is_refused_and_the_server_stays_up(
         + header
         + f"Authorization: Bearer {secret}\r\n\r\n".encode()
     )
-    try:
-        answer = _raw_request(live_server.port, request)
-        status = int(answer.split(b" ", 2)[1]) if answer else None
-    except (ConnectionResetError, BrokenPipeError):
-        status = None  # the server hung up on the oversized header: also a refusal
-    assert status is None or 400 <= status < 500
+    answer = _raw_request(live_server.port, request)
+    # A refusal is an answer: a connection dropped without one is a failure, not a refusal.
+    assert answer.startswith(b"HTTP/1.1 "), f"no answer, the connection was dropped: {answer!r}"
+    status = int(answer.split(b" ", 2)[1])
+    assert 400 <= status < 500
 
     after = httpx.get(
         f"{live_server.url}/api/v1/public/executions/x/status",
         headers={"Authorization": f"Bearer {secret}"},
     )
     assert after.status_code == 404
+
+
+def test_a_dropped_connection_is_no_answer_not_a_refusal() -> None:
+    """The helper above tells a server that hangs up (b"") from one that answers, so the
+    oversized-header test fails on a dropped connection instead of counting it as a refusal."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def hang_up() -> None:
+            connection, _ = listener.accept()
+            connection.recv(1024)
+            linger_zero = struct.pack("ii", 1, 0)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger_zero)
+            connection.close()  # a reset, with no answer
+
+        thread = threading.Thread(target=hang_up)
+        thread.start()
+        answer = _raw_request(listener.getsockname()[1], b"GET / HTTP/1.1\r\n" + b"a" * 1_000_000)
+        thread.join(timeout=10)
+
+    assert answer == b""
