@@ -328,12 +328,6 @@ _EVENT_COLUMNS = (
 )
 
 
-def json_column(value: Any) -> Any:
-    """A JSONB value as Python: raw SQL (asyncpg without a codec) returns it as text.
-    Read models decode theirs in web.domain.types.from_row; this serves the workflow counts."""
-    return json.loads(value) if isinstance(value, str) else value
-
-
 async def _record_event(event: str, row: dict[str, Any]) -> list[UUID]:
     new = await webhooks.record_event(event, from_row(row, webhooks.EventSource))
     return [new.id] if new is not None and new.queue_now else []
