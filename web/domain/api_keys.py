@@ -265,30 +265,19 @@ async def check_settings(settings: KeySettings) -> KeySettings:
         if missing:
             raise FieldError("allowed_workflows", f"Unknown workflow {missing[0]!r}")
     events = settings.webhook_events
-    return KeySettings(
+    return msgspec.structs.replace(
+        settings,
         name=name,
-        monthly_limit=settings.monthly_limit,
-        expires_at=expires_at,
         allowed_workflows=workflows,
         webhook_url=_check_webhook_url(settings.webhook_url),
         webhook_events=_check_webhook_events(list(WEBHOOK_EVENTS) if events is None else events),
-        rate_limit_burst=burst,
-        rate_limit_refill_per_second=refill,
     )
 
 
 def _stored(checked: KeySettings) -> dict[str, Any]:
-    """The columns (by name) a checked KeySettings writes, on create and on edit."""
-    return {
-        "name": checked.name,
-        "monthly_limit": checked.monthly_limit,
-        "expires_at": checked.expires_at,
-        "allowed_workflows": checked.allowed_workflows,
-        "webhook_url": checked.webhook_url,
-        "webhook_events": checked.webhook_events,
-        "rate_limit_burst": checked.rate_limit_burst,
-        "rate_limit_refill_per_second": checked.rate_limit_refill_per_second,
-    }
+    """The columns a checked KeySettings writes, on create and on edit (its fields are named
+    as the api_key table's columns)."""
+    return msgspec.structs.asdict(checked)
 
 
 def generate_webhook_secret() -> str:
