@@ -90,7 +90,7 @@ def provide_arq(state: State) -> ArqRedis:
 
 
 @get("/health", include_in_schema=False)
-async def health(state: State) -> dict[str, Any]:
+async def health(state: State) -> health_checks.Health:
     return await health_checks.check(state.arq)
 
 

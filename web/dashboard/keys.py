@@ -17,6 +17,7 @@ from litestar.params import FromPath
 from litestar.plugins.flash import flash
 from litestar.response import Template
 
+from web.dashboard import shown_once
 from web.dashboard.auth import back_to, page, require_admin, require_user
 from web.domain import api_keys, executions, workflows
 from web.domain.errors import Conflict, InvalidInput
@@ -149,19 +150,19 @@ def _settings(values: dict[str, Any]) -> api_keys.KeySettings:
     )
 
 
-def _chart(days: list[dict[str, Any]]) -> dict[str, Any]:
+def _chart(days: list[executions.DayCount]) -> dict[str, Any]:
     """Bars, ticks and labels of the executions-per-day chart, in the SVG's user units."""
     plot_width = CHART_WIDTH - CHART_LEFT - CHART_RIGHT
     plot_height = CHART_HEIGHT - CHART_TOP - CHART_BOTTOM
-    top = max((day["count"] for day in days), default=0) or 1
+    top = max((day.count for day in days), default=0) or 1
     slot = plot_width / max(len(days), 1)
-    bars = []
+    bars: list[dict[str, Any]] = []
     for index, day in enumerate(days):
-        height = plot_height * day["count"] / top
+        height = plot_height * day.count / top
         bars.append(
             {
-                "day": day["day"],
-                "count": day["count"],
+                "day": day.day,
+                "count": day.count,
                 "slot_x": round(CHART_LEFT + index * slot, 2),
                 "x": round(CHART_LEFT + index * slot + slot * 0.15, 2),
                 "y": round(CHART_TOP + plot_height - height, 2),
@@ -181,7 +182,7 @@ def _chart(days: list[dict[str, Any]]) -> dict[str, Any]:
         "slot": round(slot, 2),
         "bar_width": round(slot * 0.7, 2),
         "bars": bars,
-        "total": sum(day["count"] for day in days),
+        "total": sum(day.count for day in days),
         "y_ticks": [
             {"value": value, "y": round(CHART_TOP + plot_height * (1 - value / top), 2)}
             for value in sorted({0, top // 2, top})
@@ -204,14 +205,9 @@ def _rate_defaults(settings: Settings) -> dict[str, Any]:
     }
 
 
-SHOWN_ONCE = "keys_shown_once"  # the server-side session's entry, popped when shown
-
-
 def _show_once(request: Request[Any, Any, Any], key_id: UUID, **secrets: Any) -> Response[Any]:
-    """Post/redirect/get for a new secret: kept in the server-side session (never a URL, a
-    cookie or a log) for the page the redirect leads to, which shows it once and forgets it,
-    so reloading that page neither shows it again nor repeats the POST."""
-    request.session[SHOWN_ONCE] = {"key_id": str(key_id), **secrets}
+    """Post/redirect/get for a new secret (web.dashboard.shown_once)."""
+    shown_once.keep(request, key_id, **secrets)
     return back_to(request, f"{BASE}/{key_id}/created")
 
 
@@ -281,8 +277,8 @@ class KeysController(Controller):
     async def created_page(
         self, request: Request[Any, Any, Any], key_id: FromPath[UUID]
     ) -> Response[Any]:
-        shown = request.session.pop(SHOWN_ONCE, None)
-        if not shown or shown.get("key_id") != str(key_id):
+        shown = shown_once.take(request, key_id)
+        if shown is None:
             # Reloaded, or opened from history: the secret was shown once already.
             return back_to(request, f"{BASE}/{key_id}")
         key = await api_keys.get_key(key_id)

@@ -13,6 +13,7 @@ from litestar.params import FromPath
 from litestar.plugins.flash import flash
 from litestar.response import Template
 
+from web.dashboard import shown_once
 from web.dashboard.auth import back_to, current_user, is_htmx, page, require_admin, require_user
 from web.domain import users
 from web.domain.errors import DomainError
@@ -20,7 +21,6 @@ from web.domain.field_errors import field_of
 
 BASE = "/dashboard/users"
 ROLES = tuple(role.value for role in users.Role)
-SHOWN_ONCE = "users_shown_once"  # the server-side session's entry, popped when shown
 
 
 class UsersController(Controller):
@@ -54,16 +54,15 @@ class UsersController(Controller):
                 errors={field: exc.message} if field else {},
                 error=None if field else exc.message,
             )
-        # Post/redirect/get: the password waits in the server-side session for one showing.
-        request.session[SHOWN_ONCE] = {"user_id": str(user.id), "password": password}
+        shown_once.keep(request, user.id, password=password)  # post/redirect/get
         return back_to(request, f"{BASE}/{user.id}/created")
 
     @get("/{user_id:uuid}/created")
     async def created_page(
         self, request: Request[Any, Any, Any], user_id: FromPath[UUID]
     ) -> Response[Any]:
-        shown = request.session.pop(SHOWN_ONCE, None)
-        if not shown or shown.get("user_id") != str(user_id):
+        shown = shown_once.take(request, user_id)
+        if shown is None:
             return back_to(request, f"{BASE}#user-{user_id}")  # shown once already
         invited = await users.get_user(user_id)
         response = page(request, "users/created.html", invited=invited, password=shown["password"])

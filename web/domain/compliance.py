@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
 from web.domain.statuses import ComplianceStatus
+from web.domain.types import RowData, StepSettings
 
 E164 = re.compile(r"\+[1-9]\d{7,14}")
 
@@ -18,7 +18,7 @@ class Verdict:
     reasons: list[str]
 
 
-def check(settings: dict[str, Any], row: dict[str, Any], message: str | None) -> Verdict:
+def check(settings: StepSettings, row: RowData, message: str | None) -> Verdict:
     """Every rule that fails adds one human-readable reason; no reasons means passed."""
     reasons: list[str] = []
     text = message or ""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, ClassVar
 from uuid import UUID, uuid4
 
@@ -562,9 +562,16 @@ async def list_rows(execution_id: UUID) -> list[RowView]:
 # --- counts for the admin pages -------------------------------------------------------------
 
 
-async def executions_per_day(api_key_id: UUID, days: int = 30) -> list[dict[str, Any]]:
+class DayCount(msgspec.Struct, frozen=True):
+    """How many executions a key started on one UTC day."""
+
+    day: date
+    count: int
+
+
+async def executions_per_day(api_key_id: UUID, days: int = 30) -> list[DayCount]:
     """Executions the key started on each of the last `days` UTC days (today included), oldest
-    first, days without any as 0: `[{"day": date, "count": int}, ...]`. One GROUP BY query."""
+    first, days without any as 0. One GROUP BY query."""
     today = clock.now().astimezone(UTC).date()
     first = today - timedelta(days=days - 1)
     start = datetime.combine(first, time(), tzinfo=UTC)
@@ -578,6 +585,6 @@ async def executions_per_day(api_key_id: UUID, days: int = 30) -> list[dict[str,
     )
     counts = {row["day"].date(): int(row["count"]) for row in rows}
     return [
-        {"day": day, "count": counts.get(day, 0)}
+        DayCount(day=day, count=counts.get(day, 0))
         for day in (first + timedelta(days=offset) for offset in range(days))
     ]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
+import msgspec
 from redis.asyncio import Redis
 
 from web.domain.tables import Execution
@@ -28,10 +28,14 @@ async def _redis(redis: Redis) -> bool:
     return True
 
 
-async def check(redis: Redis) -> dict[str, Any]:
+class Health(msgspec.Struct, frozen=True):
+    """The body of `GET /health`: `status` is "ok" when both are reachable, else "degraded"."""
+
+    status: str
+    database: bool
+    redis: bool
+
+
+async def check(redis: Redis) -> Health:
     database, queue = await asyncio.gather(_database(), _redis(redis))
-    return {
-        "status": "ok" if database and queue else "degraded",
-        "database": database,
-        "redis": queue,
-    }
+    return Health(status="ok" if database and queue else "degraded", database=database, redis=queue)
