@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import ClassVar
 from uuid import UUID
 
 from web.domain.statuses import SENDING, SendStatus
 from web.domain.tables import ExecutionRow
-from web.domain.types import ReadModel, RowData
+from web.domain.types import ReadModel, RowData, TokenUsage
 
 
 class RowView(ReadModel, frozen=True):
@@ -35,7 +35,7 @@ class RowView(ReadModel, frozen=True):
     decided_at: datetime | None
     edited_by: str | None
     edited_at: datetime | None
-    content_usage: dict[str, Any] | None
+    content_usage: TokenUsage | None
     send_status: str | None
     message_id: str | None
     error: str | None
@@ -78,7 +78,7 @@ async def load(execution_id: UUID) -> list[RowState]:
 
 
 async def save_generated(
-    items: list[tuple[UUID, str | None, str | None, dict[str, Any] | None]],
+    items: list[tuple[UUID, str | None, str | None, TokenUsage | None]],
 ) -> None:
     """(row id, generated content, error, provider token usage) for each row."""
     if not items:

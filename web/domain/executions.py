@@ -25,7 +25,14 @@ from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
 from web.domain.statuses import ExecutionStatus, SendStatus
 from web.domain.tables import Execution, ExecutionRow
-from web.domain.types import Definition, ExecutionOutput, ReadModel, RowData, from_row
+from web.domain.types import (
+    Definition,
+    ExecutionOutput,
+    ReadModel,
+    RowData,
+    StepResult,
+    from_row,
+)
 from web.domain.workflows import RunnableWorkflow
 
 EXECUTION_NOT_FOUND = "Execution not found"  # public-api.md, "404 Not Found"
@@ -364,9 +371,7 @@ async def renew_lease(claim: Claim, lease_seconds: float) -> bool:
     return bool(rows)
 
 
-async def finish_step(
-    claim: Claim, index: int, result: dict[str, Any], lease_seconds: float
-) -> bool:
+async def finish_step(claim: Claim, index: int, result: StepResult, lease_seconds: float) -> bool:
     """Record step `index` as done and move on; False if this worker lost its claim."""
     rows = await Execution.raw(
         "UPDATE execution SET current_step = {} + 1, "
@@ -525,7 +530,7 @@ class ExecutionDetail(ReadModel, frozen=True):
     row_count: int
     truncated_from: int | None
     current_step: int
-    step_results: list[dict[str, Any]]
+    step_results: list[StepResult]
     output: ExecutionOutput | None
     error: str | None
     lease_expires_at: datetime | None

@@ -14,8 +14,10 @@ import msgspec
 
 RowData = dict[str, Any]  # one csvData row: the caller's own field names
 StepSettings = dict[str, Any]  # the `settings` of one workflow step
-Definition = dict[str, Any]  # a workflow definition as an execution stored it (id, name, steps)
+Definition = dict[str, Any]  # a workflow definition (id, name, steps): from a file, or as stored
 ExecutionOutput = dict[str, Any]  # public-api.md "Get Execution Results" `output`
+StepResult = dict[str, Any]  # what one step reports when done, kept in execution.step_results
+TokenUsage = dict[str, Any]  # an LLM provider's `usage` for one row, as the provider sent it
 
 
 class ReadModel(msgspec.Struct, frozen=True):

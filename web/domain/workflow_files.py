@@ -20,13 +20,11 @@ from typing import Any
 import yaml
 
 from web.domain.errors import InvalidInput
+from web.domain.types import Definition
 
 STEP_TYPES = ("generate_content", "compliance_check", "approval", "send_message")
 
 FILE_FORMATS = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}
-
-# A workflow definition as read from a file: free-form until `check_definition` accepts it.
-Definition = dict[str, Any]
 
 
 class InvalidDefinition(InvalidInput):

@@ -21,16 +21,16 @@ from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Forbidden, NotFound
 from web.domain.statuses import ExecutionStatus
 from web.domain.tables import Workflow
-from web.domain.workflow_files import Definition, check_definition, parse_definition
+from web.domain.types import Definition, StepSettings
+from web.domain.workflow_files import check_definition, parse_definition
 
 BFSI_WORKFLOW_ID = "workflow_bfsi_marketing_template"
 # Package data (pyproject.toml [tool.setuptools.package-data]), so an installed flowgate has it.
 BFSI_TEMPLATE_RESOURCE = ("web.domain", "workflow_templates/bfsi_marketing_template.yaml")
 
-# A step of a definition ({"name", "type", "settings"}) and a step's settings: free-form data,
-# checked by web.domain.workflow_files when the workflow is saved.
+# A step of a definition ({"name", "type", "settings"}): free-form data, checked by
+# web.domain.workflow_files when the workflow is saved (its settings: types.StepSettings).
 Step = dict[str, Any]
-StepSettings = dict[str, Any]
 
 _LIVE_STATUSES = (
     ExecutionStatus.PENDING,
