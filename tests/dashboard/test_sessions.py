@@ -188,3 +188,16 @@ async def test_sign_in_replaces_the_anonymous_csrf_token(client: httpx.AsyncClie
     assert after != before
     page = await client.get("/dashboard/executions")
     assert f'"x-csrftoken": "{after}"' in page.text  # the page's token is the session's
+
+
+async def test_a_browser_that_lost_its_csrf_cookie_gets_the_sessions_token_back(
+    admin_client: httpx.AsyncClient,
+) -> None:
+    token = admin_client.cookies[CSRF]
+    admin_client.cookies.delete(CSRF)
+
+    page = await admin_client.get("/dashboard/executions")
+
+    assert page.cookies[CSRF] == token
+    assert f'"x-csrftoken": "{token}"' in page.text
+    assert (await post_form(admin_client, "/dashboard/logout")).status_code == 303

@@ -91,6 +91,14 @@ def _encode(data: object) -> bytes:
     return msgspec.json.encode(data)
 
 
+def _decode(raw: bytes) -> SessionRecord | None:
+    """A stored record; None for one this version cannot read (the user signs in again)."""
+    try:
+        return msgspec.json.decode(raw, type=SessionRecord)
+    except msgspec.MsgspecError:
+        return None
+
+
 class SessionBackend(BaseSessionBackend["SessionConfig"]):
     def get_session_id(self, connection: Connection) -> str | None:
         current = _current(connection.scope)
@@ -104,7 +112,7 @@ class SessionBackend(BaseSessionBackend["SessionConfig"]):
             return {}
         redis = _redis(connection)
         raw = await redis.get(_redis_key(session_id))
-        record = None if raw is None else msgspec.json.decode(raw, type=SessionRecord)
+        record = None if raw is None else _decode(raw)
         if record is not None and clock.now().timestamp() >= expires_at(record, self.config):
             await redis.delete(_redis_key(session_id))
             record = None
