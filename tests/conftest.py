@@ -37,6 +37,7 @@ os.environ["FLOWGATE_LOG_LEVEL"] = "WARNING"
 # give their keys the spec's figures (tests/api/test_rate_limits.py).
 os.environ.setdefault("FLOWGATE_RATE_LIMIT_BURST", "10000")
 os.environ.setdefault("FLOWGATE_AUTH_FAILURES_PER_MINUTE", "10000")
+os.environ.setdefault("FLOWGATE_SIGN_IN_ATTEMPTS_PER_MINUTE", "10000")
 # Webhooks go to tests/receiver.py on 127.0.0.1 over http, with the 1/5/15 s schedule and the
 # 10 s timeout scaled down (tests/worker/test_webhooks.py checks the real defaults too).
 os.environ.setdefault("FLOWGATE_WEBHOOK_ALLOW_HTTP", "true")

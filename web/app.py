@@ -15,14 +15,12 @@ from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.middleware.session.server_side import ServerSideSessionConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.flash import FlashConfig, FlashPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
-from litestar.stores.redis import RedisStore
 from litestar.template import TemplateConfig
 
 from web.api.errors import EXCEPTION_HANDLERS
@@ -30,7 +28,9 @@ from web.api.executions import PublicExecutionsController
 from web.api.limit_headers import limit_headers_middleware
 from web.dashboard.auth import LoginRequired
 from web.dashboard.errors import error_page, redirect_to_login
+from web.dashboard.headers import harden_dashboard_answers
 from web.dashboard.router import dashboard_router
+from web.dashboard.sessions import CSRF_COOKIE, SessionConfig
 from web.dashboard.templating import register_template_helpers
 from web.domain import health as health_checks
 from web.domain import queue
@@ -144,14 +144,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         engine=JinjaTemplateEngine,
         engine_callback=register_template_helpers,
     )
-    sessions = ServerSideSessionConfig(
-        store="sessions",
-        key="flowgate_session",
+    # Our own sessions in Redis (web.dashboard.sessions), only under /dashboard.
+    sessions = SessionConfig(
+        csrf_secret=settings.secret_key,
         max_age=settings.session_max_age_seconds,
         secure=settings.cookie_secure,
-        httponly=True,
-        samesite="lax",
-        exclude=["^/api/", "^/static/", "^/schema", "^/health", "^/favicon.ico"],
     )
     public_api = Router(
         path=PUBLIC_API_PATH,
@@ -168,13 +165,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             create_static_files_router(path="/static", directories=[ROOT / "static"]),
         ],
         middleware=[sessions.middleware],
-        stores={"sessions": RedisStore.with_client(url=settings.redis_url, namespace="flowgate")},
         csrf_config=CSRFConfig(
             secret=settings.secret_key,
-            cookie_name="flowgate_csrf",
+            cookie_name=CSRF_COOKIE,
             cookie_secure=settings.cookie_secure,
+            cookie_httponly=True,  # the pages carry the token; no script reads the cookie
             exclude=["^/api/"],
         ),
+        before_send=[harden_dashboard_answers],
         plugins=[FlashPlugin(config=FlashConfig(template_config=template_config))],
         state=State({"settings": settings}),
         dependencies={

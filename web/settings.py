@@ -205,7 +205,10 @@ class Settings:
     # Dashboard: signs CSRF tokens; every web process of a deployment needs the same value.
     secret_key: str
     cookie_secure: bool
+    # A dashboard sign-in lasts this long from the moment it was made, however active.
     session_max_age_seconds: int
+    # Sign-in attempts one client IP may make a minute before its 429s (any email, any result).
+    sign_in_attempts_per_minute: int
 
 
 @lru_cache(maxsize=1)
@@ -234,4 +237,5 @@ def get_settings() -> Settings:
         secret_key=_secret_key(),
         cookie_secure=_bool("FLOWGATE_COOKIE_SECURE", False),
         session_max_age_seconds=_int("FLOWGATE_SESSION_MAX_AGE_SECONDS", 12 * 3600, minimum=1),
+        sign_in_attempts_per_minute=_int("FLOWGATE_SIGN_IN_ATTEMPTS_PER_MINUTE", 30, minimum=1),
     )

@@ -32,6 +32,12 @@ CHROMIUM_ARGS = [
 ]
 DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}  # the issue's "readable at 1280x800"
+CSP_VIOLATIONS_TO_CONSOLE = """
+document.addEventListener("securitypolicyviolation", (event) => {
+  console.error("Content Security Policy violation: " + event.violatedDirective
+                + " blocked " + (event.blockedURI || "inline") + " in " + event.documentURI);
+});
+"""
 
 
 @pytest.fixture(scope="session")
@@ -62,17 +68,30 @@ def live_server(browser: Browser) -> Iterator[LiveServer]:
 
 @pytest.fixture
 async def page(browser: Browser, live_server: LiveServer) -> AsyncIterator[Page]:
-    """A fresh browser context (no cookies) at 1280x800; fails the test on any JavaScript error."""
+    """A fresh browser context (no cookies) at 1280x800; fails the test on any JavaScript error
+    and on anything the dashboard's Content-Security-Policy blocked (web.dashboard.headers)."""
     context = await browser.new_context(
         base_url=live_server.url, viewport=VIEWPORT, locale="en-US", timezone_id="UTC"
     )
     context.set_default_timeout(5_000)
+    # Every CSP violation as a console error too (Chromium logs most, not all, by itself).
+    await context.add_init_script(CSP_VIOLATIONS_TO_CONSOLE)
     tab = await context.new_page()
     errors: list[Error] = []
+    blocked: list[str] = []
     tab.on("pageerror", lambda error: errors.append(error))
+    tab.on(
+        "console",
+        lambda message: (
+            blocked.append(message.text)
+            if message.type == "error" and "Content Security Policy" in message.text
+            else None
+        ),
+    )
     yield tab
     await context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    assert not blocked, f"blocked by the Content-Security-Policy: {blocked}"
 
 
 @pytest.fixture

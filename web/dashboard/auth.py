@@ -1,12 +1,10 @@
 """Dashboard sign-in: the login and logout pages, the guards every page uses, and `page()`,
-which renders a template with what every page needs. Sessions live in Redis (Litestar's
-server-side sessions); only the user's id is kept in them."""
+which renders a template with what every page needs. Sessions live in Redis
+(web.dashboard.sessions): made only here, at sign-in, with a new id."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
-from uuid import UUID
 
 from arq.connections import ArqRedis
 from litestar import Controller, Request, Response, get, post
@@ -18,9 +16,11 @@ from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
+from web.dashboard import sessions
 from web.domain import users
 from web.domain.errors import TooManyRequests, Unauthorized
 from web.domain.users import SignedInUser
+from web.settings import Settings
 
 Connection = ASGIConnection[Any, Any, Any, Any]
 LOGIN_PATH = "/dashboard/login"
@@ -34,14 +34,23 @@ def is_htmx(request: Connection) -> bool:
     return request.headers.get("hx-request") == "true"
 
 
+def client_ip(connection: Connection) -> str:
+    return connection.client.host if connection.client else "unknown"
+
+
 async def require_user(connection: Connection, _: BaseRouteHandler) -> None:
-    session = (connection.session or {}) if "session" in connection.scope else {}
-    user_id = session.get("user_id")
-    user = await users.get_active_user(UUID(user_id)) if user_id else None
-    if user is None or not await users.session_is_current(
-        connection.app.state.arq, user.id, float(session.get("signed_in_at", 0))
+    session = sessions.signed_in(connection)
+    user = await users.get_active_user(session.user_id) if session else None
+    if (
+        session is None
+        or user is None
+        or not await users.session_is_current(
+            connection.app.state.arq, user.id, session.signed_in_at
+        )
     ):
         raise LoginRequired("Please sign in")
+    if user.role != session.role:  # privileges changed: the session gets a new id
+        await sessions.rotate(connection, user)
     connection.state.user = user
 
 
@@ -87,23 +96,34 @@ class AuthController(Controller):
 
     @post("/login")
     async def login(
-        self, request: Request[Any, Any, Any], arq: NamedDependency[ArqRedis]
+        self,
+        request: Request[Any, Any, Any],
+        arq: NamedDependency[ArqRedis],
+        settings: NamedDependency[Settings],
     ) -> Response[Any]:
         form = await request.form()
         email = str(form.get("email", ""))
         target = _safe_next(str(form.get("next", "")))
         try:
-            user = await users.sign_in(arq, email, str(form.get("password", "")))
+            user = await users.sign_in(
+                arq,
+                email,
+                str(form.get("password", "")),
+                client_ip=client_ip(request),
+                attempts_per_minute=settings.sign_in_attempts_per_minute,
+            )
         except (Unauthorized, TooManyRequests) as exc:
             status = 429 if isinstance(exc, TooManyRequests) else 400
-            return page(
+            response = page(
                 request, "auth/login.html", status, next=target, email=email, error=exc.message
             )
-        request.clear_session()  # a fresh session id after sign-in (no fixation)
-        request.set_session({"user_id": str(user.id), "signed_in_at": time.time()})
+            if isinstance(exc, TooManyRequests):
+                response.headers["Retry-After"] = str(exc.retry_after)
+            return response
+        await sessions.start(request, user)  # a new id, never the one the browser sent
         return Redirect(target, status_code=HTTP_303_SEE_OTHER)
 
     @post("/logout")
     async def logout(self, request: Request[Any, Any, Any]) -> Redirect:
-        request.clear_session()
+        await sessions.end(request)
         return Redirect(LOGIN_PATH, status_code=HTTP_303_SEE_OTHER)

@@ -1,18 +1,23 @@
-"""Dashboard users: argon2 password hashes, roles, and sign-in with a lockout per email.
+"""Dashboard users: argon2 password hashes (computed in threads, off the event loop), roles,
+and sign-in with a throttle per client IP and a lockout per email.
 
-The lockout counter lives in Redis (10 failed sign-ins for an email within 15 minutes lock it
-for 15 minutes), so it holds across web processes. Imports only web.domain, Piccolo, redis.
+Both counters live in Redis, so they hold across web processes: at most
+FLOWGATE_SIGN_IN_ATTEMPTS_PER_MINUTE attempts per client IP a minute, and 10 failed sign-ins for
+an email within 15 minutes lock it for 15 minutes. Imports only web.domain, Piccolo, redis.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import secrets
-import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -35,9 +40,26 @@ LOCKOUT_SECONDS = 15 * 60
 EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+|[^@\s]+@localhost")
 BAD_LOGIN = "Wrong email or password"
 
+SIGN_IN_WINDOW_SECONDS = 60  # the per-IP throttle counts attempts a minute
+
 _hasher = PasswordHasher()
 # Verified against when the email is unknown, so both cases take the same time.
 _DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+# argon2 hashes and verifications run here, off the event loop; half the cores at most, so a
+# burst of sign-ins leaves CPU for every other request of the process.
+_HASHING = ThreadPoolExecutor(
+    max_workers=max(1, (os.cpu_count() or 2) // 2), thread_name_prefix="argon2"
+)
+
+_T = TypeVar("_T")
+
+
+async def _off_loop(function: Callable[..., _T], *args: Any) -> _T:
+    return await asyncio.get_running_loop().run_in_executor(_HASHING, function, *args)
+
+
+async def _hash(password: str) -> str:
+    return await _off_loop(_hasher.hash, password)
 
 
 class Role(StrEnum):
@@ -99,7 +121,7 @@ async def create_user(email: str, password: str, role: str) -> SignedInUser:
     email is taken."""
     email = _check_email(email)
     checked_role = _check_role(role)
-    password_hash = _hasher.hash(_check_password(password))
+    password_hash = await _hash(_check_password(password))
     async with pool.engine().transaction():
         if await User.exists().where(User.email == email):
             raise FieldConflict("email", f"A user with the email {email} already exists")
@@ -112,7 +134,7 @@ async def set_password(redis: Redis, email: str, password: str) -> SignedInUser:
     """Give the user a new password and lift a lockout of their email (`flowgate users
     set-password`). NotFound for an unknown email. Sessions already signed in stay."""
     email = email.strip().lower()
-    password_hash = _hasher.hash(_check_password(password))
+    password_hash = await _hash(_check_password(password))
     rows = (
         await User.update({User.password_hash: password_hash})
         .where(User.email == email)
@@ -136,36 +158,71 @@ def _lock_key(email: str) -> str:
     return f"flowgate:loginfail:{email}"
 
 
-async def sign_in(redis: Redis, email: str, password: str) -> SignedInUser:
+def _ip_key(client_ip: str) -> str:
+    return f"flowgate:signin-ip:{client_ip}"
+
+
+async def _count_attempt(redis: Redis, key: str, window_seconds: int) -> tuple[int, int]:
+    """Count one attempt on `key` (the window starts with the first one), atomically: the
+    count after this one, and the seconds left in the window."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, window_seconds, nx=True)
+        pipe.ttl(key)
+        count, _, ttl = await pipe.execute()
+    return int(count), max(int(ttl), 1)
+
+
+def _in_minutes(seconds: int) -> str:
+    minutes = -(-seconds // 60)
+    return f"{minutes} minute" + ("s" if minutes != 1 else "")
+
+
+async def _verify(password_hash: str, password: str) -> bool:
+    """argon2 in the hashing threads (it takes ~0.1-0.5 s of CPU), never on the event loop."""
+    try:
+        return bool(await _off_loop(_hasher.verify, password_hash, password))
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+async def sign_in(
+    redis: Redis,
+    email: str,
+    password: str,
+    *,
+    client_ip: str | None = None,
+    attempts_per_minute: int | None = None,
+) -> SignedInUser:
     """The user, or Unauthorized (wrong email or password, inactive user), or TooManyRequests
-    while the email is locked out."""
+    while the client IP has made more than `attempts_per_minute` attempts this minute (when
+    both are given) or the email is locked out.
+
+    Each attempt is counted before its password is checked, by an atomic INCR: any number of
+    parallel guesses (across web processes too) get at most LOCKOUT_FAILURES checks in the
+    window; a correct password clears the email's count."""
     email = email.strip().lower()
+    if client_ip is not None and attempts_per_minute is not None:
+        attempts, ttl = await _count_attempt(redis, _ip_key(client_ip), SIGN_IN_WINDOW_SECONDS)
+        if attempts > attempts_per_minute:
+            raise TooManyRequests(
+                f"Too many sign-in attempts from your address. Try again in {_in_minutes(ttl)}",
+                ttl,
+            )
     key = _lock_key(email)
-    failures = int(await redis.get(key) or 0)
-    if failures >= LOCKOUT_FAILURES:
-        ttl = max(int(await redis.ttl(key)), 1)
-        minutes = -(-ttl // 60)
+    attempts, ttl = await _count_attempt(redis, key, LOCKOUT_SECONDS)
+    if attempts > LOCKOUT_FAILURES:
         raise TooManyRequests(
-            f"Too many failed sign-ins for this email. Try again in {minutes} minute"
-            + ("s" if minutes != 1 else ""),
-            ttl,
+            f"Too many failed sign-ins for this email. Try again in {_in_minutes(ttl)}", ttl
         )
     row = (
         await User.select(User.id, User.email, User.password_hash, User.role, User.active)
         .where(User.email == email)
         .first()
     )
-    try:
-        _hasher.verify(row["password_hash"] if row else _DUMMY_HASH, password)
-        ok = row is not None and bool(row["active"])
-    except (VerificationError, InvalidHashError):
-        ok = False
-    if not ok or row is None:
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, LOCKOUT_SECONDS, nx=True)
-            await pipe.execute()
-        raise Unauthorized(BAD_LOGIN)
+    verified = await _verify(row["password_hash"] if row else _DUMMY_HASH, password)
+    if not verified or row is None or not row["active"]:
+        raise Unauthorized(BAD_LOGIN)  # the attempt stays counted
     await redis.delete(key)
     await User.update({User.last_login_at: clock.now()}).where(User.id == row["id"])
     return SignedInUser(id=row["id"], email=row["email"], role=Role(row["role"]))
@@ -235,7 +292,7 @@ def _sessions_after_key(user_id: UUID) -> str:
 async def end_sessions(redis: Redis, user_id: UUID) -> None:
     """Every session this user signed in before now stops working (in Redis, so for every web
     process), even if the user is reactivated later."""
-    await redis.set(_sessions_after_key(user_id), repr(time.time()))
+    await redis.set(_sessions_after_key(user_id), repr(clock.now().timestamp()))
 
 
 async def session_is_current(redis: Redis, user_id: UUID, signed_in_at: float) -> bool:
