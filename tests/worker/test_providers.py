@@ -346,7 +346,7 @@ async def test_whatsapp_template_messages_carry_the_template_and_its_body_parame
 # --- one row fails, the others go on ---------------------------------------------------------
 
 
-async def test_a_row_the_llm_refuses_ends_skipped_with_the_providers_error_and_the_others_are_sent(
+async def test_a_row_the_llm_refuses_ends_failed_with_the_providers_error_and_the_others_are_sent(
     client: httpx.AsyncClient,
     api_key: str,
     run_worker: Any,
@@ -379,19 +379,26 @@ async def test_a_row_the_llm_refuses_ends_skipped_with_the_providers_error_and_t
             {"customerId": "CUST001", "status": "sent", "messageId": ids[_digits(data[0])]},
             {
                 "customerId": "CUST002",
-                "status": "skipped",
+                "status": "failed",
                 "messageId": None,
-                "reason": f"Compliance check failed: {generation_error}; {NO_CONTENT_REASONS}",
+                "error": generation_error,
             },
             {"customerId": "CUST003", "status": "sent", "messageId": ids[_digits(data[2])]},
         ],
     )
+    assert (body["output"]["successCount"], body["output"]["failedCount"]) == (2, 1)
     # A 400 is not retried; the row kept no content and no usage.
     assert sum("CUST002" in FakeChatCompletions.prompt_of(r) for r in llm.requests) == 1
     second = (await row_states(execution_id))[1]
     assert (second["generated_content"], second["content_usage"]) == (None, None)
+    # The reviewer saw why there is nothing to review on that row.
+    assert second["compliance_status"] == "failed"
     assert second["compliance_reasons"][0] == generation_error
     assert {to for to, _, _ in whatsapp.sent} == {_digits(data[0]), _digits(data[2])}
+    steps = (await execution_row(execution_id))["step_results"]
+    assert {k: steps[3][k] for k in ("sent", "failed", "skipped", "rejected")} == {
+        "sent": 2, "failed": 1, "skipped": 0, "rejected": 0
+    }  # fmt: skip
 
 
 async def test_a_number_whatsapp_refuses_fails_with_the_providers_message_and_the_others_are_sent(
@@ -423,26 +430,38 @@ async def test_a_number_whatsapp_refuses_fails_with_the_providers_message_and_th
     assert whatsapp.problems == []
 
 
-async def test_an_expired_whatsapp_token_fails_every_row_with_the_providers_message(
+async def test_an_expired_whatsapp_token_stops_the_send_step_at_once_with_one_message(
     client: httpx.AsyncClient, api_key: str, run_worker: Any, whatsapp: FakeWhatsAppCloud
 ) -> None:
     whatsapp.access_token = "a-newer-token"  # the one we hold is no longer valid
-    await save(send=whatsapp_settings(whatsapp))
-    data = rows(2)
+    await save(send=whatsapp_settings(whatsapp, concurrency=1))
+    data = rows(5)
+    execution_id = await start(client, api_key, csv_data=data, workflow_id=WORKFLOW_ID)
+    await run_worker()
+    await approve(client, api_key, execution_id)
 
-    execution_id, body = await run_through_approval(client, api_key, run_worker, data)
+    await run_worker()
 
     error = (
-        "WhatsApp Cloud API error 190: (#190) Error validating access token "
-        "(The access token has expired)"
+        "Step 4 (Send WhatsApp message) failed: WhatsApp Cloud API error 190: (#190) Error "
+        "validating access token (The access token has expired)"
     )
-    assert body == completed(
-        execution_id,
-        body,
-        [{"customerId": r["customerId"], "status": "failed", "messageId": None, "error": error}
-         for r in data],
-    )  # fmt: skip
-    assert len(whatsapp.requests) == 2
+    status = await client.get(f"{PUBLIC}/executions/{execution_id}/status", headers=auth(api_key))
+    assert status.json() == {
+        "id": execution_id,
+        "status": "failed",
+        "startedAt": status.json()["startedAt"],
+        "completedAt": status.json()["completedAt"],
+        "error": error,
+        "approvalStatus": "approved",
+    }
+    # One request, not one per row: the first answer says no row can get through.
+    assert len(whatsapp.requests) == 1
+    stored = await row_states(execution_id)
+    assert [(r["send_status"], r["error"]) for r in stored] == [
+        ("failed", error.removeprefix("Step 4 (Send WhatsApp message) failed: ")),
+        *[(None, None)] * 4,
+    ]
 
 
 # --- retries, timeouts, concurrency ----------------------------------------------------------
@@ -502,6 +521,26 @@ async def test_generation_gives_up_after_max_retries_and_fails_only_that_row(
     )
     assert (second["generated_content"], second["error"]) == (_message(data[1]), None)
     assert (await execution_row(execution_id))["status"] == "pending_approval"
+
+    # Approved and sent: the row the provider failed on is a failure, not a skipped row.
+    await approve(client, api_key, execution_id)
+    await run_worker()
+    body = await results(client, api_key, execution_id)
+    sent_id = (await row_states(execution_id))[1]["message_id"]
+    assert body == completed(
+        execution_id,
+        body,
+        [
+            {
+                "customerId": "CUST001",
+                "status": "failed",
+                "messageId": None,
+                "error": first["error"],
+            },
+            {"customerId": "CUST002", "status": "sent", "messageId": sent_id},
+        ],
+    )
+    assert body["output"]["failedCount"] == 1
 
 
 async def test_a_retry_after_longer_than_the_setting_allows_fails_the_row_at_once(
@@ -758,18 +797,17 @@ async def test_provider_secrets_are_stored_nowhere_and_never_logged(
     caplog.set_level(logging.DEBUG)
     # One row fails at each provider too, so error paths are covered: this server even echoes
     # the key it was sent in its error message.
-    echo = {"error": {"message": f"Incorrect API key provided: {llm_key}.", "type": "auth"}}
-    llm.answer_when(lambda r: "CUST002" in FakeChatCompletions.prompt_of(r), Reply(401, echo))
+    echo = {"error": {"message": f"Invalid prompt for key {llm_key}.", "type": "invalid"}}
+    llm.answer_when(lambda r: "CUST002" in FakeChatCompletions.prompt_of(r), Reply(400, echo))
     data = rows(3)
     whatsapp.reject_number(_digits(data[2]))
     await save(llm_settings(llm), whatsapp_settings(whatsapp))
 
     execution_id, body = await run_through_approval(client, api_key, run_worker, data)
 
-    assert [r["status"] for r in body["output"]["results"]] == ["sent", "skipped", "failed"]
-    assert body["output"]["results"][1]["reason"].startswith(
-        "Compliance check failed: Content generation failed: the provider answered 401: "
-        "Incorrect API key provided: [redacted]."
+    assert [r["status"] for r in body["output"]["results"]] == ["sent", "failed", "failed"]
+    assert body["output"]["results"][1]["error"] == (
+        "Content generation failed: the provider answered 400: Invalid prompt for key [redacted]."
     )
     stored = await _database_text()
     assert execution_id in stored and LLM_KEY_ENV in stored and WHATSAPP_TOKEN_ENV in stored
