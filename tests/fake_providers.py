@@ -434,8 +434,11 @@ class FakeWhatsAppCloud(FakeServer):
             401: (190, "Error validating access token", "The access token has expired"),
             429: (130429, "Rate limit hit", "Cloud API message throughput has been reached."),
             # The error codes page: 503 with code 2 is downtime or overload, not processed.
-            503: (2, "Service temporarily unavailable", "Temporary due to downtime or due to "
-                  "being overloaded"),
+            503: (
+                2,
+                "Service temporarily unavailable",
+                "Temporary due to downtime or due to being overloaded",
+            ),
         }.get(status, (131000, "Something went wrong", "Something went wrong"))
         return {
             "error": {
