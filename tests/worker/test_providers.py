@@ -991,9 +991,37 @@ async def test_a_refused_llm_key_echoed_by_the_server_is_redacted_in_the_executi
     assert llm_key not in await _database_text()
 
 
+async def test_a_spent_llm_quota_stops_generation_at_once_without_retrying(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, llm: FakeChatCompletions
+) -> None:
+    quota = {
+        "error": {
+            "message": "You exceeded your current quota, please check your plan and billing "
+            "details.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
+    llm.answer_when(lambda r: True, Reply(429, quota))
+    await save(llm_settings(llm, concurrency=1))
+    execution_id = await start(client, api_key, csv_data=rows(5), workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    await assert_failed_before_review(
+        client,
+        api_key,
+        execution_id,
+        "Step 1 (Generate personalised message) failed: the chat-completions server answered "
+        "429: You exceeded your current quota, please check your plan and billing details.",
+    )
+    assert len(llm.requests) == 1
+
+
 @pytest.mark.parametrize(
     ("path", "hint"),
-    [("", True), ("/api", True), ("/v1/models", False)],
+    [("", True), ("/api", True), ("/v1/models", False), ("/v1beta/openai", False)],
 )
 async def test_an_llm_404_stops_generation_and_suggests_v1_when_the_base_url_lacks_it(
     client: httpx.AsyncClient,

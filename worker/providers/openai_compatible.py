@@ -16,6 +16,7 @@ answered anything.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -112,7 +113,9 @@ class OpenAICompatibleProvider:
             )
         if status == 404:
             message = f"{WHO} answered 404 to POST {self._url}: {text}"
-            if "v1" not in httpx.URL(self._base_url).path.split("/"):
+            segments = httpx.URL(self._base_url).path.split("/")
+            if not any(re.fullmatch(r"v\d+\w*", segment) for segment in segments):
+                # No version in the path (`http://localhost:11434` for Ollama's `/v1`).
                 message += f"; did you mean base_url {self._base_url}/v1?"
             return ProviderUnusable(message)
         if status == 429 and _error_code(response) == "insufficient_quota":

@@ -36,5 +36,7 @@ def check(steps: list[dict[str, Any]], start: int, context: ProviderContext) -> 
             continue
         try:
             build(step.get("settings", {}), context)
-        except ProviderConfigError as exc:
-            raise StepError(str(exc), index=index) from None
+        except (ProviderConfigError, ValueError, TypeError) as exc:
+            # ProviderConfigError names the setting; the others are settings of a wrong type
+            # in a definition that skipped the workflow-file checks.
+            raise StepError(str(exc) or type(exc).__name__, index=index) from None
