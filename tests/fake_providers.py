@@ -9,7 +9,11 @@ Each checks every request's shape (path, bearer token, JSON body keys and types)
 what was wrong in `problems` (answered with the vendor's 400), so a test asserts
 `server.problems == []`. They can be told to answer errors, 429 with Retry-After, slowly, or not
 at all: `respond_with(Reply(429, retry_after="1"), 500)` for the next requests in turn,
-`answer_when(predicate, Reply(...))` for every request that matches, `delay_seconds` for all.
+`answer_when(predicate, Reply(...))` for every request that matches, `delay_seconds` for all;
+`Reply(500, accept=True)` takes the message as usual (it counts as sent) and still answers the
+error, as a provider that fails after accepting. A request to a path the vendor does not serve
+gets the vendor's answer for that (OpenAI's 404, the Graph API's error 2500) without counting
+as a problem: that is the workflow's setting under test, not our request's shape.
 They also record how many requests were in flight at once (`max_in_flight`).
 """
 
@@ -48,6 +52,8 @@ class Reply:
     retry_after: str | None = None
     delay: float = 0.0
     hang: bool = False
+    # Process the request as a success would (a message is recorded as sent), then answer this.
+    accept: bool = False
 
 
 class FakeServer:
@@ -138,6 +144,10 @@ class FakeServer:
     def error_body(self, status: int, message: str | None = None) -> Any:
         raise NotImplementedError
 
+    def unknown_path(self, request: Request) -> tuple[int, Any] | None:
+        """The vendor's answer to a path it does not serve; None for the API's own path."""
+        return None
+
     # --- plumbing ----------------------------------------------------------------------------
 
     def _serve(self, handler: BaseHTTPRequestHandler) -> None:
@@ -165,14 +175,19 @@ class FakeServer:
             delay = self.delay_seconds + (reply.delay if reply else 0.0)
             if delay:
                 time.sleep(delay)
-            problems = self.check(request)
-            if problems:
+            wrong_path = self.unknown_path(request)
+            problems = [] if wrong_path else self.check(request)
+            if wrong_path:
+                self._send(handler, *wrong_path)
+            elif problems:
                 with self._lock:
                     self.problems.extend(problems)
                 self._send(handler, 400, self.error_body(400, "; ".join(problems)))
             elif not self.authorized(request):
                 self._send(handler, 401, self.error_body(401))
             elif reply is not None and (reply.status != 200 or reply.body is not None):
+                if reply.accept:
+                    self.answer(request)
                 body = reply.body if reply.body is not None else self.error_body(reply.status)
                 headers = {"Retry-After": reply.retry_after} if reply.retry_after else {}
                 self._send(handler, reply.status, body, headers)
@@ -246,11 +261,16 @@ class FakeChatCompletions(FakeServer):
         messages = (request.json or {}).get("messages") or [{}]
         return str(messages[-1].get("content", ""))
 
+    def unknown_path(self, request: Request) -> tuple[int, Any] | None:
+        if request.path == "/v1/chat/completions":
+            return None
+        message = f"Invalid URL (POST {request.path})"
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": None,
+                          "code": None}}  # fmt: skip
+        return 404, body
+
     def check(self, request: Request) -> list[str]:
-        problems = []
-        if request.path != "/v1/chat/completions":
-            problems.append(f"POST to {request.path}, not /v1/chat/completions")
-        problems += _json_problems(request)
+        problems = _json_problems(request)
         body = request.json if isinstance(request.json, dict) else {}
         unknown = set(body) - {"model", "messages", "temperature", "max_tokens"}
         if unknown:
@@ -334,12 +354,18 @@ class FakeWhatsAppCloud(FakeServer):
         }
         self.answer_when(lambda r: (r.json or {}).get("to") == to, Reply(400, body))
 
+    def unknown_path(self, request: Request) -> tuple[int, Any] | None:
+        prefix = f"/v21.0/{self.phone_number_id}"
+        if request.path == f"{prefix}/messages":
+            return None
+        rest = request.path.removeprefix(prefix) if request.path.startswith(prefix) else ""
+        message = f"Unknown path components: {rest or request.path}"
+        body = {"error": {"message": message, "type": "OAuthException", "code": 2500,
+                          "fbtrace_id": "AbCdEfGhIjKlMnOp"}}  # fmt: skip
+        return 400, body
+
     def check(self, request: Request) -> list[str]:
-        problems = []
-        expected = f"/v21.0/{self.phone_number_id}/messages"
-        if request.path != expected:
-            problems.append(f"POST to {request.path}, not {expected}")
-        problems += _json_problems(request)
+        problems = _json_problems(request)
         body = request.json if isinstance(request.json, dict) else {}
         kind = body.get("type")
         common = {"messaging_product", "recipient_type", "to", "type"}
@@ -407,6 +433,12 @@ class FakeWhatsAppCloud(FakeServer):
             400: (100, "Invalid parameter", message or "Invalid parameter"),
             401: (190, "Error validating access token", "The access token has expired"),
             429: (130429, "Rate limit hit", "Cloud API message throughput has been reached."),
+            # The error codes page: 503 with code 2 is downtime or overload, not processed.
+            503: (
+                2,
+                "Service temporarily unavailable",
+                "Temporary due to downtime or due to being overloaded",
+            ),
         }.get(status, (131000, "Something went wrong", "Something went wrong"))
         return {
             "error": {

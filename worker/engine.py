@@ -21,7 +21,8 @@ from web.domain.errors import is_unavailable
 from web.domain.executions import Claim
 from web.domain.statuses import ApprovalStatus
 from web.settings import Settings
-from worker.steps import RUNNERS
+from worker.providers.types import ProviderContext
+from worker.steps import RUNNERS, preflight
 from worker.steps.context import LeaseLost, StepContext, StepError
 
 logger = logging.getLogger("flowgate.engine")
@@ -99,6 +100,8 @@ class _Run:
         self.index = claim.current_step
 
     async def remaining_steps(self) -> RunOutcome:
+        # Everything the steps left need, checked before any of them works (StepError).
+        preflight.check(self.steps, self.index, ProviderContext(self.http, self.claim.id))
         while self.index < len(self.steps):
             summary = await self._run_step(self.steps[self.index])
             if summary is None:
@@ -158,7 +161,7 @@ class _Run:
 
     async def fail(self, exc: Exception) -> RunOutcome:
         """End the execution `failed`, naming the step and what went wrong."""
-        index = self.index
+        index = exc.index if isinstance(exc, StepError) and exc.index is not None else self.index
         name = _step_name(self.steps[index], index) if index < len(self.steps) else "completion"
         # An exception without a message (a bare TimeoutError) is named by its class instead.
         message = f"Step {index + 1} ({name}) failed: {str(exc) or type(exc).__name__}"

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import logging
 import os
+import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,8 +39,17 @@ SYSTEM_PROMPT = "You write short, compliant WhatsApp offers for a bank's custome
 PROMPT = "Offer for {{ name }} ({{ customerId }}) in {{ city }}."
 WORKFLOW_ID = "workflow_real_providers"
 
-# What the BFSI template's compliance step says about a row that has no content.
-NO_CONTENT_REASONS = "Generated content is empty; Missing required text: 'Reply STOP to opt out'"
+# Graph API throttling as the Cloud API answers it: HTTP 400, code 130429.
+WHATSAPP_THROTTLED = {
+    "error": {
+        "message": "(#130429) Rate limit hit",
+        "type": "OAuthException",
+        "code": 130429,
+        "error_data": {"messaging_product": "whatsapp", "details": "Cloud API message "
+                       "throughput has been reached."},
+        "fbtrace_id": "AbCdEfGhIjKlMnOp",
+    }
+}  # fmt: skip
 
 
 def _prompt(row: dict[str, Any]) -> str:
@@ -346,7 +358,7 @@ async def test_whatsapp_template_messages_carry_the_template_and_its_body_parame
 # --- one row fails, the others go on ---------------------------------------------------------
 
 
-async def test_a_row_the_llm_refuses_ends_skipped_with_the_providers_error_and_the_others_are_sent(
+async def test_a_row_the_llm_refuses_ends_failed_with_the_providers_error_and_the_others_are_sent(
     client: httpx.AsyncClient,
     api_key: str,
     run_worker: Any,
@@ -379,19 +391,26 @@ async def test_a_row_the_llm_refuses_ends_skipped_with_the_providers_error_and_t
             {"customerId": "CUST001", "status": "sent", "messageId": ids[_digits(data[0])]},
             {
                 "customerId": "CUST002",
-                "status": "skipped",
+                "status": "failed",
                 "messageId": None,
-                "reason": f"Compliance check failed: {generation_error}; {NO_CONTENT_REASONS}",
+                "error": generation_error,
             },
             {"customerId": "CUST003", "status": "sent", "messageId": ids[_digits(data[2])]},
         ],
     )
+    assert (body["output"]["successCount"], body["output"]["failedCount"]) == (2, 1)
     # A 400 is not retried; the row kept no content and no usage.
     assert sum("CUST002" in FakeChatCompletions.prompt_of(r) for r in llm.requests) == 1
     second = (await row_states(execution_id))[1]
     assert (second["generated_content"], second["content_usage"]) == (None, None)
+    # The reviewer saw why there is nothing to review on that row.
+    assert second["compliance_status"] == "failed"
     assert second["compliance_reasons"][0] == generation_error
     assert {to for to, _, _ in whatsapp.sent} == {_digits(data[0]), _digits(data[2])}
+    steps = (await execution_row(execution_id))["step_results"]
+    assert {k: steps[3][k] for k in ("sent", "failed", "skipped", "rejected")} == {
+        "sent": 2, "failed": 1, "skipped": 0, "rejected": 0
+    }  # fmt: skip
 
 
 async def test_a_number_whatsapp_refuses_fails_with_the_providers_message_and_the_others_are_sent(
@@ -423,26 +442,38 @@ async def test_a_number_whatsapp_refuses_fails_with_the_providers_message_and_th
     assert whatsapp.problems == []
 
 
-async def test_an_expired_whatsapp_token_fails_every_row_with_the_providers_message(
+async def test_an_expired_whatsapp_token_stops_the_send_step_at_once_with_one_message(
     client: httpx.AsyncClient, api_key: str, run_worker: Any, whatsapp: FakeWhatsAppCloud
 ) -> None:
     whatsapp.access_token = "a-newer-token"  # the one we hold is no longer valid
-    await save(send=whatsapp_settings(whatsapp))
-    data = rows(2)
+    await save(send=whatsapp_settings(whatsapp, concurrency=1))
+    data = rows(5)
+    execution_id = await start(client, api_key, csv_data=data, workflow_id=WORKFLOW_ID)
+    await run_worker()
+    await approve(client, api_key, execution_id)
 
-    execution_id, body = await run_through_approval(client, api_key, run_worker, data)
+    await run_worker()
 
     error = (
-        "WhatsApp Cloud API error 190: (#190) Error validating access token "
-        "(The access token has expired)"
+        "Step 4 (Send WhatsApp message) failed: WhatsApp Cloud API error 190: (#190) Error "
+        "validating access token (The access token has expired)"
     )
-    assert body == completed(
-        execution_id,
-        body,
-        [{"customerId": r["customerId"], "status": "failed", "messageId": None, "error": error}
-         for r in data],
-    )  # fmt: skip
-    assert len(whatsapp.requests) == 2
+    status = await client.get(f"{PUBLIC}/executions/{execution_id}/status", headers=auth(api_key))
+    assert status.json() == {
+        "id": execution_id,
+        "status": "failed",
+        "startedAt": status.json()["startedAt"],
+        "completedAt": status.json()["completedAt"],
+        "error": error,
+        "approvalStatus": "approved",
+    }
+    # One request, not one per row: the first answer says no row can get through.
+    assert len(whatsapp.requests) == 1
+    stored = await row_states(execution_id)
+    assert [(r["send_status"], r["error"]) for r in stored] == [
+        ("failed", error.removeprefix("Step 4 (Send WhatsApp message) failed: ")),
+        *[(None, None)] * 4,
+    ]
 
 
 # --- retries, timeouts, concurrency ----------------------------------------------------------
@@ -502,6 +533,26 @@ async def test_generation_gives_up_after_max_retries_and_fails_only_that_row(
     )
     assert (second["generated_content"], second["error"]) == (_message(data[1]), None)
     assert (await execution_row(execution_id))["status"] == "pending_approval"
+
+    # Approved and sent: the row the provider failed on is a failure, not a skipped row.
+    await approve(client, api_key, execution_id)
+    await run_worker()
+    body = await results(client, api_key, execution_id)
+    sent_id = (await row_states(execution_id))[1]["message_id"]
+    assert body == completed(
+        execution_id,
+        body,
+        [
+            {
+                "customerId": "CUST001",
+                "status": "failed",
+                "messageId": None,
+                "error": first["error"],
+            },
+            {"customerId": "CUST002", "status": "sent", "messageId": sent_id},
+        ],
+    )
+    assert body["output"]["failedCount"] == 1
 
 
 async def test_a_retry_after_longer_than_the_setting_allows_fails_the_row_at_once(
@@ -758,18 +809,17 @@ async def test_provider_secrets_are_stored_nowhere_and_never_logged(
     caplog.set_level(logging.DEBUG)
     # One row fails at each provider too, so error paths are covered: this server even echoes
     # the key it was sent in its error message.
-    echo = {"error": {"message": f"Incorrect API key provided: {llm_key}.", "type": "auth"}}
-    llm.answer_when(lambda r: "CUST002" in FakeChatCompletions.prompt_of(r), Reply(401, echo))
+    echo = {"error": {"message": f"Invalid prompt for key {llm_key}.", "type": "invalid"}}
+    llm.answer_when(lambda r: "CUST002" in FakeChatCompletions.prompt_of(r), Reply(400, echo))
     data = rows(3)
     whatsapp.reject_number(_digits(data[2]))
     await save(llm_settings(llm), whatsapp_settings(whatsapp))
 
     execution_id, body = await run_through_approval(client, api_key, run_worker, data)
 
-    assert [r["status"] for r in body["output"]["results"]] == ["sent", "skipped", "failed"]
-    assert body["output"]["results"][1]["reason"].startswith(
-        "Compliance check failed: Content generation failed: the provider answered 401: "
-        "Incorrect API key provided: [redacted]."
+    assert [r["status"] for r in body["output"]["results"]] == ["sent", "failed", "failed"]
+    assert body["output"]["results"][1]["error"] == (
+        "Content generation failed: the provider answered 400: Invalid prompt for key [redacted]."
     )
     stored = await _database_text()
     assert execution_id in stored and LLM_KEY_ENV in stored and WHATSAPP_TOKEN_ENV in stored
@@ -830,3 +880,452 @@ async def test_a_worker_killed_mid_generation_is_finished_by_another_without_reg
     assert body["status"] == "completed"
     assert [r["status"] for r in body["output"]["results"]] == ["sent"] * 5
     assert await SandboxMessage.count() == 5
+
+
+# --- errors no retry will fix stop the step at once ------------------------------------------
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (connections to it are refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+async def _status(client: httpx.AsyncClient, api_key: str, execution_id: str) -> dict[str, Any]:
+    response = await client.get(f"{PUBLIC}/executions/{execution_id}/status", headers=auth(api_key))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def assert_failed_before_review(
+    client: httpx.AsyncClient, api_key: str, execution_id: str, error: str
+) -> None:
+    """The execution failed with `error` and never asked a reviewer for anything."""
+    status = await _status(client, api_key, execution_id)
+    assert status == {
+        "id": execution_id,
+        "status": "failed",
+        "startedAt": status["startedAt"],
+        "completedAt": status["completedAt"],
+        "error": error,
+        "approvalStatus": None,
+    }
+    pending = await client.get(
+        f"{PUBLIC}/executions/{execution_id}/pending-approval", headers=auth(api_key)
+    )
+    assert pending.status_code == 409
+    stored = await row_states(execution_id)
+    assert [(r["generated_content"], r["compliance_status"]) for r in stored] == [
+        (None, None)
+    ] * len(stored)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "text"),
+    [
+        (401, None, "401 Incorrect API key provided."),
+        (
+            403,
+            {"error": {"message": "Project does not have access to model flowgate-test-model",
+                       "type": "invalid_request_error", "param": None,
+                       "code": "model_not_found"}},
+            "403 Project does not have access to model flowgate-test-model",
+        ),
+    ],
+)  # fmt: skip
+async def test_a_refused_llm_key_stops_generation_at_once_and_fails_the_run_with_one_message(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    llm: FakeChatCompletions,
+    status: int,
+    body: dict[str, Any] | None,
+    text: str,
+) -> None:
+    if status == 401:
+        llm.api_key = "sk-another-key"  # ours is refused
+    else:
+        llm.answer_when(lambda r: True, Reply(status, body))
+    await save(llm_settings(llm, concurrency=2))
+    execution_id = await start(client, api_key, csv_data=rows(10), workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    await assert_failed_before_review(
+        client,
+        api_key,
+        execution_id,
+        "Step 1 (Generate personalised message) failed: the chat-completions server refused "
+        f"the key in {LLM_KEY_ENV} (settings.api_key_env): {text}",
+    )
+    # At most the rows already in flight were asked, once each: not 10 rows, not retried.
+    assert 1 <= len(llm.requests) <= 2
+    assert len({FakeChatCompletions.prompt_of(r) for r in llm.requests}) == len(llm.requests)
+
+
+async def test_a_refused_llm_key_echoed_by_the_server_is_redacted_in_the_executions_error(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    llm: FakeChatCompletions,
+    llm_key: str,
+) -> None:
+    echo = {"error": {"message": f"Incorrect API key provided: {llm_key}.", "type": "auth"}}
+    llm.respond_with(Reply(401, echo))
+    await save(llm_settings(llm, concurrency=1))
+    execution_id = await start(client, api_key, csv_data=rows(3), workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    await assert_failed_before_review(
+        client,
+        api_key,
+        execution_id,
+        "Step 1 (Generate personalised message) failed: the chat-completions server refused "
+        f"the key in {LLM_KEY_ENV} (settings.api_key_env): 401 Incorrect API key provided: "
+        "[redacted].",
+    )
+    assert llm_key not in await _database_text()
+
+
+async def test_a_spent_llm_quota_stops_generation_at_once_without_retrying(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, llm: FakeChatCompletions
+) -> None:
+    quota = {
+        "error": {
+            "message": "You exceeded your current quota, please check your plan and billing "
+            "details.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        }
+    }
+    llm.answer_when(lambda r: True, Reply(429, quota))
+    await save(llm_settings(llm, concurrency=1))
+    execution_id = await start(client, api_key, csv_data=rows(5), workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    await assert_failed_before_review(
+        client,
+        api_key,
+        execution_id,
+        "Step 1 (Generate personalised message) failed: the chat-completions server answered "
+        "429: You exceeded your current quota, please check your plan and billing details.",
+    )
+    assert len(llm.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "hint"),
+    [("", True), ("/api", True), ("/v1/models", False), ("/v1beta/openai", False)],
+)
+async def test_an_llm_404_stops_generation_and_suggests_v1_when_the_base_url_lacks_it(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    llm: FakeChatCompletions,
+    path: str,
+    hint: bool,
+) -> None:
+    base_url = llm.origin + path
+    await save(llm_settings(llm, base_url=base_url, concurrency=1))
+    execution_id = await start(client, api_key, csv_data=rows(5), workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    error = (
+        "Step 1 (Generate personalised message) failed: the chat-completions server answered "
+        f"404 to POST {base_url}/chat/completions: Invalid URL (POST {path}/chat/completions)"
+    )
+    if hint:
+        error += f"; did you mean base_url {base_url}/v1?"
+    await assert_failed_before_review(client, api_key, execution_id, error)
+    assert len(llm.requests) == 1
+
+
+async def test_an_llm_nothing_listens_for_stops_generation_after_the_first_rows_attempts(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any
+) -> None:
+    base_url = f"http://127.0.0.1:{_closed_port()}/v1"
+    await save(
+        {
+            "provider": "openai_compatible",
+            "base_url": base_url,
+            "model": "any",
+            "api_key_env": LLM_KEY_ENV,
+            "prompt_template": PROMPT,
+            "max_retries": 2,
+            "retry_backoff_seconds": 0.01,
+            "concurrency": 1,
+        }
+    )
+    os.environ[LLM_KEY_ENV] = "sk-unused"
+    try:
+        execution_id = await start(client, api_key, csv_data=rows(20), workflow_id=WORKFLOW_ID)
+        await run_worker()
+    finally:
+        del os.environ[LLM_KEY_ENV]
+
+    stored = await execution_row(execution_id)
+    assert stored["status"] == "failed"
+    assert re.fullmatch(
+        re.escape(
+            "Step 1 (Generate personalised message) failed: could not reach the "
+            f"chat-completions server at {base_url}/chat/completions (ConnectError: "
+        )
+        + r".+; 3 attempts\)",
+        stored["error"],
+    ), stored["error"]
+    await assert_failed_before_review(client, api_key, execution_id, stored["error"])
+
+
+async def test_a_wrong_whatsapp_api_version_stops_the_send_step_with_error_2500(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, whatsapp: FakeWhatsAppCloud
+) -> None:
+    await save(send=whatsapp_settings(whatsapp, base_url=whatsapp.origin + "/v99.0", concurrency=1))
+    execution_id = await start(client, api_key, csv_data=rows(4), workflow_id=WORKFLOW_ID)
+    await run_worker()
+    await approve(client, api_key, execution_id)
+
+    await run_worker()
+
+    reason = (
+        "WhatsApp Cloud API error 2500: Unknown path components: "
+        f"/v99.0/{whatsapp.phone_number_id}/messages"
+    )
+    stored = await execution_row(execution_id)
+    assert (stored["status"], stored["error"]) == (
+        "failed",
+        f"Step 4 (Send WhatsApp message) failed: {reason}",
+    )
+    assert len(whatsapp.requests) == 1 and whatsapp.sent == []
+    assert [(r["send_status"], r["error"]) for r in await row_states(execution_id)] == [
+        ("failed", reason), (None, None), (None, None), (None, None)
+    ]  # fmt: skip
+
+
+async def test_a_whatsapp_api_nothing_listens_on_stops_the_send_step(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, whatsapp_token: str
+) -> None:
+    base_url = f"http://127.0.0.1:{_closed_port()}/v21.0"
+    settings = {
+        "channel": "whatsapp",
+        "provider": "whatsapp_cloud",
+        "base_url": base_url,
+        "phone_number_id": "106540352242922",
+        "access_token_env": WHATSAPP_TOKEN_ENV,
+        "max_retries": 1,
+        "retry_backoff_seconds": 0.01,
+        "concurrency": 1,
+    }
+    await save(send=settings)
+    execution_id = await start(client, api_key, csv_data=rows(5), workflow_id=WORKFLOW_ID)
+    await run_worker()
+    await approve(client, api_key, execution_id)
+
+    await run_worker()
+
+    stored = await execution_row(execution_id)
+    assert stored["status"] == "failed"
+    prefix = (
+        "Step 4 (Send WhatsApp message) failed: could not reach the WhatsApp Cloud API at "
+        f"{base_url}/106540352242922/messages (ConnectError: "
+    )
+    assert stored["error"].startswith(prefix) and stored["error"].endswith("; 2 attempts)")
+    # Certainly not sent: the first row failed, the others were never tried.
+    assert [r["send_status"] for r in await row_states(execution_id)] == [
+        "failed", None, None, None, None
+    ]  # fmt: skip
+
+
+# --- preflight: a run checks every step when it starts ---------------------------------------
+
+
+async def test_a_missing_whatsapp_token_fails_the_run_when_it_starts_before_any_generation(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    llm: FakeChatCompletions,
+    whatsapp: FakeWhatsAppCloud,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(WHATSAPP_TOKEN_ENV)
+    await save(llm_settings(llm), whatsapp_settings(whatsapp))
+    execution_id = await start(client, api_key, csv_data=rows(3), workflow_id=WORKFLOW_ID)
+
+    await run_worker()
+
+    await assert_failed_before_review(
+        client,
+        api_key,
+        execution_id,
+        "Step 4 (Send WhatsApp message) failed: Environment variable "
+        f"{WHATSAPP_TOKEN_ENV} (settings.access_token_env) is not set on the worker",
+    )
+    assert llm.requests == [] and whatsapp.requests == []
+    assert (await execution_row(execution_id))["step_results"] == []
+
+
+@pytest.mark.parametrize(
+    ("step", "setting", "value", "error"),
+    [
+        (
+            "content",
+            "base_url",
+            "localhost:11434/v1",
+            "Step 1 (Generate personalised message) failed: settings.base_url is not an "
+            "http(s) URL with a host: 'localhost:11434/v1'",
+        ),
+        (
+            "send",
+            "base_url",
+            "https://graph facebook.com/v21.0",
+            "Step 4 (Send WhatsApp message) failed: settings.base_url is not an http(s) URL "
+            "with a host: 'https://graph facebook.com/v21.0'",
+        ),
+    ],
+)
+async def test_a_malformed_provider_url_fails_the_run_when_it_starts(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    llm: FakeChatCompletions,
+    whatsapp: FakeWhatsAppCloud,
+    step: str,
+    setting: str,
+    value: str,
+    error: str,
+) -> None:
+    await save(llm_settings(llm), whatsapp_settings(whatsapp))
+    execution_id = await start(client, api_key, csv_data=rows(2), workflow_id=WORKFLOW_ID)
+    # Workflow files refuse such a URL; a definition stored before that check (or edited in the
+    # database) still reaches the worker. Each execution keeps its own copy: change that one.
+    definition = (await execution_row(execution_id))["definition"]
+    definition["steps"][0 if step == "content" else 3]["settings"][setting] = value
+    await Execution.update({Execution.definition: json.dumps(definition)}).where(
+        Execution.id == UUID(execution_id)
+    )
+
+    await run_worker()
+
+    await assert_failed_before_review(client, api_key, execution_id, error)
+    assert llm.requests == [] and whatsapp.requests == []
+
+
+# --- a send is never repeated when it may have been accepted ---------------------------------
+
+
+async def test_a_whatsapp_500_after_accepting_is_not_resent_and_the_rows_delivery_is_unknown(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, whatsapp: FakeWhatsAppCloud
+) -> None:
+    data = rows(3)
+    second = _digits(data[1])
+    whatsapp.answer_when(lambda r: (r.json or {}).get("to") == second, Reply(500, accept=True))
+    await save(send=whatsapp_settings(whatsapp))
+
+    execution_id, body = await run_through_approval(client, api_key, run_worker, data)
+
+    # WhatsApp took the message (it may well be delivered) and we asked exactly once.
+    assert [r.json["to"] for r in whatsapp.requests].count(second) == 1
+    assert second in [to for to, _, _ in whatsapp.sent]
+    ids = {to: message_id for to, _, message_id in whatsapp.sent}
+    assert body == completed(
+        execution_id,
+        body,
+        [
+            {"customerId": "CUST001", "status": "sent", "messageId": ids[_digits(data[0])]},
+            {
+                "customerId": "CUST002",
+                "status": "failed",
+                "messageId": None,
+                "error": "Delivery state unknown: the WhatsApp Cloud API answered 500 (WhatsApp "
+                "Cloud API error 131000: (#131000) Something went wrong (Something went wrong)); "
+                "not resent to avoid a duplicate",
+            },
+            {"customerId": "CUST003", "status": "sent", "messageId": ids[_digits(data[2])]},
+        ],
+    )
+    steps = (await execution_row(execution_id))["step_results"]
+    assert (steps[3]["failed"], steps[3]["delivery_unknown"]) == (1, 1)
+    assert len(whatsapp.requests) == 3
+
+
+async def test_a_whatsapp_send_without_an_answer_in_time_is_not_resent(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, whatsapp: FakeWhatsAppCloud
+) -> None:
+    whatsapp.respond_with(Reply(delay=1.0))
+    await save(send=whatsapp_settings(whatsapp, timeout_seconds=0.3, concurrency=1))
+    data = rows(2)
+
+    _, body = await run_through_approval(client, api_key, run_worker, data)
+
+    assert [r.json["to"] for r in whatsapp.requests] == [_digits(row) for row in data]
+    assert [(r["status"], r.get("error")) for r in body["output"]["results"]] == [
+        (
+            "failed",
+            "Delivery state unknown: the WhatsApp Cloud API did not answer within 0.3 s; "
+            "not resent to avoid a duplicate",
+        ),
+        ("sent", None),
+    ]
+
+
+async def test_whatsapp_rate_limits_and_its_not_processed_503_are_retried_and_sent_once(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, whatsapp: FakeWhatsAppCloud
+) -> None:
+    # 429 without Retry-After, Graph API throttling (code 130429 in a 400), 503 code 2.
+    whatsapp.respond_with(429, Reply(400, WHATSAPP_THROTTLED), 503)
+    await save(send=whatsapp_settings(whatsapp, max_retries=3))
+    data = rows(1)
+
+    execution_id, body = await run_through_approval(client, api_key, run_worker, data)
+
+    ((_, _, message_id),) = whatsapp.sent
+    assert body == completed(
+        execution_id, body, [{"customerId": "CUST001", "status": "sent", "messageId": message_id}]
+    )
+    assert len(whatsapp.requests) == 4
+
+
+async def test_the_http_gateway_is_retried_on_503_and_never_on_another_5xx(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any
+) -> None:
+    gateway = FakeGateway()
+    gateway.start()
+    data = rows(2)
+    try:
+        gateway.respond_with(503)  # the first row: not processed, tried again
+        gateway.answer_when(lambda r: r.json["customerId"] == "CUST002", Reply(502, accept=True))
+        await save(
+            send={
+                "channel": "whatsapp",
+                "provider": "http",
+                "url": gateway.url,
+                "retry_backoff_seconds": 0.01,
+                "concurrency": 1,
+            }
+        )
+        execution_id, body = await run_through_approval(client, api_key, run_worker, data)
+    finally:
+        gateway.stop()
+
+    assert [r.json["customerId"] for r in gateway.requests] == ["CUST001", "CUST001", "CUST002"]
+    ids = dict(gateway.sent)
+    assert body == completed(
+        execution_id,
+        body,
+        [
+            {"customerId": "CUST001", "status": "sent", "messageId": ids["CUST001"]},
+            {
+                "customerId": "CUST002",
+                "status": "failed",
+                "messageId": None,
+                "error": 'Delivery state unknown: the gateway answered 502: {"error": '
+                '"gateway error 502"}; not resent to avoid a duplicate',
+            },
+        ],
+    )

@@ -1,17 +1,20 @@
 """How every HTTP provider calls out: one JSON POST over the worker's shared httpx client, with a
-deadline per attempt and retries on 429 and 5xx answers that honour `Retry-After`.
+deadline per attempt and retries that honour `Retry-After`.
 
 All the numbers come from the step's settings (see web.domain.workflows `_HTTP_CALLS`), so tests
 shrink them. Whether a failed attempt may be repeated depends on the call: generating content
-again only costs tokens, but a message whose request may have reached the provider must not be
-sent again (`resend_unsure=False`): then only failures that prove the request never left
-(connection refused, connect timeout) are retried, besides 429/5xx answers.
+again only costs tokens (429 and 5xx answers, timeouts are retried), but a message whose request
+may have reached the provider must not be sent again (`resend_unsure=False`, and a `retryable`
+that accepts only answers the provider documents as "not processed", such as 429): then only
+failures that prove the request never left (connection refused, connect timeout) are retried,
+besides those answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -19,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from worker.providers.types import ProviderError
+from worker.providers.types import NoAnswer, Unreachable
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_RETRIES = 3
@@ -78,6 +81,7 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
 
 
 def is_retryable(response: httpx.Response) -> bool:
+    """The default for calls that may be repeated freely (generating content): 429 and 5xx."""
     return response.status_code == 429 or response.status_code >= 500
 
 
@@ -90,12 +94,17 @@ async def post_json(
     *,
     resend_unsure: bool,
     who: str,
+    retryable: Callable[[httpx.Response], bool] = is_retryable,
 ) -> httpx.Response:
-    """POST `body` as JSON; the last answer once it is not 429/5xx or retries are spent.
+    """POST `body` as JSON; the last answer once `retryable` refuses it or retries are spent.
 
-    Raises ProviderError when no answer came (timeout, connection error), naming `who`.
+    A failure without an answer is retried when the request certainly never left (connection
+    refused, connect timeout), and otherwise only with `resend_unsure`. When no answer came it
+    raises Unreachable (every attempt failed before sending) or NoAnswer (the request may have
+    been received), naming `who`.
     """
     retry = 0
+    every_attempt_unsent = True
     while True:
         try:
             async with asyncio.timeout(policy.timeout_seconds):
@@ -107,12 +116,15 @@ async def post_json(
                 )
         except (TimeoutError, httpx.TimeoutException, httpx.TransportError) as exc:
             unsent = isinstance(exc, _NOT_SENT)
+            every_attempt_unsent = every_attempt_unsent and unsent
             if (unsent or resend_unsure) and retry < policy.max_retries:
                 await asyncio.sleep(policy.backoff(retry))
                 retry += 1
                 continue
-            raise ProviderError(_describe(exc, who, policy, unsent, resend_unsure)) from None
-        if not is_retryable(response) or retry >= policy.max_retries:
+            if every_attempt_unsent:
+                raise Unreachable(_unreachable(exc, who, url, retry + 1)) from None
+            raise NoAnswer(_no_answer(exc, who, policy)) from None
+        if not retryable(response) or retry >= policy.max_retries:
             return response
         wait = retry_after_seconds(response)
         if wait is None:
@@ -123,19 +135,16 @@ async def post_json(
         retry += 1
 
 
-def _describe(
-    exc: Exception, who: str, policy: CallPolicy, unsent: bool, resend_unsure: bool
-) -> str:
-    if unsent:
-        reason = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
-        return f"could not reach {who} ({reason})"
+def _unreachable(exc: Exception, who: str, url: str, attempts: int) -> str:
+    reason = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    return f"could not reach {who} at {url} ({reason}; {tries})"
+
+
+def _no_answer(exc: Exception, who: str, policy: CallPolicy) -> str:
     if isinstance(exc, TimeoutError | httpx.TimeoutException):
-        text = f"{who} did not answer within {policy.timeout_seconds:g} s"
-    else:
-        text = f"the connection to {who} failed ({type(exc).__name__})"
-    if not resend_unsure:
-        text += "; not retried, as the request may have been received"
-    return text
+        return f"{who} did not answer within {policy.timeout_seconds:g} s"
+    return f"the connection to {who} failed ({type(exc).__name__})"
 
 
 def error_text(response: httpx.Response, limit: int = 300) -> str:

@@ -8,7 +8,12 @@
 an optional `Authorization: Bearer <token>` (read from the environment variable named by
 `token_env`), the extra `headers` of the settings (not for secrets: they are stored with the
 workflow) and `Idempotency-Key: <row id>`, so a gateway that keeps keys can drop a repeat. A 2xx
-answer must be JSON with `messageId`; anything else fails the row (429/5xx after retries).
+answer must be JSON with `messageId`; anything else fails the row.
+
+The contract with the gateway on repeats: 429 and 503 mean "not processed, try again later"
+(honouring Retry-After) and are retried, as is a refused connection; any other 5xx, or no answer
+after the request went out, may have been sent: the row's delivery is unknown and it is never
+resent. 401, 403 and 404 stop the step (no row can get past them).
 """
 
 from __future__ import annotations
@@ -24,12 +29,16 @@ from worker.concurrency import map_bounded
 from worker.providers.calls import CallPolicy, error_text, post_json
 from worker.providers.secrets import read_secret, scrub
 from worker.providers.types import (
+    NoAnswer,
     OutgoingMessage,
-    ProviderConfigError,
     ProviderContext,
     ProviderError,
     SendResult,
+    Unreachable,
 )
+from worker.providers.urls import http_url
+
+WHO = "the gateway"
 
 
 class HttpGatewayMessenger:
@@ -39,9 +48,7 @@ class HttpGatewayMessenger:
         self, settings: dict[str, Any], http: httpx.AsyncClient, execution_id: UUID
     ) -> None:
         self._http = http
-        self._url = str(settings.get("url") or "")
-        if not self._url:
-            raise ProviderConfigError("settings.url is required")
+        self._url = http_url(settings.get("url"), "url")
         self._execution_id = execution_id
         self._headers = {str(k): str(v) for k, v in (settings.get("headers") or {}).items()}
         self._token = read_secret(settings, "token_env") if settings.get("token_env") else ""
@@ -49,6 +56,8 @@ class HttpGatewayMessenger:
             self._headers["Authorization"] = f"Bearer {self._token}"
         self._policy = CallPolicy.from_settings(settings)
         self.concurrency = self._policy.concurrency
+        # Whether the gateway has answered anything in this step.
+        self._answered = False
 
     @classmethod
     def for_step(cls, settings: dict[str, Any], context: ProviderContext) -> HttpGatewayMessenger:
@@ -75,14 +84,23 @@ class HttpGatewayMessenger:
                 {**self._headers, "Idempotency-Key": str(message.row_id)},
                 self._policy,
                 resend_unsure=False,
-                who="the gateway",
+                who=WHO,
+                retryable=not_processed,
             )
+        except Unreachable as exc:
+            return SendResult.failed(message.row_id, str(exc), stop=not self._answered)
+        except NoAnswer as exc:
+            return SendResult.unknown(message.row_id, str(exc))
         except ProviderError as exc:
             return SendResult.failed(message.row_id, str(exc))
-        if response.status_code >= 300:
-            text = scrub(error_text(response), self._token)
+        self._answered = True
+        status = response.status_code
+        text = scrub(error_text(response), self._token)
+        if status >= 500 and not not_processed(response):
+            return SendResult.unknown(message.row_id, f"{WHO} answered {status}: {text}")
+        if status >= 300:
             return SendResult.failed(
-                message.row_id, f"the gateway answered {response.status_code}: {text}"
+                message.row_id, f"{WHO} answered {status}: {text}", stop=status in (401, 403, 404)
             )
         try:
             message_id = response.json()["messageId"]
@@ -93,7 +111,12 @@ class HttpGatewayMessenger:
             or isinstance(message_id, bool)
             or message_id == ""
         ):
-            return SendResult.failed(
-                message.row_id, f"the gateway's answer has no messageId: {error_text(response)}"
+            return SendResult.unknown(
+                message.row_id, f"{WHO}'s answer has no messageId: {error_text(response)}"
             )
         return SendResult(message.row_id, SendStatus.SENT, str(message_id))
+
+
+def not_processed(response: httpx.Response) -> bool:
+    """429 and 503: the gateway did not process the request (the documented contract)."""
+    return response.status_code in (429, 503)

@@ -7,10 +7,16 @@ that API works: OpenAI and other hosted ones, vLLM, Ollama (`http://localhost:11
 LM Studio (`http://localhost:1234/v1`).
 
 The message is `choices[0].message.content`; the answer's `usage` object is kept per row.
+
+Errors no retry will fix stop the step (ProviderUnusable) instead of failing every row in turn:
+401/403 (the key), 404 (the URL; a hint when `base_url` lacks `/v1`), OpenAI's
+`insufficient_quota`, and a server that could not be reached on any attempt before it had
+answered anything.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -18,7 +24,16 @@ import httpx
 from worker.providers.calls import CallPolicy, error_text, post_json
 from worker.providers.secrets import read_secret, scrub
 from worker.providers.template import compile_template, render
-from worker.providers.types import Generated, ProviderContext, ProviderError
+from worker.providers.types import (
+    Generated,
+    ProviderContext,
+    ProviderError,
+    ProviderUnusable,
+    Unreachable,
+)
+from worker.providers.urls import http_url
+
+WHO = "the chat-completions server"
 
 
 class OpenAICompatibleProvider:
@@ -26,7 +41,9 @@ class OpenAICompatibleProvider:
 
     def __init__(self, settings: dict[str, Any], http: httpx.AsyncClient) -> None:
         self._http = http
-        self._url = str(settings.get("base_url") or "").rstrip("/") + "/chat/completions"
+        self._base_url = http_url(settings.get("base_url"), "base_url")
+        self._url = self._base_url + "/chat/completions"
+        self._key_env = str(settings.get("api_key_env"))
         self._model = str(settings.get("model") or "")
         self._prompt = compile_template(settings, "prompt_template")
         self._system_prompt = settings.get("system_prompt")
@@ -38,6 +55,9 @@ class OpenAICompatibleProvider:
         self._api_key = read_secret(settings, "api_key_env")
         self._policy = CallPolicy.from_settings(settings)
         self.concurrency = self._policy.concurrency
+        # Whether the server has answered anything in this step: until it has, a row that could
+        # not reach it on any attempt stops the step (nothing is listening there).
+        self._answered = False
 
     @classmethod
     def for_step(
@@ -53,22 +73,24 @@ class OpenAICompatibleProvider:
         return {"model": self._model, "messages": messages, **self._options}
 
     async def generate(self, row: dict[str, Any]) -> Generated:
-        response = await post_json(
-            self._http,
-            self._url,
-            self.request_body(row),
-            {"Authorization": f"Bearer {self._api_key}"},
-            self._policy,
-            resend_unsure=True,
-            who="the chat-completions server",
-        )
-        if response.status_code >= 400:
-            raise ProviderError(
-                scrub(
-                    f"the provider answered {response.status_code}: {_error(response)}",
-                    self._api_key,
-                )
+        try:
+            response = await post_json(
+                self._http,
+                self._url,
+                self.request_body(row),
+                {"Authorization": f"Bearer {self._api_key}"},
+                self._policy,
+                resend_unsure=True,
+                who=WHO,
+                retryable=_retryable,
             )
+        except Unreachable as exc:
+            if self._answered:
+                raise
+            raise ProviderUnusable(str(exc)) from None
+        self._answered = True
+        if response.status_code >= 400:
+            raise self._error_for(response)
         try:
             answer = response.json()
             content = answer["choices"][0]["message"]["content"]
@@ -81,6 +103,39 @@ class OpenAICompatibleProvider:
             raise ProviderError(f"the provider returned no content (finish_reason: {reason})")
         usage = answer.get("usage")
         return Generated(content.strip(), usage if isinstance(usage, dict) else None)
+
+    def _error_for(self, response: httpx.Response) -> ProviderError:
+        status = response.status_code
+        text = scrub(_error(response), self._api_key)
+        if status in (401, 403):
+            return ProviderUnusable(
+                f"{WHO} refused the key in {self._key_env} (settings.api_key_env): {status} {text}"
+            )
+        if status == 404:
+            message = f"{WHO} answered 404 to POST {self._url}: {text}"
+            segments = httpx.URL(self._base_url).path.split("/")
+            if not any(re.fullmatch(r"v\d+\w*", segment) for segment in segments):
+                # No version in the path (`http://localhost:11434` for Ollama's `/v1`).
+                message += f"; did you mean base_url {self._base_url}/v1?"
+            return ProviderUnusable(message)
+        if status == 429 and _error_code(response) == "insufficient_quota":
+            return ProviderUnusable(f"{WHO} answered 429: {text}")
+        return ProviderError(f"the provider answered {status}: {text}")
+
+
+def _retryable(response: httpx.Response) -> bool:
+    """429 and 5xx, except a 429 for a spent quota (OpenAI's `insufficient_quota`)."""
+    if response.status_code == 429:
+        return _error_code(response) != "insufficient_quota"
+    return response.status_code >= 500
+
+
+def _error_code(response: httpx.Response) -> object:
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 def _error(response: httpx.Response) -> str:

@@ -24,6 +24,27 @@ class ProviderError(Exception):
     go on. The message is the provider's own, never a secret."""
 
 
+class ProviderUnusable(ProviderError):
+    """No row can succeed with these settings, and no retry will change that (a refused key, a
+    wrong URL, a server that never answered the first rows): the step stops offering rows and
+    the execution fails with this one message."""
+
+
+class Unreachable(ProviderError):
+    """Every attempt of a call failed before the request left (connection refused, connect
+    timeout): the provider certainly did not get it."""
+
+
+class NoAnswer(ProviderError):
+    """A call got no answer after its request may have been sent (read timeout, connection
+    dropped): whether the provider acted on it is unknown."""
+
+
+def unknown_delivery(reason: str) -> str:
+    """The error of a row whose message may or may not have reached the provider."""
+    return f"Delivery state unknown: {reason}; not resent to avoid a duplicate"
+
+
 @dataclass(frozen=True)
 class ProviderContext:
     """What a provider may use besides its step's settings."""
@@ -51,7 +72,8 @@ class ContentProvider(Protocol):
     concurrency: int
 
     async def generate(self, row: dict[str, Any]) -> Generated:
-        """The message for one row; ProviderError fails this row only."""
+        """The message for one row; ProviderError fails this row only, ProviderUnusable the
+        step."""
         ...
 
 
@@ -81,10 +103,18 @@ class SendResult:
     status: SendStatus
     message_id: str | None
     error: str | None = None
+    # The provider may have accepted the message (a 5xx, no answer): failed, never resent.
+    delivery_unknown: bool = False
+    # No other row can succeed either (ProviderUnusable's cases): the step stops sending.
+    stop: bool = False
 
     @classmethod
-    def failed(cls, row_id: UUID, error: str) -> SendResult:
-        return cls(row_id, SendStatus.FAILED, None, error)
+    def failed(cls, row_id: UUID, error: str, *, stop: bool = False) -> SendResult:
+        return cls(row_id, SendStatus.FAILED, None, error, stop=stop)
+
+    @classmethod
+    def unknown(cls, row_id: UUID, reason: str) -> SendResult:
+        return cls(row_id, SendStatus.FAILED, None, unknown_delivery(reason), delivery_unknown=True)
 
 
 class Messenger(Protocol):
@@ -95,7 +125,8 @@ class Messenger(Protocol):
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         """One result per message, in order: `sent` with the provider's message id, or
-        `failed` with the provider's error. Never raises for one message's failure."""
+        `failed` with the provider's error (`delivery_unknown` when it may have been accepted,
+        `stop` when no other row can succeed). Never raises for one message's failure."""
         ...
 
 

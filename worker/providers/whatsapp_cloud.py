@@ -10,7 +10,15 @@ or, with `settings.template` ({name, language, body_parameters}), a template mes
 parameters are row fields (`message` is the generated text). The answer's `messages[0].id`
 (`wamid.…`) becomes the row's messageId. An error answer (`{"error": {"message", "type", "code",
 "error_data": {"details"}}}`: invalid number, expired token, rate limit) fails that row with the
-API's message; 429 and 5xx are retried first (honouring Retry-After).
+API's message.
+
+A send is repeated only when the API certainly did not take it
+(https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes): the connection
+was refused, a rate limit (HTTP 429, or codes 4, 80007, 130429, 131056), or code 2 "API
+Service" (503: temporary downtime or overload). Any other 5xx, or no answer after the request
+went out, may have been accepted: the row's delivery is unknown and it is never resent. Codes
+that no row can get past (an invalid token, a wrong path or version, a locked account) stop the
+step.
 """
 
 from __future__ import annotations
@@ -26,14 +34,26 @@ from worker.concurrency import map_bounded
 from worker.providers.calls import CallPolicy, error_text, post_json
 from worker.providers.secrets import read_secret, scrub
 from worker.providers.types import (
+    NoAnswer,
     OutgoingMessage,
     ProviderConfigError,
     ProviderContext,
     ProviderError,
     SendResult,
+    Unreachable,
 )
+from worker.providers.urls import http_url
 
 DEFAULT_BASE_URL = "https://graph.facebook.com/v21.0"
+WHO = "the WhatsApp Cloud API"
+
+# Throttling: the request was refused, not processed.
+RATE_LIMIT_CODES = frozenset({4, 80007, 130429, 131056})
+# 503 "API Service": temporary downtime or overload, the request was not processed.
+NOT_PROCESSED_CODE = 2
+# No row can get past these: 0/190 the access token, 10 and 200-299 permissions, 2500 an
+# unknown path (a wrong version or phone number id path), 131031 a locked account.
+UNUSABLE_CODES = frozenset({0, 10, 190, 2500, 131031, *range(200, 300)})
 
 
 class WhatsAppCloudMessenger:
@@ -41,7 +61,7 @@ class WhatsAppCloudMessenger:
 
     def __init__(self, settings: dict[str, Any], http: httpx.AsyncClient) -> None:
         self._http = http
-        base_url = str(settings.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
+        base_url = http_url(settings.get("base_url") or DEFAULT_BASE_URL, "base_url")
         phone_number_id = str(settings.get("phone_number_id") or "").strip()
         if not phone_number_id:
             raise ProviderConfigError("settings.phone_number_id is required")
@@ -50,6 +70,8 @@ class WhatsAppCloudMessenger:
         self._token = read_secret(settings, "access_token_env")
         self._policy = CallPolicy.from_settings(settings)
         self.concurrency = self._policy.concurrency
+        # Whether the API has answered anything in this step (see _unreachable).
+        self._answered = False
 
     @classmethod
     def for_step(cls, settings: dict[str, Any], context: ProviderContext) -> WhatsAppCloudMessenger:
@@ -102,22 +124,54 @@ class WhatsAppCloudMessenger:
                 {"Authorization": f"Bearer {self._token}"},
                 self._policy,
                 resend_unsure=False,
-                who="the WhatsApp Cloud API",
+                who=WHO,
+                retryable=not_processed,
             )
+        except Unreachable as exc:
+            # Certainly not sent. Before the API answered anything, nothing is listening there.
+            return SendResult.failed(message.row_id, str(exc), stop=not self._answered)
+        except NoAnswer as exc:
+            return SendResult.unknown(message.row_id, str(exc))
         except ProviderError as exc:
             return SendResult.failed(message.row_id, str(exc))
-        if response.status_code >= 400:
-            return SendResult.failed(message.row_id, scrub(_error(response), self._token))
+        self._answered = True
+        if response.status_code >= 500 and not not_processed(response):
+            text = scrub(_error(response), self._token)
+            return SendResult.unknown(
+                message.row_id, f"{WHO} answered {response.status_code} ({text})"
+            )
+        if response.status_code >= 300:
+            unusable = response.status_code in (401, 403, 404) or _code(response) in UNUSABLE_CODES
+            return SendResult.failed(
+                message.row_id, scrub(_error(response), self._token), stop=unusable
+            )
         try:
             message_id = response.json()["messages"][0]["id"]
         except (ValueError, KeyError, IndexError, TypeError):
             message_id = None
         if not isinstance(message_id, str) or not message_id:
-            return SendResult.failed(
-                message.row_id,
-                f"the WhatsApp Cloud API answer has no message id: {error_text(response)}",
+            return SendResult.unknown(
+                message.row_id, f"{WHO} answer has no message id: {error_text(response)}"
             )
         return SendResult(message.row_id, SendStatus.SENT, message_id)
+
+
+def not_processed(response: httpx.Response) -> bool:
+    """An answer the Cloud API documents as "not processed": safe to send again."""
+    if response.status_code == 429:
+        return True
+    code = _code(response)
+    if code in RATE_LIMIT_CODES:
+        return True
+    return response.status_code == 503 and code == NOT_PROCESSED_CODE
+
+
+def _code(response: httpx.Response) -> object:
+    try:
+        error = response.json()["error"]
+        return error.get("code")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _error(response: httpx.Response) -> str:

@@ -16,7 +16,12 @@ from web.settings import Settings
 
 
 class StepError(Exception):
-    """A step cannot succeed on this input: the execution fails with this message."""
+    """A step cannot succeed on this input: the execution fails with this message. `index` names
+    another step than the one running (the preflight's finding about a later step)."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class LeaseLost(Exception):

@@ -10,7 +10,15 @@ free of duplicates depends on the provider (worker.providers.messaging):
   before its call and its result saved right after, `concurrency` rows at a time. A row found
   still `sending` when the step starts again was cut off between the call and the save: it ends
   `failed` with UNKNOWN_DELIVERY and is not sent again, because the provider may have delivered
-  it and cannot tell us. Rows never attempted are sent normally.
+  it and cannot tell us. Rows never attempted are sent normally. The providers themselves repeat
+  a call only when the request certainly did not reach them; a 5xx or no answer ends the row
+  `failed` with "Delivery state unknown" (SendResult.unknown), never resent.
+- A result with `stop` (an invalid token, a wrong URL, nothing listening) ends the step: no new
+  row is offered, the rows in flight finish and are saved, and the execution fails with that
+  error, once.
+
+A row whose content could not be generated ends `failed` with the generation error (counted in
+the results' failedCount), unless a reviewer gave it a message.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ UNKNOWN_DELIVERY = "Delivery state unknown after a worker crash; not resent to a
 
 
 def _not_sendable(row: RowState) -> tuple[SendStatus, str] | None:
+    if not row.generated_content and row.error:
+        return SendStatus.FAILED, row.error  # the content provider failed on it
     if row.decision == RowDecision.REJECTED:
         return SendStatus.REJECTED, "Rejected by reviewer"
     if row.compliance_status != ComplianceStatus.PASSED:
@@ -67,17 +77,30 @@ async def _send_in_batches(
 
 
 async def _send_each_once(provider: Messenger, to_send: list[OutgoingMessage]) -> list[SendResult]:
+    """Each row once, `concurrency` at a time; StepError once a result says `stop` (after the
+    rows in flight are saved: they are never cancelled mid-call)."""
+    stopping: list[str] = []
+
     async def one(message: OutgoingMessage) -> SendResult | None:
+        if stopping:
+            return None  # left unsent
         if not await execution_rows.mark_sending(message.row_id):
             return None  # no longer unsent: another worker has it
-        try:
-            (result,) = await provider.send([message])
-        except Exception as exc:  # a provider bug: this row's fate is unknown, not retried
-            result = SendResult.failed(message.row_id, f"Delivery state unknown: {exc}")
+        if stopping:
+            result = SendResult.failed(message.row_id, f"Not sent: {stopping[0]}")
+        else:
+            try:
+                (result,) = await provider.send([message])
+            except Exception as exc:  # a provider bug: this row's fate is unknown, not retried
+                result = SendResult.unknown(message.row_id, str(exc) or type(exc).__name__)
+        if result.stop and not stopping:
+            stopping.append(result.error or "the provider refused the step's settings")
         await _save([result])
         return result
 
     outcomes = await map_bounded(to_send, provider.concurrency, one)
+    if stopping:
+        raise StepError(stopping[0])
     return [result for result in outcomes if result is not None]
 
 
@@ -117,5 +140,16 @@ async def run(ctx: StepContext) -> dict[str, Any]:
         results = await keeping_lease(ctx, _send_each_once(provider, to_send))
     sent = sum(1 for r in results if r.status == SendStatus.SENT)
     failed = sum(1 for r in results if r.status == SendStatus.FAILED) + unknown
+    failed += sum(1 for s in settled if s[1] == SendStatus.FAILED)
     skipped = sum(1 for s in settled if s[1] == SendStatus.SKIPPED)
-    return {"sent": sent, "failed": failed, "skipped": skipped, "rejected": len(settled) - skipped}
+    rejected = sum(1 for s in settled if s[1] == SendStatus.REJECTED)
+    summary: dict[str, Any] = {
+        "sent": sent,
+        "failed": failed,
+        "skipped": skipped,
+        "rejected": rejected,
+    }
+    unsure = unknown + sum(1 for r in results if r.delivery_unknown)
+    if unsure:
+        summary["delivery_unknown"] = unsure
+    return summary
