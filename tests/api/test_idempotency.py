@@ -59,12 +59,16 @@ async def test_without_the_header_every_request_starts_an_execution(
     with_key = await client.post(EXECUTE, json=body(), headers=headers(api_key, "k"))
 
     assert plain.status_code == with_key.status_code == 202
-    assert set(with_key.json()) == set(plain.json()) == {
-        "executionId",
-        "status",
-        "startedAt",
-        "message",
-    }
+    assert (
+        set(with_key.json())
+        == set(plain.json())
+        == {
+            "executionId",
+            "status",
+            "startedAt",
+            "message",
+        }
+    )
     await client.post(EXECUTE, json=body(), headers=auth(api_key))
     assert await Execution.count() == 3
 
@@ -285,3 +289,18 @@ async def test_the_schema_documents_the_header_and_its_answers(client: httpx.Asy
         assert header["in"] == "header" and header["required"] is False
         assert header["schema"]["maxLength"] == 255
         assert {"409", "422"} <= set(operation["responses"])
+
+
+async def test_the_worker_purges_expired_answers_every_hour(
+    client: httpx.AsyncClient, api_key: str
+) -> None:
+    from worker import jobs
+    from worker.settings import WorkerSettings
+
+    await client.post(EXECUTE, json=body(), headers=headers(api_key, "stale"))
+    await IdempotentRequest.raw("UPDATE idempotent_request SET expires_at = now() - interval '1s'")
+
+    assert await jobs.purge_idempotency_answers({}) == {"removed": 1}
+    assert await IdempotentRequest.count() == 0
+    (purge,) = [c for c in WorkerSettings.cron_jobs if c.name == "cron:purge_idempotency_answers"]
+    assert purge.minute == 17

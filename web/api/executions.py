@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from web.api import auth
@@ -23,6 +23,8 @@ from web.api.schemas import (
     DecisionResponse,
     ExecuteRequest,
     ExecuteResponse,
+    ExecutionListItem,
+    ExecutionListResponse,
     IdempotentOperation,
     IdempotentOptionalBodyOperation,
     PendingApprovalResponse,
@@ -31,7 +33,7 @@ from web.api.schemas import (
     StatusResponse,
     error_responses,
 )
-from web.domain import approvals, clock, executions, idempotency
+from web.domain import approvals, clock, execution_pages, executions, idempotency
 from web.domain.limits import QuotaExceeded, QuotaState
 
 Result = TypeVar("Result")
@@ -123,6 +125,57 @@ class PublicExecutionsController(Controller):
             report(exc.quota)
             raise
         return _started(started)
+
+    @get(
+        "/executions",
+        summary="List Executions",
+        description=(
+            "The calling key's executions, newest first, a page at a time. Pass `nextCursor` "
+            "back as `cursor` (with the same filters) for the next page; it is null on the last."
+        ),
+        responses=error_responses(),
+    )
+    async def list_executions(
+        self,
+        request: Request[Any, Any, Any],
+        status: Annotated[
+            list[str] | None,
+            QueryParameter(
+                description="Only these statuses (repeat the parameter for several)",
+                schema_extra={"items": {"type": "string", "enum": list(execution_pages.STATUSES)}},
+            ),
+        ] = None,
+        workflow_id: Annotated[
+            str | None, QueryParameter(name="workflowId", description="Only this workflow's")
+        ] = None,
+        limit: Annotated[
+            str | None,
+            QueryParameter(
+                description="Page size, 1 to 100 (default 20)",
+                schema_extra={"type": "integer", "minimum": 1, "maximum": 100},
+            ),
+        ] = None,
+        cursor: Annotated[
+            str | None, QueryParameter(description="`nextCursor` of the previous page")
+        ] = None,
+    ) -> ExecutionListResponse:
+        query = execution_pages.page_query(status or [], workflow_id, limit, cursor)
+        page = await execution_pages.list_for_key(auth.api_key_of(request).id, query)
+        return ExecutionListResponse(
+            data=[
+                ExecutionListItem(
+                    id=str(entry.id),
+                    workflow_id=entry.workflow,
+                    status=entry.status,
+                    approval_status=entry.approval_status,
+                    started_at=_iso(entry.started_at),
+                    completed_at=clock.iso(entry.completed_at),
+                    description=entry.description,
+                )
+                for entry in page.executions
+            ],
+            next_cursor=page.next_cursor,
+        )
 
     @get(
         "/executions/{execution_id:str}/status",

@@ -144,6 +144,21 @@ class OptionalBodyOperation(Operation):
             self.request_body.required = False
 
 
+class ExecutionListItem(msgspec.Struct, rename="camel"):
+    id: str
+    workflow_id: str
+    status: str
+    approval_status: str | None
+    started_at: str
+    completed_at: str | None
+    description: str | None
+
+
+class ExecutionListResponse(msgspec.Struct, rename="camel"):
+    data: list[ExecutionListItem]
+    next_cursor: str | None
+
+
 IDEMPOTENCY_KEY = Parameter(
     name="Idempotency-Key",
     param_in="header",
