@@ -179,6 +179,8 @@ class Settings:
     # Input limits: public-api.md, "CSV data is automatically truncated to 100 rows maximum".
     max_rows: int
     max_body_bytes: int
+    # How long the answer to a request sent with an Idempotency-Key is kept for its replays.
+    idempotency_ttl_seconds: int
     # Worker: arq job timeout, and how long a worker's claim on an execution lasts without renewal.
     job_timeout_seconds: int
     execution_lease_seconds: float
@@ -219,6 +221,7 @@ def get_settings() -> Settings:
         port=_int("FLOWGATE_PORT", 3001, minimum=1, maximum=65535),
         max_rows=_int("FLOWGATE_MAX_ROWS", 100, minimum=1),
         max_body_bytes=_int("FLOWGATE_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
+        idempotency_ttl_seconds=_int("FLOWGATE_IDEMPOTENCY_TTL_SECONDS", 86_400, minimum=1),
         job_timeout_seconds=_int("FLOWGATE_JOB_TIMEOUT_SECONDS", 300, minimum=1),
         execution_lease_seconds=_float("FLOWGATE_EXECUTION_LEASE_SECONDS", 60.0),
         sandbox_send_delay_seconds=_float("FLOWGATE_SANDBOX_SEND_DELAY_SECONDS", 0.0),

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from arq import Retry
 
-from web.domain import queue, recovery
+from web.domain import idempotency, queue, recovery
 from web.domain.errors import is_unavailable
 from worker import delivery, engine
 
@@ -67,3 +67,11 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, Any]:
         "executions": len(requeued.executions),
         "webhook_events": len(requeued.webhook_events),
     }
+
+
+async def purge_idempotency_answers(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Hourly: forget the answers to Idempotency-Key requests whose time is up."""
+    removed = await idempotency.purge_expired()
+    if removed:
+        logger.info("purged %d expired idempotency answer(s)", removed)
+    return {"removed": removed}

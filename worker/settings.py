@@ -61,7 +61,11 @@ def functions() -> list[Any]:
 class WorkerSettings:
     functions = functions()
     # Every minute, and once when the worker starts: queue again what Redis may have lost.
-    cron_jobs = [cron(jobs.reconcile, second=0, run_at_startup=True, unique=True, timeout=60)]
+    cron_jobs = [
+        cron(jobs.reconcile, second=0, run_at_startup=True, unique=True, timeout=60),
+        # Hourly: answers to Idempotency-Key requests past FLOWGATE_IDEMPOTENCY_TTL_SECONDS.
+        cron(jobs.purge_idempotency_answers, minute=17, second=30, unique=True, timeout=300),
+    ]
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)

@@ -766,6 +766,7 @@ async def test_every_public_route_and_method_answers_a_keyless_call_in_the_error
                 assert body == INVALID_KEY, (method, route.path)
             called.add((method, route.path))
     assert {(m, p) for m, p in called if m != "OPTIONS"} == {
+        ("GET", f"{PUBLIC}/executions"),  # added beside the contract
         ("POST", f"{PUBLIC}/agents/{{workflow_id:str}}/execute"),
         ("GET", f"{PUBLIC}/executions/{{execution_id:str}}/status"),
         ("GET", f"{PUBLIC}/executions/{{execution_id:str}}/results"),
@@ -779,7 +780,7 @@ async def test_every_public_route_and_method_answers_a_keyless_call_in_the_error
     "path",
     [
         "/nope",
-        "/executions",
+        "/execution",
         f"/executions/{uuid4()}",
         f"/executions/{uuid4()}/unknown",
         "/agents/workflow_bfsi_marketing_template",

@@ -102,12 +102,13 @@ async def test_the_openapi_document_is_served_as_json(client: httpx.AsyncClient)
     assert document["info"]["title"] == "flowgate public API"
 
 
-async def test_the_document_lists_exactly_the_six_public_endpoints(
+async def test_the_document_lists_exactly_the_six_public_endpoints_and_the_additions(
     client: httpx.AsyncClient,
 ) -> None:
     document = await openapi(client)
 
     assert {path: set(operations) for path, operations in document["paths"].items()} == {
+        f"{PUBLIC}/executions": {"get"},  # added beside the contract (README "Public API")
         EXECUTE_PATH: {"post"},
         STATUS_PATH: {"get"},
         RESULTS_PATH: {"get"},

@@ -17,12 +17,28 @@ from web.domain.errors import (
     TooManyRequests,
     is_unavailable,
 )
+from web.domain.idempotency import REPLAYED_HEADER, Replayed
 
 logger = logging.getLogger("flowgate.api")
 
 
+# Reason phrases that Python renamed after RFC 9110, kept as customers' code knows them.
+_PHRASES = {422: "Unprocessable Entity", 413: "Request Entity Too Large"}
+
+
 def error_body(status_code: int, message: str) -> dict[str, Any]:
-    return {"message": message, "error": HTTPStatus(status_code).phrase, "statusCode": status_code}
+    phrase = _PHRASES.get(status_code) or HTTPStatus(status_code).phrase
+    return {"message": message, "error": phrase, "statusCode": status_code}
+
+
+def handle_replayed(_: Request[Any, Any, Any], replayed: Replayed) -> Response[bytes]:
+    """The stored answer to an earlier request with the same Idempotency-Key, byte for byte."""
+    return Response(
+        content=replayed.answer.body,
+        status_code=replayed.answer.status_code,
+        media_type=MediaType.JSON,
+        headers={REPLAYED_HEADER: "true"},
+    )
 
 
 def error_response(
@@ -117,6 +133,7 @@ def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Respon
 
 
 EXCEPTION_HANDLERS: Any = {
+    Replayed: handle_replayed,
     DomainError: handle_domain_error,
     HTTPException: handle_http_exception,
     Exception: handle_unexpected,

@@ -5,11 +5,14 @@ Handlers parse, call one domain function and shape the answer; the rules live in
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Annotated, Any, TypeVar
+from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from web.api import auth
@@ -20,19 +23,70 @@ from web.api.schemas import (
     DecisionResponse,
     ExecuteRequest,
     ExecuteResponse,
-    OptionalBodyOperation,
+    ExecutionListItem,
+    ExecutionListResponse,
+    IdempotentOperation,
+    IdempotentOptionalBodyOperation,
     PendingApprovalResponse,
     ResultsOutput,
     ResultsResponse,
     StatusResponse,
     error_responses,
 )
-from web.domain import approvals, clock, executions
+from web.domain import approvals, clock, execution_pages, executions, idempotency
 from web.domain.limits import QuotaExceeded, QuotaState
+
+Result = TypeVar("Result")
 
 
 def _iso(value: Any) -> str:
     return clock.iso(value) or ""
+
+
+async def _once(
+    request: Request[Any, Any, Any], status_code: int, body: Callable[[Result], msgspec.Struct]
+) -> idempotency.Once[Result] | None:
+    """The request's Idempotency-Key as the domain takes it (None without the header; 400
+    naming the header when malformed), answering with `body`'s struct, encoded as Litestar
+    would, under `status_code`."""
+    key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
+    if key is None:
+        return None
+    call = idempotency.IdempotentCall(
+        api_key_id=auth.api_key_of(request).id,
+        key=key,
+        fingerprint=idempotency.fingerprint(request.method, request.url.path, await request.body()),
+        ttl=timedelta(seconds=auth.settings_of(request).idempotency_ttl_seconds),
+    )
+    return idempotency.Once(
+        call=call,
+        answer=lambda result: idempotency.Answer(status_code, msgspec.json.encode(body(result))),
+    )
+
+
+def _started(started: executions.StartedExecution) -> ExecuteResponse:
+    return ExecuteResponse(
+        execution_id=str(started.id),
+        status=started.status,
+        started_at=_iso(started.started_at),
+        message="Execution started successfully",
+    )
+
+
+def _approved(execution_id: UUID) -> DecisionResponse:
+    return DecisionResponse(
+        execution_id=str(execution_id),
+        status="approved",
+        message="Execution approved and will continue",
+    )
+
+
+def _rejected(execution_id: UUID) -> DecisionResponse:
+    return DecisionResponse(
+        execution_id=str(execution_id),
+        status="rejected",
+        message="Execution rejected and stopped",
+    )
 
 
 class PublicExecutionsController(Controller):
@@ -45,7 +99,8 @@ class PublicExecutionsController(Controller):
         status_code=HTTP_202_ACCEPTED,
         guards=[auth.require_runnable_workflow],
         summary="Execute Agent",
-        responses=error_responses(400, 403, 404, 413),
+        responses=error_responses(400, 403, 404, 409, 413, 422),
+        operation_class=IdempotentOperation,
     )
     async def execute(
         self,
@@ -64,15 +119,62 @@ class PublicExecutionsController(Controller):
                 data.description,
                 auth.settings_of(request).max_rows,
                 on_counted=report,
+                once=await _once(request, HTTP_202_ACCEPTED, _started),
             )
         except QuotaExceeded as exc:
             report(exc.quota)
             raise
-        return ExecuteResponse(
-            execution_id=str(started.id),
-            status=started.status,
-            started_at=_iso(started.started_at),
-            message="Execution started successfully",
+        return _started(started)
+
+    @get(
+        "/executions",
+        summary="List Executions",
+        description=(
+            "The calling key's executions, newest first, a page at a time. Pass `nextCursor` "
+            "back as `cursor` (with the same filters) for the next page; it is null on the last."
+        ),
+        responses=error_responses(),
+    )
+    async def list_executions(
+        self,
+        request: Request[Any, Any, Any],
+        status: Annotated[
+            list[str] | None,
+            QueryParameter(
+                description="Only these statuses (repeat the parameter for several)",
+                schema_extra={"items": {"type": "string", "enum": list(execution_pages.STATUSES)}},
+            ),
+        ] = None,
+        workflow_id: Annotated[
+            str | None, QueryParameter(name="workflowId", description="Only this workflow's")
+        ] = None,
+        limit: Annotated[
+            str | None,
+            QueryParameter(
+                description="Page size, 1 to 100 (default 20)",
+                schema_extra={"type": "integer", "minimum": 1, "maximum": 100},
+            ),
+        ] = None,
+        cursor: Annotated[
+            str | None, QueryParameter(description="`nextCursor` of the previous page")
+        ] = None,
+    ) -> ExecutionListResponse:
+        query = execution_pages.page_query(status or [], workflow_id, limit, cursor)
+        page = await execution_pages.list_for_key(auth.api_key_of(request).id, query)
+        return ExecutionListResponse(
+            data=[
+                ExecutionListItem(
+                    id=str(entry.id),
+                    workflow_id=entry.workflow,
+                    status=entry.status,
+                    approval_status=entry.approval_status,
+                    started_at=_iso(entry.started_at),
+                    completed_at=clock.iso(entry.completed_at),
+                    description=entry.description,
+                )
+                for entry in page.executions
+            ],
+            next_cursor=page.next_cursor,
         )
 
     @get(
@@ -149,8 +251,8 @@ class PublicExecutionsController(Controller):
         "/executions/{execution_id:str}/approve",
         status_code=HTTP_200_OK,
         summary="Approve Execution",
-        responses=error_responses(400, 403, 404, 409),
-        operation_class=OptionalBodyOperation,
+        responses=error_responses(400, 403, 404, 409, 422),
+        operation_class=IdempotentOptionalBodyOperation,
     )
     async def approve(
         self,
@@ -166,19 +268,16 @@ class PublicExecutionsController(Controller):
             f"api_key:{api_key.name}",
             data.comment if data else None,
             api_key_id=api_key.id,
+            once=await _once(request, HTTP_200_OK, _approved),
         )
-        return DecisionResponse(
-            execution_id=str(uid),
-            status="approved",
-            message="Execution approved and will continue",
-        )
+        return _approved(uid)
 
     @post(
         "/executions/{execution_id:str}/reject",
         status_code=HTTP_200_OK,
         summary="Reject Execution",
-        responses=error_responses(400, 403, 404, 409),
-        operation_class=OptionalBodyOperation,
+        responses=error_responses(400, 403, 404, 409, 422),
+        operation_class=IdempotentOptionalBodyOperation,
     )
     async def reject(
         self,
@@ -189,10 +288,10 @@ class PublicExecutionsController(Controller):
         api_key = auth.api_key_of(request)
         uid = executions.parse_execution_id(execution_id)
         await approvals.reject_execution(
-            uid, f"api_key:{api_key.name}", data.comment if data else None, api_key_id=api_key.id
+            uid,
+            f"api_key:{api_key.name}",
+            data.comment if data else None,
+            api_key_id=api_key.id,
+            once=await _once(request, HTTP_200_OK, _rejected),
         )
-        return DecisionResponse(
-            execution_id=str(uid),
-            status="rejected",
-            message="Execution rejected and stopped",
-        )
+        return _rejected(uid)

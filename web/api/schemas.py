@@ -8,7 +8,8 @@ from typing import Any
 
 import msgspec
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import Operation, RequestBody
+from litestar.openapi.spec import Operation, Parameter, RequestBody, Schema
+from litestar.openapi.spec.enums import OpenAPIType
 
 
 class ExecuteInput(msgspec.Struct, rename="camel"):
@@ -113,8 +114,10 @@ _ERRORS = {
     401: "Missing, malformed or unknown API key",
     403: "Key inactive or expired, workflow inactive or not allowed, or monthly quota used up",
     404: "Execution or workflow not found (another key's execution is not found either)",
-    409: "The execution is not waiting for approval",
+    409: "The execution is not waiting for approval, or a request with the same "
+    "Idempotency-Key is still being processed",
     413: "Request body over the size limit",
+    422: "The Idempotency-Key was already used for a different request",
     503: "PostgreSQL or Redis is unreachable; retry",
 }
 
@@ -139,3 +142,51 @@ class OptionalBodyOperation(Operation):
     def __post_init__(self) -> None:
         if isinstance(self.request_body, RequestBody):
             self.request_body.required = False
+
+
+class ExecutionListItem(msgspec.Struct, rename="camel"):
+    id: str
+    workflow_id: str
+    status: str
+    approval_status: str | None
+    started_at: str
+    completed_at: str | None
+    description: str | None
+
+
+class ExecutionListResponse(msgspec.Struct, rename="camel"):
+    data: list[ExecutionListItem]
+    next_cursor: str | None
+
+
+IDEMPOTENCY_KEY = Parameter(
+    name="Idempotency-Key",
+    param_in="header",
+    required=False,
+    description=(
+        "Makes retrying safe: the first request with a key is processed and its answer kept "
+        "for 24 hours (FLOWGATE_IDEMPOTENCY_TTL_SECONDS); the same key with the same method, "
+        "path and body gets that answer again, with `Idempotent-Replayed: true`, and nothing "
+        "is done twice. The same key with another request: 422; while the first is still "
+        "being processed: 409. Keys are scoped to the API key. A request refused (4xx, 503) "
+        "stores nothing, so it can be retried with the same key."
+    ),
+    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=255, pattern="^[!-~]+$"),
+)
+
+
+@dataclass
+class IdempotentOperation(Operation):
+    """An operation that takes the optional Idempotency-Key header."""
+
+    def __post_init__(self) -> None:
+        self.parameters = [*(self.parameters or []), IDEMPOTENCY_KEY]
+
+
+@dataclass
+class IdempotentOptionalBodyOperation(OptionalBodyOperation):
+    """Approve and reject: an optional body and the optional Idempotency-Key header."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.parameters = [*(self.parameters or []), IDEMPOTENCY_KEY]

@@ -19,7 +19,7 @@ from uuid import UUID
 import msgspec
 from redis.asyncio import Redis
 
-from web.domain import clock, compliance, executions, pool, queue
+from web.domain import clock, compliance, executions, idempotency, pool, queue
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
@@ -87,12 +87,14 @@ async def approve_execution(
     comment: str | None,
     *,
     api_key_id: UUID | None = None,
+    once: idempotency.Once[UUID] | None = None,
 ) -> None:
     """Approve (undecided rows count as approved) and queue the run from its next step.
     NotFound (also for another key's execution, given `api_key_id`), InvalidInput for a
-    missing required comment, Conflict unless pending approval."""
+    missing required comment, Conflict unless pending approval. With `once` (an
+    Idempotency-Key) the answer is stored in the decision's transaction, or replayed."""
     _check_comment(approval_rules(await _definition(execution_id, api_key_id)), comment)
-    step = await _approve(execution_id, comment, decided_by)
+    step = await _approve(execution_id, comment, decided_by, once)
     await queue.enqueue_run(redis, execution_id, step)  # after the commit
 
 
@@ -102,15 +104,19 @@ async def reject_execution(
     comment: str | None,
     *,
     api_key_id: UUID | None = None,
+    once: idempotency.Once[UUID] | None = None,
 ) -> None:
-    """Reject and stop; raises as `approve_execution` does."""
+    """Reject and stop; raises (and replays) as `approve_execution` does."""
     _check_comment(approval_rules(await _definition(execution_id, api_key_id)), comment)
-    await _reject(execution_id, comment, decided_by)
+    await _reject(execution_id, comment, decided_by, once)
 
 
-async def _approve(execution_id: UUID, comment: str | None, decided_by: str) -> int:
+async def _approve(
+    execution_id: UUID, comment: str | None, decided_by: str, once: idempotency.Once[UUID] | None
+) -> int:
     """Approve; returns the step index the run resumes at. Conflict unless pending approval."""
-    async with pool.engine().transaction():
+    async with pool.engine().transaction() as transaction:
+        await idempotency.begin(transaction.connection, once)
         rows = await Execution.raw(
             "UPDATE execution SET status = 'running', approval_status = 'approved', "
             "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
@@ -127,12 +133,16 @@ async def _approve(execution_id: UUID, comment: str | None, decided_by: str) -> 
             "WHERE execution = {} AND decision IS NULL",
             execution_id,
         )
+        await idempotency.finish(transaction.connection, once, execution_id)
     return int(rows[0]["current_step"])
 
 
-async def _reject(execution_id: UUID, comment: str | None, decided_by: str) -> None:
+async def _reject(
+    execution_id: UUID, comment: str | None, decided_by: str, once: idempotency.Once[UUID] | None
+) -> None:
     """Reject and stop: `cancelled`, approvalStatus `rejected`, every row `rejected`."""
-    async with pool.engine().transaction():
+    async with pool.engine().transaction() as transaction:
+        await idempotency.begin(transaction.connection, once)
         rows = await Execution.raw(
             "UPDATE execution SET status = 'cancelled', approval_status = 'rejected', "
             "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
@@ -156,6 +166,7 @@ async def _reject(execution_id: UUID, comment: str | None, decided_by: str) -> N
             json.dumps(output),
             execution_id,
         )
+        await idempotency.finish(transaction.connection, once, execution_id)
 
 
 class PendingApproval(msgspec.Struct, frozen=True):

@@ -18,7 +18,7 @@ import msgspec
 from asyncpg.exceptions import CheckViolationError
 from redis.asyncio import Redis
 
-from web.domain import clock, limits, pool, queue, webhooks
+from web.domain import clock, idempotency, limits, pool, queue, webhooks
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
@@ -130,10 +130,15 @@ async def start_execution(
     description: str | None,
     max_rows: int,
     on_counted: Callable[[limits.QuotaState], None] | None = None,
+    once: idempotency.Once[StartedExecution] | None = None,
 ) -> StartedExecution:
     """Validate, store the execution with its rows and count the quota, in one statement
     (nothing is written when that raises), then queue the run. `on_counted` hears the quota
-    as soon as it is counted, so the caller can report it even if the enqueue fails."""
+    as soon as it is counted, so the caller can report it even if the enqueue fails.
+
+    With `once` (an Idempotency-Key), the statement runs in a transaction that first looks
+    for the key's earlier answer (idempotency.Replayed, and nothing else happens) and last
+    stores this one, so the answer exists exactly when the execution does."""
     rows = csv_data[:max_rows]
     truncated_from = len(csv_data) if len(csv_data) > max_rows else None
     if not rows:
@@ -144,31 +149,41 @@ async def start_execution(
         raise InvalidInput("description contains a NUL character (\\u0000)")
     started_at = clock.now()
     resets_at = limits.next_month_start(started_at)
-    if key.monthly_limit <= 0:
-        raise limits.QuotaExceeded(limits.QuotaState(key.monthly_limit, 0, resets_at))
     execution_id = uuid4()
-    try:
+    if once is None:
         async with pool.connection() as connection:
-            used = await connection.fetchval(
-                INSERT_EXECUTION,
+            used = await _insert_execution(
+                connection,
                 execution_id,
-                workflow.id,
-                key.id,
+                key,
+                workflow,
                 description,
-                len(rows),
+                rows,
                 truncated_from,
                 started_at,
                 encoded_rows,
-                limits.month_of(started_at),
-                key.monthly_limit,
             )
-    except CheckViolationError as exc:
-        if exc.constraint_name != limits.QUOTA_CONSTRAINT:
-            raise
-        full = limits.QuotaState(key.monthly_limit, key.monthly_limit, resets_at)
-        raise limits.QuotaExceeded(full) from None
-    if used is None:
-        raise NotFound("Workflow not found")
+    else:
+        async with pool.connection() as connection, connection.transaction():
+            await idempotency.begin(connection, once)
+            used = await _insert_execution(
+                connection,
+                execution_id,
+                key,
+                workflow,
+                description,
+                rows,
+                truncated_from,
+                started_at,
+                encoded_rows,
+            )
+            started = StartedExecution(
+                id=execution_id,
+                status=ExecutionStatus.PENDING,
+                started_at=started_at,
+                quota=limits.QuotaState(limit=key.monthly_limit, used=used, resets_at=resets_at),
+            )
+            await idempotency.finish(connection, once, started)
     quota = limits.QuotaState(limit=key.monthly_limit, used=used, resets_at=resets_at)
     if on_counted is not None:
         on_counted(quota)
@@ -176,6 +191,46 @@ async def start_execution(
     return StartedExecution(
         id=execution_id, status=ExecutionStatus.PENDING, started_at=started_at, quota=quota
     )
+
+
+async def _insert_execution(
+    connection: pool.Connection,
+    execution_id: UUID,
+    key: AuthenticatedKey,
+    workflow: RunnableWorkflow,
+    description: str | None,
+    rows: list[RowData],
+    truncated_from: int | None,
+    started_at: datetime,
+    encoded_rows: str,
+) -> int:
+    """INSERT_EXECUTION; the key's monthly usage with this one. QuotaExceeded past the limit
+    (nothing written), NotFound when the workflow was deleted since the guard read it."""
+    resets_at = limits.next_month_start(started_at)
+    if key.monthly_limit <= 0:
+        raise limits.QuotaExceeded(limits.QuotaState(key.monthly_limit, 0, resets_at))
+    try:
+        used = await connection.fetchval(
+            INSERT_EXECUTION,
+            execution_id,
+            workflow.id,
+            key.id,
+            description,
+            len(rows),
+            truncated_from,
+            started_at,
+            encoded_rows,
+            limits.month_of(started_at),
+            key.monthly_limit,
+        )
+    except CheckViolationError as exc:
+        if exc.constraint_name != limits.QUOTA_CONSTRAINT:
+            raise
+        full = limits.QuotaState(key.monthly_limit, key.monthly_limit, resets_at)
+        raise limits.QuotaExceeded(full) from None
+    if used is None:
+        raise NotFound("Workflow not found")
+    return int(used)
 
 
 def _encode_rows(rows: list[RowData]) -> str:

@@ -188,3 +188,18 @@ class User(Table, tablename="dashboard_user"):
     active = Boolean(default=True)
     created_at = Timestamptz(default=TimestamptzNow())
     last_login_at = Timestamptz(null=True, default=None)
+
+
+class IdempotentRequest(Table, tablename="idempotent_request"):
+    """A public API request sent with an `Idempotency-Key`, and the answer it got: stored in
+    the transaction of the work it describes (web.domain.idempotency), replayed until expiry."""
+
+    id = UUID(primary_key=True)
+    api_key = ForeignKey(references=ApiKey, null=False)
+    key = Varchar(length=255)
+    fingerprint = Varchar(length=64)  # sha256 of method, path and body
+    status_code = Integer()
+    body = Text()
+    created_at = Timestamptz(default=TimestamptzNow())
+    expires_at = Timestamptz(index=True)
+    unique_key_per_api_key = Unique([api_key, key])
