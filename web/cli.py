@@ -312,11 +312,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def worker(_: argparse.Namespace) -> int:
-    from arq import run_worker
+    from worker.settings import run_workers
 
-    from worker.settings import WorkerSettings
-
-    run_worker(WorkerSettings)  # type: ignore[arg-type]
+    run_workers()  # the runs' loop and the webhook deliveries' loop
     return 0
 
 
@@ -331,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", choices=SERVERS, default="granian")
     p.set_defaults(handler=serve)
 
-    p = sub.add_parser("worker", help="run an arq worker")
+    p = sub.add_parser("worker", help="run a worker: workflow runs and webhook deliveries")
     p.set_defaults(handler=worker)
 
     p = sub.add_parser("migrate", help="apply database migrations and seed the BFSI workflow")
