@@ -191,11 +191,11 @@ async def workflows_import(args: argparse.Namespace) -> int:
     """Create or update a workflow from a YAML or JSON file; every problem on its own line."""
     try:
         definition = workflow_files.read_definition_file(Path(args.file))
+        created = await workflows.import_workflow(definition)
     except workflow_files.InvalidDefinition as exc:
         for problem in exc.problems:
             print(f"error: {args.file}: {problem}", file=sys.stderr)
         return 1
-    created = await workflows.import_workflow(definition)
     print(f"{'created' if created else 'updated'} workflow {definition['id']}")
     return 0
 

@@ -39,6 +39,8 @@ async def checked_addresses(host: str, port: int, *, allow_private: bool) -> lis
     if not allow_private:
         for address in found:
             if not addresses.is_public_address(address):
+                if addresses.literal_address(host) is not None:
+                    raise AddressRefused(f"{host} is a private or loopback address")
                 raise AddressRefused(
                     f"{host} resolves to a private or loopback address ({address})"
                 )

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from worker import outbound
 from worker.providers.types import ProviderError
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -105,6 +106,8 @@ async def post_json(
                     headers=headers,
                     timeout=httpx.Timeout(policy.timeout_seconds),
                 )
+        except outbound.AddressRefused as exc:  # the SSRF policy: trying again cannot help
+            raise ProviderError(f"could not reach {who} (refused: {exc})") from None
         except (TimeoutError, httpx.TimeoutException, httpx.TransportError) as exc:
             unsent = isinstance(exc, _NOT_SENT)
             if (unsent or resend_unsure) and retry < policy.max_retries:
