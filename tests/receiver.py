@@ -5,6 +5,7 @@ answer a byte at a time (each read well inside any per-read timeout, the whole n
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 import time
 from collections import deque
@@ -21,7 +22,7 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, trickle_every: float = 0.5) -> None:
+    def __init__(self, trickle_every: float = 0.5, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[Received] = []
         self.trickle_every = trickle_every
         self.trickling = 0  # answers being trickled right now
@@ -83,7 +84,11 @@ class Receiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks"
+        if tls is not None:  # https: the handshake runs as each connection is accepted
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.port = self._server.server_address[1]
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}/hooks"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def start(self) -> Receiver:
