@@ -16,9 +16,12 @@ from typing import Any
 
 import httpx
 import pytest
+from arq.connections import ArqRedis
+from arq.constants import default_queue_name, job_key_prefix
 
 from tests.factories import create_key, execution_row, start
 from tests.receiver import Receiver
+from web.domain import queue, recovery, webhooks
 from web.domain.tables import WebhookAttempt, WebhookEvent
 from web.settings import get_settings
 
@@ -130,3 +133,30 @@ async def test_twenty_trickling_receivers_do_not_slow_another_customers_run(
         finally:
             if worker.poll() is None:
                 worker.kill()
+
+
+async def test_every_delivery_is_queued_on_the_deliveries_own_queue(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: Any, redis: ArqRedis
+) -> None:
+    secret = (
+        await create_key(webhook_url=receiver.url, webhook_events=["execution.started"])
+    ).secret
+    await start(client, secret)
+    await run_worker()  # the outbox's enqueue: delivered by the deliveries' loop
+    event = await WebhookEvent.select(WebhookEvent.id, WebhookEvent.status).first()
+    assert event is not None and event["status"] == "delivered"
+    job_id = queue.webhook_job_id(event["id"])
+
+    await webhooks.redeliver_event(redis, event["id"])  # the dashboard's and the CLI's
+    assert await redis.zscore(queue.WEBHOOK_QUEUE, job_id) is not None
+    assert await redis.zscore(default_queue_name, job_id) is None
+
+    # Redis loses it; the reconciler queues it again, on the same queue.
+    await redis.zrem(queue.WEBHOOK_QUEUE, job_id)
+    await redis.delete(job_key_prefix + job_id)
+    requeued = await recovery.requeue_stalled(redis, stalled_after=0)
+    assert requeued.webhook_events == [event["id"]]
+    assert await redis.zscore(queue.WEBHOOK_QUEUE, job_id) is not None
+    assert await redis.zcard(default_queue_name) == 0
+    await run_worker()
+    assert len(await receiver.wait_for(2)) == 2
