@@ -90,9 +90,9 @@ async def _time_to_approval(client: httpx.AsyncClient, secret: str) -> float:
 async def test_twenty_trickling_receivers_do_not_slow_another_customers_run(
     client: httpx.AsyncClient, slow_receiver: Receiver
 ) -> None:
-    # One real `flowgate worker`, with a deadline long enough that the 20 deliveries hold
-    # their slots for the whole measurement (and are tried again at once when it hits).
-    env = {**os.environ, "FLOWGATE_WEBHOOK_TIMEOUT_SECONDS": "5"}
+    # One real `flowgate worker` with the default 10 s deadline: the 20 deliveries hold their
+    # slots for the whole measurement.
+    env = {**os.environ, "FLOWGATE_WEBHOOK_TIMEOUT_SECONDS": "10"}
     worker = subprocess.Popen(
         [sys.executable, "-m", "web.cli", "worker"],
         env=env,
@@ -128,7 +128,7 @@ async def test_twenty_trickling_receivers_do_not_slow_another_customers_run(
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
-            # Both loops stop: the deliveries end at their 5 s deadline, the runs are idle.
+            # Both loops stop: the deliveries end at their 10 s deadline, the runs are idle.
             assert worker.wait(timeout=30) == 0
         finally:
             if worker.poll() is None:
