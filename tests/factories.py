@@ -14,11 +14,11 @@ from arq.worker import Worker
 from httpx import Response
 from litestar import Litestar
 
-from web.domain import api_keys, clock
+from web.domain import api_keys, clock, queue
 from web.domain.tables import ApiKey, Execution, ExecutionRow
 from web.domain.workflows import BFSI_WORKFLOW_ID
 from web.settings import Settings
-from worker.settings import functions, shutdown, startup
+from worker.settings import delivery_functions, delivery_startup, functions, shutdown, startup
 
 PUBLIC = "/api/v1/public"
 CUSTOMERS = [
@@ -165,25 +165,38 @@ async def sign_in(browser: httpx.AsyncClient, email: str, password: str = PASSWO
 
 
 class WorkerRunner:
+    """Both loops of `flowgate worker` (runs, webhook deliveries), each a real arq Worker in burst
+    mode, side by side, again and again until both queues are empty (a run queues deliveries)."""
+
     def __init__(self, redis: ArqRedis) -> None:
         self.redis = redis
 
     async def __call__(self, settings: Settings | None = None) -> None:
-        """Run until the queue is empty; `settings` replaces the worker's (e.g. other delays)."""
+        """Run until the queues are empty; `settings` replaces the worker's (e.g. other delays)."""
+        loops = [
+            (functions, startup, queue.RUN_QUEUE),
+            (delivery_functions, delivery_startup, queue.WEBHOOK_QUEUE),
+        ]
+        while True:
+            await asyncio.gather(
+                *(self._burst(jobs(), start, name, settings) for jobs, start, name in loops)
+            )
+            if not any([await self.redis.zcard(name) for _, _, name in loops]):
+                return
 
-        async def start(ctx: dict[str, Any]) -> None:
-            await startup(ctx)
-            if settings is not None:
-                ctx["settings"] = settings
-
+    async def _burst(
+        self, jobs: list[Any], start: Any, queue_name: str, settings: Settings | None
+    ) -> None:
         worker = Worker(
-            functions=functions(),
+            functions=jobs,
+            queue_name=queue_name,
             redis_pool=self.redis,
             burst=True,
             poll_delay=0,
             handle_signals=False,
             on_startup=start,
             on_shutdown=shutdown,
+            ctx={} if settings is None else {"settings": settings},
         )
         try:
             await worker.main()

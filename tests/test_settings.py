@@ -40,6 +40,9 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         ("FLOWGATE_COOKIE_SECURE", "maybe", "true or false (also 1/0, yes/no, on/off)"),
         ("FLOWGATE_WEBHOOK_RETRY_DELAYS", "1,x,15", "comma-separated numbers of at least 0"),
         ("FLOWGATE_LOG_LEVEL", "loud", "one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
+        ("FLOWGATE_WEBHOOK_CONCURRENCY", "0", "an integer from 1 to 1000"),
+        ("FLOWGATE_WEBHOOK_TIMEOUT_SECONDS", "0", "a number of at least 0.001"),
+        ("FLOWGATE_PROVIDER_ALLOW_PRIVATE", "sometimes", "true or false"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(
@@ -70,6 +73,21 @@ def test_good_values_are_parsed_and_empty_ones_count_as_unset(
     assert settings.webhook_retry_delays == (0.5, 2.0, 10.0)
     assert settings.log_level == "DEBUG"
     assert settings.max_rows == 100
+
+
+def test_provider_urls_follow_the_webhook_allowance_unless_set_apart(
+    fresh_settings: pytest.MonkeyPatch,
+) -> None:
+    fresh_settings.setenv("FLOWGATE_WEBHOOK_ALLOW_PRIVATE", "true")
+    fresh_settings.delenv("FLOWGATE_PROVIDER_ALLOW_PRIVATE", raising=False)
+    assert get_settings().provider_allow_private is True
+    get_settings.cache_clear()
+    fresh_settings.setenv("FLOWGATE_PROVIDER_ALLOW_PRIVATE", "false")
+    assert get_settings().provider_allow_private is False
+    get_settings.cache_clear()
+    fresh_settings.setenv("FLOWGATE_WEBHOOK_ALLOW_PRIVATE", "false")
+    fresh_settings.delenv("FLOWGATE_PROVIDER_ALLOW_PRIVATE")
+    assert get_settings().provider_allow_private is False
 
 
 def test_the_command_prints_one_line_and_exits_1_on_a_bad_value() -> None:

@@ -191,11 +191,11 @@ async def workflows_import(args: argparse.Namespace) -> int:
     """Create or update a workflow from a YAML or JSON file; every problem on its own line."""
     try:
         definition = workflow_files.read_definition_file(Path(args.file))
+        created = await workflows.import_workflow(definition)
     except workflow_files.InvalidDefinition as exc:
         for problem in exc.problems:
             print(f"error: {args.file}: {problem}", file=sys.stderr)
         return 1
-    created = await workflows.import_workflow(definition)
     print(f"{'created' if created else 'updated'} workflow {definition['id']}")
     return 0
 
@@ -312,11 +312,9 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def worker(_: argparse.Namespace) -> int:
-    from arq import run_worker
+    from worker.settings import run_workers
 
-    from worker.settings import WorkerSettings
-
-    run_worker(WorkerSettings)  # type: ignore[arg-type]
+    run_workers()  # the runs' loop and the webhook deliveries' loop
     return 0
 
 
@@ -331,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", choices=SERVERS, default="granian")
     p.set_defaults(handler=serve)
 
-    p = sub.add_parser("worker", help="run an arq worker")
+    p = sub.add_parser("worker", help="run a worker: workflow runs and webhook deliveries")
     p.set_defaults(handler=worker)
 
     p = sub.add_parser("migrate", help="apply database migrations and seed the BFSI workflow")

@@ -200,6 +200,10 @@ class Settings:
     webhook_retry_delays: tuple[float, ...]
     webhook_allow_http: bool
     webhook_allow_private: bool
+    # How many deliveries one worker process sends at once (their own arq loop and queue).
+    webhook_concurrency: int
+    # Provider URLs (base_url, url) on private or loopback addresses: Ollama on localhost...
+    provider_allow_private: bool
     # How long a process may reuse an API key lookup (revocation takes effect within this).
     key_cache_seconds: float
     # Reconciler: work unfinished in PostgreSQL and untouched this long is queued again.
@@ -231,10 +235,14 @@ def get_settings() -> Settings:
         rate_limit_refill_per_second=_float("FLOWGATE_RATE_LIMIT_REFILL_PER_SECOND", 1.0),
         auth_failures_per_minute=_int("FLOWGATE_AUTH_FAILURES_PER_MINUTE", 20),
         redis_timeout_seconds=_float("FLOWGATE_REDIS_TIMEOUT_SECONDS", 0.5),
-        webhook_timeout_seconds=_float("FLOWGATE_WEBHOOK_TIMEOUT_SECONDS", 10.0),
+        webhook_timeout_seconds=_float("FLOWGATE_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.001),
         webhook_retry_delays=_floats("FLOWGATE_WEBHOOK_RETRY_DELAYS", (1.0, 5.0, 15.0)),
         webhook_allow_http=_bool("FLOWGATE_WEBHOOK_ALLOW_HTTP", False),
         webhook_allow_private=_bool("FLOWGATE_WEBHOOK_ALLOW_PRIVATE", False),
+        webhook_concurrency=_int("FLOWGATE_WEBHOOK_CONCURRENCY", 20, minimum=1, maximum=1000),
+        provider_allow_private=_bool(
+            "FLOWGATE_PROVIDER_ALLOW_PRIVATE", _bool("FLOWGATE_WEBHOOK_ALLOW_PRIVATE", False)
+        ),
         key_cache_seconds=_float("FLOWGATE_KEY_CACHE_SECONDS", 5.0),
         stalled_after_seconds=_float("FLOWGATE_STALLED_AFTER_SECONDS", 120.0),
         secret_key=_secret_key(),

@@ -1,16 +1,16 @@
 """Sends one webhook attempt over httpx and records it (web.domain.webhooks builds, this sends).
 
-A receiver that is slow, down or wrong only ever costs this job: the timeout bounds each
-attempt, and the execution that produced the event never waits for it.
+A receiver that is slow, down or wrong only ever costs this job: one deadline bounds each
+attempt (FLOWGATE_WEBHOOK_TIMEOUT_SECONDS, however slowly the answer trickles in), the answer
+read is capped, deliveries run on their own queue and worker loop (worker/settings.py), and the
+execution that produced the event never waits for it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 from uuid import UUID
 
 import httpx
@@ -18,6 +18,7 @@ import httpx
 from web.domain import webhooks
 from web.domain.webhooks import AttemptResult, Delivery
 from web.settings import Settings
+from worker import outbound
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,10 @@ class DeliveryOutcome:
     next_event: UUID | None = None
 
 
-async def _refusal(url: str, settings: Settings) -> str | None:
-    """Why `url` may not be called now (rules of web.domain.webhooks.check_url, plus the DNS
-    answer of a host name), or None."""
+def _refusal(url: str, settings: Settings) -> str | None:
+    """Why `url` may not be called at all now (the rules of web.domain.webhooks.check_url, which
+    may have changed since the URL was set), or None. What a name resolves to is checked by the
+    client's transport at the connection itself (worker/outbound.py)."""
     try:
         webhooks.check_url(
             url,
@@ -41,19 +43,6 @@ async def _refusal(url: str, settings: Settings) -> str | None:
         )
     except Exception as exc:  # InvalidInput: the URL no longer passes the rules
         return f"Refused: {exc}"
-    if settings.webhook_allow_private:
-        return None
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        return f"DNS lookup of {host} failed: {exc}"
-    for *_, sockaddr in answers:
-        address = str(sockaddr[0])
-        if not webhooks.is_public_address(address):
-            return f"Refused: {host} resolves to a private or loopback address ({address})"
     return None
 
 
@@ -77,28 +66,35 @@ async def _post(
 ) -> _Answer:
     if not url:
         return None, "No webhook URL is configured for this API key", None
-    refusal = await _refusal(url, settings)
+    refusal = _refusal(url, settings)
     if refusal:
         return None, refusal, None
     body = delivery.payload.encode()
+    deadline = settings.webhook_timeout_seconds
     try:
-        async with http.stream(
-            "POST",
-            url,
-            content=body,
-            headers=_signed_headers(delivery, body),
-            timeout=settings.webhook_timeout_seconds,
-            follow_redirects=False,
-        ) as response:
-            return response.status_code, None, await _start_of_body(response)
-    except httpx.TimeoutException:
-        return None, f"Timed out after {settings.webhook_timeout_seconds:g} s", None
+        # One deadline for the whole attempt: resolving, connecting, sending and reading the
+        # answer. httpx's own timeouts are per read, which a receiver trickling a byte every
+        # few seconds never hits.
+        async with asyncio.timeout(deadline):
+            async with http.stream(
+                "POST",
+                url,
+                content=body,
+                headers=_signed_headers(delivery, body),
+                timeout=deadline,
+                follow_redirects=False,
+            ) as response:
+                return response.status_code, None, await _start_of_body(response)
+    except (TimeoutError, httpx.TimeoutException):
+        return None, f"Timed out after {deadline:g} s", None
+    except outbound.AddressRefused as exc:
+        return None, f"Refused: {exc}", None
     except httpx.HTTPError as exc:
         return None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, None
 
 
 def _signed_headers(delivery: Delivery, body: bytes) -> dict[str, str]:
-    return webhooks.delivery_headers(
+    headers = webhooks.delivery_headers(
         delivery.event,
         str(delivery.execution_id),
         str(delivery.event_id),
@@ -106,12 +102,17 @@ def _signed_headers(delivery: Delivery, body: bytes) -> dict[str, str]:
         delivery.secret,
         int(time.time()),
     )
+    # The answer is read as sent, never decompressed: a small gzip body cannot grow in memory.
+    headers["Accept-Encoding"] = "identity"
+    return headers
 
 
 async def _start_of_body(response: httpx.Response) -> str:
-    """The receiver's answer up to RESPONSE_BODY_LIMIT bytes; the rest is never read."""
+    """The start of the receiver's answer, as stored (RESPONSE_BODY_LIMIT bytes). Reading stops
+    there: no more than one network read of httpcore's (64 KiB) is taken off the connection,
+    which is then closed with the rest unread; however long the answer, memory stays small."""
     received = b""
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw(webhooks.RESPONSE_BODY_LIMIT):
         received += chunk
         if len(received) >= webhooks.RESPONSE_BODY_LIMIT:
             break

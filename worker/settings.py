@@ -1,43 +1,65 @@
-"""arq WorkerSettings: the job functions, startup/shutdown of shared clients, Redis settings."""
+"""arq settings of the two worker loops, their startup/shutdown of shared clients, and
+`run_workers()`, which `flowgate worker` runs: both loops in one process.
+
+- WorkerSettings: workflow runs and the reconciler, on arq's default queue.
+- DeliverySettings: webhook deliveries, on queue.WEBHOOK_QUEUE, with their own `max_jobs`
+  (FLOWGATE_WEBHOOK_CONCURRENCY). However slow the receivers, deliveries only ever fill their
+  own slots, never those of a run.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+from collections.abc import Callable
 from typing import Any
 
-import httpx
 from arq.connections import RedisSettings
 from arq.cron import cron
-from arq.worker import func
+from arq.worker import Function, create_worker, func
 
 from web.domain import queue
 from web.domain.pool import start_pool
 from web.logs import configure_logging
-from web.settings import get_settings
-from worker import jobs
+from web.settings import Settings, get_settings
+from worker import jobs, outbound
 
 
-async def startup(ctx: dict[str, Any]) -> None:
+async def _open(ctx: dict[str, Any], allow_private: Callable[[Settings], bool]) -> None:
     from piccolo_conf import DB
 
-    settings = get_settings()
+    # ctx["settings"] may be set already (tests give a worker other settings).
+    settings: Settings = ctx.setdefault("settings", get_settings())
     configure_logging(settings.log_level)
-    ctx["settings"] = settings
-    ctx["http"] = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
-    # In tests the app may already own the pool in this process; only close what we opened.
+    # Every outbound call resolves once, is checked, and connects to what was checked.
+    ctx["http"] = outbound.client(allow_private=allow_private(settings))
+    # In tests (and in run_workers) the pool may already be open; only close what we opened.
     ctx["owns_pool"] = DB.pool is None
     if ctx["owns_pool"]:
         await start_pool(DB, min_size=2, max_size=10)
 
 
+async def startup(ctx: dict[str, Any]) -> None:
+    """The runs' loop: its client calls providers (`base_url`, `url`)."""
+    await _open(ctx, lambda settings: settings.provider_allow_private)
+
+
+async def delivery_startup(ctx: dict[str, Any]) -> None:
+    """The deliveries' loop: its client calls webhook receivers."""
+    await _open(ctx, lambda settings: settings.webhook_allow_private)
+
+
 async def shutdown(ctx: dict[str, Any]) -> None:
     from piccolo_conf import DB
 
-    await ctx["http"].aclose()
+    if "http" in ctx:
+        await ctx["http"].aclose()
     if ctx.get("owns_pool"):
         await DB.close_connection_pool()
 
 
-def functions() -> list[Any]:
+def functions() -> list[Function]:
+    """The runs' loop's jobs."""
     settings = get_settings()
     return [
         func(
@@ -47,10 +69,18 @@ def functions() -> list[Any]:
             timeout=settings.job_timeout_seconds,
             max_tries=len(jobs.TRANSIENT_RETRY_DELAYS) + 1,
         ),
+    ]
+
+
+def delivery_functions() -> list[Function]:
+    """The deliveries' loop's job."""
+    settings = get_settings()
+    return [
         func(
             jobs.deliver_webhook,
             name=queue.DELIVER_WEBHOOK,
             keep_result=0,
+            # Each attempt ends at its own deadline (worker/delivery.py); this is a backstop.
             timeout=settings.webhook_timeout_seconds + 20,
             # Our own attempt count decides when to give up; arq's only bounds runaway retries.
             max_tries=len(settings.webhook_retry_delays) + len(jobs.TRANSIENT_RETRY_DELAYS) + 2,
@@ -69,6 +99,7 @@ class WorkerSettings:
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
+    queue_name = queue.RUN_QUEUE
     max_jobs = 20
     # How often an idle worker asks Redis for work: this bounds how long a queued job (a run
     # resumed after approval, a webhook) waits for pickup. arq's default is 0.5 s.
@@ -77,3 +108,58 @@ class WorkerSettings:
     # (arq queues a cancelled job again; the engine resumes it from the last saved step).
     job_completion_wait = 20
     health_check_interval = 30
+
+
+class DeliverySettings:
+    functions = delivery_functions()
+    on_startup = delivery_startup
+    on_shutdown = shutdown
+    redis_settings = WorkerSettings.redis_settings
+    queue_name = queue.WEBHOOK_QUEUE
+    max_jobs = get_settings().webhook_concurrency
+    poll_delay = WorkerSettings.poll_delay
+    job_completion_wait = WorkerSettings.job_completion_wait
+    health_check_interval = WorkerSettings.health_check_interval
+
+
+def run_workers() -> None:
+    """Both loops in this process until SIGTERM or SIGINT, which each handles as arq does
+    (stop taking jobs, let running ones finish for `job_completion_wait`, cancel the rest).
+    If one loop stops by itself (Redis gone at start, say), the other is stopped too and the
+    error is raised."""
+    asyncio.run(_run_workers())
+
+
+async def _run_workers() -> None:
+    from piccolo_conf import DB
+
+    configure_logging(get_settings().log_level)
+    await start_pool(DB, min_size=2, max_size=10)
+    # arq installs its signal handlers per Worker, and a second Worker would replace the
+    # first's: this process handles the signals and tells both.
+    workers = [
+        create_worker(settings, handle_signals=False)  # type: ignore[arg-type]
+        for settings in (WorkerSettings, DeliverySettings)
+    ]
+
+    def stop(signum: signal.Signals) -> None:
+        for worker in workers:
+            if worker.allow_pick_jobs:
+                worker.handle_sig_wait_for_completion(signum)
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+    loops = [asyncio.create_task(worker.async_run()) for worker in workers]
+    try:
+        await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+        stop(signal.SIGTERM)  # a no-op after a signal; else one loop ended by itself
+        await asyncio.wait(loops)
+    finally:
+        for worker in workers:
+            await worker.close()
+        await DB.close_connection_pool()
+    for task in loops:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error

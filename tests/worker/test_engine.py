@@ -20,14 +20,21 @@ from web.domain.tables import SandboxMessage, Workflow
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 from web.settings import get_settings
 from worker import engine, jobs
-from worker.settings import WorkerSettings
+from worker.settings import DeliverySettings, WorkerSettings
 from worker.steps import RUNNERS
 from worker.steps.context import StepContext, StepRunner
 
 
 def test_every_job_name_in_the_queue_is_registered_in_the_worker() -> None:
-    registered = {function.name for function in WorkerSettings.functions}
-    assert set(queue.JOB_NAMES) <= registered
+    registered = {
+        function.name: settings.queue_name
+        for settings in (WorkerSettings, DeliverySettings)
+        for function in settings.functions
+    }
+    assert set(queue.JOB_NAMES) <= set(registered)
+    # Each job is served by the loop of the queue its enqueue helper uses.
+    assert registered[queue.RUN_EXECUTION] == queue.RUN_QUEUE
+    assert registered[queue.DELIVER_WEBHOOK] == queue.WEBHOOK_QUEUE
 
 
 async def _workflow(workflow_id: str, **step_settings: dict[str, object]) -> str:

@@ -23,7 +23,7 @@ import pytest
 
 from tests.factories import PUBLIC, auth, create_key, rows, start
 from tests.receiver import Receiver
-from web.domain import webhooks
+from web.domain import addresses
 from web.domain.tables import WebhookAttempt, WebhookEvent
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 from web.settings import get_settings
@@ -351,7 +351,7 @@ async def test_a_host_name_resolving_to_loopback_is_refused_when_sending(
         address = socket.getaddrinfo(name, 80)[0][4][0]
     except OSError:
         pytest.skip(f"this machine's name {name!r} does not resolve")
-    if webhooks.is_public_address(str(address)):
+    if addresses.is_public_address(str(address)):
         pytest.skip(f"{name!r} resolves to a public address here")
     port = receiver.url.split(":")[2].split("/")[0]
     secret = await hooked_key(receiver, webhook_url=f"http://{name}:{port}/hooks")

@@ -27,6 +27,11 @@ DELIVER_WEBHOOK = "deliver_webhook"
 
 JOB_NAMES = (RUN_EXECUTION, DELIVER_WEBHOOK)
 
+# Webhook deliveries have an arq queue (and worker loop, worker/settings.py) of their own, so
+# slow receivers can never take the slots that workflow runs need. Runs use arq's default queue.
+RUN_QUEUE = default_queue_name
+WEBHOOK_QUEUE = "arq:queue:webhooks"
+
 
 def connect(redis_url: str, timeout_seconds: float) -> ArqRedis:
     """A Redis client for the request path: every call gives up after `timeout_seconds`
@@ -49,15 +54,21 @@ return 1
 """)
 
 
-async def enqueue(redis: ScriptClient | Redis, function: str, job_id: str, *args: str) -> bool:
-    """Queue `function(*args)` for an arq worker under `job_id`, unless that job is already
+async def enqueue(
+    redis: ScriptClient | Redis,
+    function: str,
+    job_id: str,
+    *args: str,
+    queue_name: str = RUN_QUEUE,
+) -> bool:
+    """Queue `function(*args)` on `queue_name` under `job_id`, unless that job is already
     queued or has a result; True if it was queued now."""
     enqueued_ms = round(time.time() * 1000)
     job = serialize_job(function, args, {}, None, enqueued_ms)
     queued = await run_script(
         redis,
         _ENQUEUE_SCRIPT,
-        [job_key_prefix + job_id, result_key_prefix + job_id, default_queue_name],
+        [job_key_prefix + job_id, result_key_prefix + job_id, queue_name],
         [str(expires_extra_ms), job, str(enqueued_ms), job_id],
     )
     return bool(queued)
@@ -77,5 +88,8 @@ def webhook_job_id(event_id: UUID) -> str:
 
 
 async def enqueue_webhook(redis: ScriptClient | Redis, event_id: UUID) -> None:
-    """Queue the delivery of one webhook event (once: the job id is the event's)."""
-    await enqueue(redis, DELIVER_WEBHOOK, webhook_job_id(event_id), str(event_id))
+    """Queue the delivery of one webhook event (once: the job id is the event's), on the
+    deliveries' own queue."""
+    await enqueue(
+        redis, DELIVER_WEBHOOK, webhook_job_id(event_id), str(event_id), queue_name=WEBHOOK_QUEUE
+    )

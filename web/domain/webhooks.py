@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +23,7 @@ from uuid import UUID
 
 from redis.asyncio import Redis
 
-from web.domain import clock, pool, queue
+from web.domain import addresses, clock, pool, queue
 from web.domain.errors import InvalidInput, NotFound
 from web.domain.script_client import ScriptClient
 from web.domain.tables import ApiKey, Execution, WebhookAttempt, WebhookEvent
@@ -42,28 +41,22 @@ RESPONSE_BODY_LIMIT = 1024
 # --- URLs -------------------------------------------------------------------------------
 
 
-def is_public_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
 def check_url(url: str, *, allow_http: bool, allow_private: bool) -> str:
-    """InvalidInput unless `url` may receive webhooks. A host given as a name is checked again
-    at send time, against what it resolves to then."""
+    """InvalidInput unless `url` may receive webhooks (web.domain.addresses: IP literals in any
+    spelling, IPv6 forms of IPv4 addresses, `localhost`). A host given as a name is checked
+    again at every connection, against what it resolves to then (worker/outbound.py)."""
     parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        host = parts.hostname
+        parts.port  # noqa: B018 - a port that is not a number raises ValueError here
+    except ValueError:
+        host = None
+    if parts.scheme not in ("http", "https") or not host:
         raise InvalidInput("Webhook URL must be an http:// or https:// URL with a host")
     if parts.scheme == "http" and not allow_http:
         raise InvalidInput("Webhook URL must use https")
-    if not allow_private:
-        try:
-            public = is_public_address(parts.hostname)
-        except ValueError:
-            public = parts.hostname.lower() != "localhost"  # a name: checked when sending
-        if not public:
-            raise InvalidInput("Webhook URL must not point to a private or loopback address")
+    if not allow_private and addresses.host_problem(host):
+        raise InvalidInput("Webhook URL must not point to a private or loopback address")
     return url.strip()
 
 

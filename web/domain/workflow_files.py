@@ -4,7 +4,7 @@ and reading and writing definitions as YAML or JSON text.
 
 Secrets never appear in a definition: provider settings name the environment variable that holds
 them (`api_key_env`, `access_token_env`, `token_env`), and the worker reads it when it runs.
-Pure functions: imports only web.domain.errors and PyYAML (no database).
+Pure functions: imports only web.domain.errors, web.domain.addresses and PyYAML (no database).
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
+from web.domain import addresses
 from web.domain.errors import InvalidInput
 from web.domain.types import Definition
 
@@ -268,6 +270,40 @@ def definition_problems(definition: Any) -> list[str]:
         ]
         if len(approvals) > 1:
             problems.append(f"steps[{approvals[1]}]: a workflow has at most one approval step")
+    return problems
+
+
+# Provider settings that name a URL the worker calls (`base_url`, `url`).
+_URL_SETTINGS = sorted(
+    {
+        name
+        for schemas in (CONTENT_PROVIDERS, MESSAGING_PROVIDERS)
+        for schema in schemas.values()
+        for name, setting in schema.items()
+        if setting.kind == "url"
+    }
+)
+
+
+def address_problems(definition: Definition, *, allow_private: bool) -> list[str]:
+    """Provider URLs of a (checked) definition that point to a private or loopback address
+    (web.domain.addresses: IP literals in any spelling, IPv6 forms of IPv4, `localhost`), each
+    naming its path; [] when `allow_private`. Names are checked again at every connection."""
+    if allow_private:
+        return []
+    problems = []
+    for index, step in enumerate(definition.get("steps") or []):
+        settings = step.get("settings") or {}
+        for name in _URL_SETTINGS:
+            value = settings.get(name)
+            if not isinstance(value, str):
+                continue
+            try:
+                host = urlsplit(value).hostname
+            except ValueError:
+                host = None
+            if host and addresses.host_problem(host):
+                problems.append(f"steps[{index}].settings.{name}: {addresses.REFUSED}")
     return problems
 
 

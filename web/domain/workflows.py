@@ -22,7 +22,13 @@ from web.domain.errors import Forbidden, NotFound
 from web.domain.statuses import ExecutionStatus
 from web.domain.tables import Workflow
 from web.domain.types import Definition, StepSettings
-from web.domain.workflow_files import check_definition, parse_definition
+from web.domain.workflow_files import (
+    InvalidDefinition,
+    address_problems,
+    check_definition,
+    parse_definition,
+)
+from web.settings import get_settings
 
 BFSI_WORKFLOW_ID = "workflow_bfsi_marketing_template"
 # Package data (pyproject.toml [tool.setuptools.package-data]), so an installed flowgate has it.
@@ -132,10 +138,19 @@ async def _write(definition: Definition, *, replace: bool) -> tuple[bool, bool]:
     return True, exists
 
 
+def _check(definition: Definition) -> None:
+    """The schema, then the SSRF policy on provider URLs (FLOWGATE_PROVIDER_ALLOW_PRIVATE);
+    InvalidDefinition naming every problem."""
+    check_definition(definition)
+    problems = address_problems(definition, allow_private=get_settings().provider_allow_private)
+    if problems:
+        raise InvalidDefinition(problems)
+
+
 async def save_workflow(definition: Definition, *, replace: bool = True) -> bool:
     """Create or (when `replace`) update a workflow; True if anything was written. Executions
     already started keep the definition they started with (Execution.definition)."""
-    check_definition(definition)
+    _check(definition)
     async with pool.engine().transaction():
         written, _ = await _write(definition, replace=replace)
     return written
@@ -144,7 +159,7 @@ async def save_workflow(definition: Definition, *, replace: bool = True) -> bool
 async def import_workflow(definition: Definition) -> bool:
     """Create or update a workflow from a definition (`flowgate workflows import`), checked
     first; True when it was created, False when an existing one was replaced."""
-    check_definition(definition)
+    _check(definition)
     async with pool.engine().transaction():
         _, existed = await _write(definition, replace=True)
     return not existed

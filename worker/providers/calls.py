@@ -22,7 +22,8 @@ from typing import Any
 
 import httpx
 
-from worker.providers.types import NoAnswer, Unreachable
+from worker import outbound
+from worker.providers.types import NoAnswer, ProviderError, Unreachable
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_MAX_RETRIES = 3
@@ -114,6 +115,8 @@ async def post_json(
                     headers=headers,
                     timeout=httpx.Timeout(policy.timeout_seconds),
                 )
+        except outbound.AddressRefused as exc:  # the SSRF policy: trying again cannot help
+            raise ProviderError(f"could not reach {who} (refused: {exc})") from None
         except (TimeoutError, httpx.TimeoutException, httpx.TransportError) as exc:
             unsent = isinstance(exc, _NOT_SENT)
             every_attempt_unsent = every_attempt_unsent and unsent
