@@ -14,10 +14,14 @@ end
 local counter = 0
 function request()
   counter = counter + 1
-  return wrk.format("POST", nil, {
-    ["Content-Type"] = "application/json",
-    ["Idempotency-Key"] = prefix .. counter,
-  }, body)
+  -- wrk.format uses only the headers it is given: copy wrk -H's (Authorization) in.
+  local headers = {}
+  for name, value in pairs(wrk.headers) do
+    headers[name] = value
+  end
+  headers["Content-Type"] = "application/json"
+  headers["Idempotency-Key"] = prefix .. counter
+  return wrk.format("POST", nil, headers, body)
 end
 
 dofile(assert(os.getenv("BENCH_WRK_REPORT"), "BENCH_WRK_REPORT unset"))
