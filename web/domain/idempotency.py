@@ -5,7 +5,8 @@ first one got, and nothing happens a second time.
 A use case that does its work in a transaction (approve, reject) calls `begin` first and
 `finish` last inside it, so the stored answer and the work it describes are committed together
 or not at all; `start_execution`, whose work is one statement, does the same inside that
-statement (executions.INSERT_EXECUTION_ONCE) and calls `replay_or_refuse` when it stored none. `begin` takes a transaction-scoped advisory lock on the
+statement (executions.INSERT_EXECUTION_ONCE) and calls `replay_or_refuse` when it stored none.
+`begin` takes a transaction-scoped advisory lock on the
 (API key, idempotency key) pair without waiting: a twin still in flight holds it, and the
 second request is told so at once (409) instead of queueing behind it. Only answers of work done
 are stored; a request refused (validation, auth, limits, conflicts) rolls back and stores
