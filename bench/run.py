@@ -53,6 +53,7 @@ BUSY_PERCENT = 10.0
 LIMITER_TARGET = 0.85
 READ_TARGET = 0.70
 WRITE_TARGET = 0.50
+IDEM_TARGET = 0.90  # issue #14: an Idempotency-Key costs at most a tenth of execute's rate
 WORKER_ROWS_TARGET = 2000
 WEBHOOK_P99_TARGET_MS = 250
 
@@ -356,9 +357,9 @@ class Wrk:
     redis: Redis
 
     def _run(
-        self, url: str, connections: int, seconds: int, post: bool
+        self, url: str, connections: int, seconds: int, post: bool, script_name: str | None = None
     ) -> tuple[dict[str, Any], str]:
-        script = WRK_DIR / ("post_json.lua" if post else "report.lua")
+        script = WRK_DIR / (script_name or ("post_json.lua" if post else "report.lua"))
         threads = str(min(self.threads, connections))
         cmd = [self.path, "-t", threads, "-c", str(connections), "-d", f"{seconds}s"]
         cmd += ["--timeout", "10s", "-s", str(script)]
@@ -376,16 +377,23 @@ class Wrk:
         raise BenchError(f"wrk gave no result:\n{result.stdout}\n{result.stderr}")
 
     def measure(
-        self, name: str, server: Server, path: str, connections: int, *, post: bool = False
+        self,
+        name: str,
+        server: Server,
+        path: str,
+        connections: int,
+        *,
+        post: bool = False,
+        script: str | None = None,
     ) -> Measurement:
         url = server.base + path
         self.redis.flushdb()  # a fresh bucket, an empty queue
         if self.warmup > 0:
-            self._run(url, connections, self.warmup, post)
+            self._run(url, connections, self.warmup, post, script)
         load = load_average()
         pgid = server.process.pid if server.process else -1
         before = process_cpu()
-        data, raw = self._run(url, connections, self.duration, post)
+        data, raw = self._run(url, connections, self.duration, post, script)
         after = process_cpu()
         cpu = sum(t for _, g, t in after.values() if g == pgid)
         cpu -= sum(t for _, g, t in before.values() if g == pgid)
@@ -709,6 +717,14 @@ def measure_all(
     m["wbase"] = w.measure(
         f"write baseline, uvicorn, {wc}c", baseline, paths.baseline_execute, wc, post=True
     )
+    m["idem"] = w.measure(
+        f"execute + Idempotency-Key, uvicorn, {wc}c",
+        limited,
+        paths.execute,
+        wc,
+        post=True,
+        script="post_json_idempotent.lua",
+    )
     last = counts[-1]
     m["granian"] = w.measure(f"status, limiter on, granian, {last}c", granian, paths.status, last)
 
@@ -727,6 +743,11 @@ def measure_all(
         figure_row(f"3 execute / write baseline, {wc}c", m["exec"], m["wbase"], WRITE_TARGET)
     )
     rows.append(figure_row(f"  write baseline, {wc}c", m["wbase"]))
+    rows.append(
+        figure_row(
+            f"7 execute with / without Idempotency-Key, {wc}c", m["idem"], m["exec"], IDEM_TARGET
+        )
+    )
     rows.append(figure_row(f"4 granian / uvicorn, {last}c", m["granian"], m[f"on{last}"]))
     rows.append(figure_row(f"  uvicorn (as in 1), {last}c", m[f"on{last}"]))
     return rows, m

@@ -113,7 +113,11 @@ async def keys_list(args: argparse.Namespace) -> int:
 
 async def keys_revoke(args: argparse.Namespace) -> int:
     key_id = _uuid(args.id, "API key id")
-    await api_keys.revoke_key(key_id)
+    redis = queue.connect(get_settings().redis_url, 5.0)
+    try:
+        await api_keys.revoke_key(redis, key_id)
+    finally:
+        await redis.aclose()
     print(f"revoked {key_id}")
     return 0
 

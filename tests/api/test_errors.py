@@ -163,7 +163,7 @@ async def test_a_revoked_key_is_403_inactive_on_every_endpoint_and_changes_nothi
     key = await create_key()
     execution_id = await start(client, key.secret)
     await run_worker()
-    await revoke_key(key.id)
+    await revoke_key(redis, key.id)
     before = await snapshot(redis)
 
     response = await call(client, endpoint, execution_id, auth(key.secret))
@@ -701,7 +701,7 @@ async def test_the_key_is_checked_before_the_workflow(
     client: httpx.AsyncClient, redis: ArqRedis
 ) -> None:
     key = await create_key()
-    await revoke_key(key.id)
+    await revoke_key(redis, key.id)
 
     revoked = await execute(client, key.secret, workflow_id="workflow_that_does_not_exist")
     unknown = await execute(

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from arq.connections import ArqRedis
 from litestar import Litestar
 
 from tests.factories import PUBLIC, auth, create_key, execute, rows, serving, start
@@ -177,12 +178,12 @@ async def test_two_app_instances_share_one_bucket(app: Litestar) -> None:
 
 
 async def test_an_inactive_key_gets_403_before_the_rate_limit_and_spends_nothing(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, redis: ArqRedis
 ) -> None:
     new = await create_key(rate_limit_burst=1, rate_limit_refill_per_second=0.001)
     from web.domain.api_keys import revoke_key
 
-    await revoke_key(new.id)
+    await revoke_key(redis, new.id)
     for _ in range(3):
         response = await execute(client, new.secret)
         assert response.status_code == 403

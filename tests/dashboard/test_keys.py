@@ -9,6 +9,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+from arq.connections import ArqRedis
 
 from tests.factories import PUBLIC, auth, create_key, execute, post_form, start
 from web.domain import clock
@@ -79,13 +80,13 @@ async def test_an_empty_list_says_what_to_do(admin_client: httpx.AsyncClient) ->
 
 
 async def test_the_list_shows_status_expiry_usage_and_last_use(
-    client: httpx.AsyncClient, admin_client: httpx.AsyncClient
+    client: httpx.AsyncClient, admin_client: httpx.AsyncClient, redis: ArqRedis
 ) -> None:
     busy = await create_key(name="Busy", monthly_limit=2)
     await start(client, busy.secret)
     await start(client, busy.secret)
     revoked = await create_key(name="Gone")
-    await revoke_key(revoked.id)
+    await revoke_key(redis, revoked.id)
     expired = await create_key(name="Old", expires_at=datetime(2020, 1, 1, tzinfo=UTC))
 
     html = (await admin_client.get(KEYS)).text

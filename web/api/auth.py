@@ -36,8 +36,9 @@ async def require_api_key(connection: Connection, _: BaseRouteHandler) -> None:
     settings = settings_of(connection)
     redis = scripts_of(connection)
     ip = client_ip(connection)
+    header = connection.headers.get("authorization")
     try:
-        key = await api_keys.authenticate(connection.headers.get("authorization"))
+        key = await api_keys.authenticate(header, redis)
     except Unauthorized:
         if settings.rate_limit_enabled:
             blocked_ms = await limits.record_auth_failure(
@@ -50,16 +51,13 @@ async def require_api_key(connection: Connection, _: BaseRouteHandler) -> None:
         raise
     reason = key.unusable_reason()
     if settings.rate_limit_enabled:
-        bucket = await limits.take_token(
-            redis,
-            key.id,
-            ip,
-            capacity=key.rate_limit_burst or settings.rate_limit_burst,
-            refill_per_second=key.rate_limit_refill_per_second
-            or settings.rate_limit_refill_per_second,
-            failures_allowed=settings.auth_failures_per_minute,
-            cost=0 if reason else 1,  # an unusable key only looks at its bucket
-        )
+        bucket = await _take_token(redis, key, reason, ip, settings)
+        if bucket.stale:
+            # The key changed since this process cached it (revoked, edited, rotated): read
+            # it again and take the token by its new settings. Nothing was spent meanwhile.
+            key = await api_keys.authenticate(header, redis, fresh=True)
+            reason = key.unusable_reason()
+            bucket = await _take_token(redis, key, reason, ip, settings)
         if bucket.ip_blocked_ms:
             raise TooManyRequests(limits.TOO_MANY_FAILED_AUTHENTICATIONS, bucket.retry_after)
         connection.state.rate_limit = bucket
@@ -70,6 +68,23 @@ async def require_api_key(connection: Connection, _: BaseRouteHandler) -> None:
     elif reason:
         raise Forbidden(reason)
     connection.state.api_key = key
+
+
+async def _take_token(
+    redis: ScriptClient, key: AuthenticatedKey, reason: str | None, ip: str, settings: Settings
+) -> limits.BucketState:
+    """The request's token from the key's bucket (none for an unusable key, which only looks),
+    checking the version of a cached key in the same call."""
+    return await limits.take_token(
+        redis,
+        key.id,
+        ip,
+        capacity=key.rate_limit_burst or settings.rate_limit_burst,
+        refill_per_second=key.rate_limit_refill_per_second or settings.rate_limit_refill_per_second,
+        failures_allowed=settings.auth_failures_per_minute,
+        cost=0 if reason else 1,
+        cached_version=key.cached_version,
+    )
 
 
 async def require_runnable_workflow(connection: Connection, _: BaseRouteHandler) -> None:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from arq.connections import ArqRedis
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import FormMultiDict
 from litestar.di import NamedDependency
@@ -331,6 +332,7 @@ class KeysController(Controller):
         request: Request[Any, Any, Any],
         key_id: FromPath[UUID],
         settings: NamedDependency[Settings],
+        arq: NamedDependency[ArqRedis],
     ) -> Response[Any]:
         key = await api_keys.get_key(key_id)
         if key.read_only:
@@ -339,7 +341,7 @@ class KeysController(Controller):
         values = _values_from_form(await request.form())
         try:
             new_secret = await api_keys.update_key(
-                key_id, _settings(values), _secret_change(values["webhook_secret"])
+                arq, key_id, _settings(values), _secret_change(values["webhook_secret"])
             )
         except Conflict as exc:  # revoked: read-only
             flash(request, exc.message, category="error")
@@ -353,20 +355,26 @@ class KeysController(Controller):
 
     @post("/{key_id:uuid}/revoke")
     async def revoke(
-        self, request: Request[Any, Any, Any], key_id: FromPath[UUID]
+        self,
+        request: Request[Any, Any, Any],
+        key_id: FromPath[UUID],
+        arq: NamedDependency[ArqRedis],
     ) -> Response[Any]:
-        await api_keys.revoke_key(key_id)
+        await api_keys.revoke_key(arq, key_id)
         flash(request, "API key revoked: it answers 403 from now on", category="success")
         return back_to(request, f"{BASE}/{key_id}")
 
     @post("/{key_id:uuid}/rotate")
     async def rotate(
-        self, request: Request[Any, Any, Any], key_id: FromPath[UUID]
+        self,
+        request: Request[Any, Any, Any],
+        key_id: FromPath[UUID],
+        arq: NamedDependency[ArqRedis],
     ) -> Response[Any]:
         form = await request.form()
         try:
             hours = _number(_text(form, "grace_hours"), "grace_hours", "Grace period")
-            rotated = await api_keys.rotate_key(key_id, api_keys.rotation_grace(hours))
+            rotated = await api_keys.rotate_key(arq, key_id, api_keys.rotation_grace(hours))
         except (InvalidInput, Conflict) as exc:
             flash(request, exc.message, category="error")
             return back_to(request, f"{BASE}/{key_id}#rotate")

@@ -9,6 +9,7 @@ Imports only web.domain and Piccolo.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import secrets
@@ -21,10 +22,12 @@ from typing import Any, Literal
 from uuid import UUID
 
 import msgspec
+from redis.asyncio import Redis
 
-from web.domain import clock, limits, webhooks
+from web.domain import clock, key_versions, limits, webhooks
 from web.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from web.domain.field_errors import FieldError
+from web.domain.script_client import ScriptClient
 from web.domain.tables import ApiKey, Workflow
 from web.settings import get_settings
 
@@ -51,6 +54,9 @@ class AuthenticatedKey:
     allowed_workflows: tuple[str, ...]
     rate_limit_burst: int | None = None
     rate_limit_refill_per_second: float | None = None
+    # Served from this process's cache: the (Redis key, version) the rate limiter checks, so a
+    # change of the key made anywhere is seen on the next request (web.domain.key_versions).
+    cached_version: tuple[str, str] | None = None
 
     def unusable_reason(self) -> str | None:
         """Why this key may not be used right now (public-api.md "403 Forbidden"), or None."""
@@ -94,8 +100,10 @@ def parse_bearer(authorization: str | None) -> str:
 
 class _KeyCache:
     """Keys recently looked up, per process, for `ttl` seconds: most public requests then need
-    no query for their key. A revoked or edited key takes effect within `ttl` (expiry is checked
-    on every request); unknown keys are never cached."""
+    no query for their key. Each entry carries the version of its secret it was read at, which
+    the rate limiter compares on every request: a revoked or edited key takes effect on the next
+    request (web.domain.key_versions), and within `ttl` even if Redis lost the change. Expiry is
+    checked on every request; unknown keys are never cached."""
 
     def __init__(self, size: int = 10_000, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.size = size
@@ -112,10 +120,17 @@ class _KeyCache:
             return None
         return key
 
-    def put(self, digest: str, key: AuthenticatedKey, cutoff: datetime | None) -> None:
+    def put(
+        self, digest: str, key: AuthenticatedKey, cutoff: datetime | None, version: str
+    ) -> None:
+        """Cache `key` as read after its secret's version was `version`."""
         if len(self._entries) >= self.size:
             self._entries.pop(next(iter(self._entries)))  # the oldest entry
-        self._entries[digest] = (self.monotonic(), cutoff, key)
+        cached = dataclasses.replace(key, cached_version=(key_versions.redis_key(digest), version))
+        self._entries[digest] = (self.monotonic(), cutoff, cached)
+
+    def forget(self, digest: str) -> None:
+        self._entries.pop(digest, None)
 
     def clear(self) -> None:
         self._entries.clear()
@@ -124,17 +139,24 @@ class _KeyCache:
 KEY_CACHE = _KeyCache()
 
 
-async def authenticate(authorization: str | None) -> AuthenticatedKey:
+async def authenticate(
+    authorization: str | None, redis: ScriptClient | Redis | None = None, *, fresh: bool = False
+) -> AuthenticatedKey:
     """Resolve the bearer key; Unauthorized for a missing, malformed or unknown key. The key
     may still be unusable (inactive, expired): see `AuthenticatedKey.unusable_reason`.
-    A rotated key's previous secret is accepted until its grace period ends. Lookups are
-    cached for FLOWGATE_KEY_CACHE_SECONDS (see `_KeyCache`)."""
+    A rotated key's previous secret is accepted until its grace period ends. Given `redis`,
+    lookups are cached for FLOWGATE_KEY_CACHE_SECONDS (see `_KeyCache`) unless `fresh`; a cached
+    key carries the version the caller must check (`cached_version`, in limits.take_token)."""
     secret = parse_bearer(authorization)
     digest = hash_key(secret)
-    ttl = get_settings().key_cache_seconds
-    cached = KEY_CACHE.get(digest, ttl) if ttl > 0 else None
-    if cached is not None:
-        return cached
+    ttl = get_settings().key_cache_seconds if redis is not None else 0
+    if ttl > 0 and not fresh:
+        cached = KEY_CACHE.get(digest, ttl)
+        if cached is not None:
+            return cached
+    # Read before the row, so that a change committed meanwhile leaves the cached version
+    # behind (key_versions); only when the answer will be cached.
+    version = await key_versions.read(redis, digest) if redis is not None and ttl > 0 else None
     current = clock.now()
     row = (
         await ApiKey.select(
@@ -173,10 +195,11 @@ async def authenticate(authorization: str | None) -> AuthenticatedKey:
         rate_limit_burst=row["rate_limit_burst"],
         rate_limit_refill_per_second=row["rate_limit_refill_per_second"],
     )
-    if ttl > 0:
+    if version is not None:
         # A previous secret stays cached no longer than its grace period.
         by_previous = row["key_hash"] != digest
-        KEY_CACHE.put(digest, key, row["previous_key_expires_at"] if by_previous else None)
+        cutoff = row["previous_key_expires_at"] if by_previous else None
+        KEY_CACHE.put(digest, key, cutoff, version)
     return key
 
 
@@ -316,15 +339,22 @@ async def list_keys() -> list[KeyView]:
     return await list_keys_with_usage()
 
 
-async def revoke_key(key_id: UUID) -> None:
-    """Deactivate a key for good; NotFound for an unknown id. Revoking twice is harmless."""
+async def revoke_key(redis: ScriptClient | Redis, key_id: UUID) -> None:
+    """Deactivate a key for good, refused on the next request by every web process; NotFound
+    for an unknown id. Revoking twice is harmless."""
     updated = (
         await ApiKey.update({ApiKey.active: False, ApiKey.revoked_at: clock.now()})
         .where(ApiKey.id == key_id)
-        .returning(ApiKey.id)
+        .returning(ApiKey.key_hash, ApiKey.previous_key_hash)
     )
     if not updated:
         raise NotFound("API key not found")
+    await _changed(redis, updated[0]["key_hash"], updated[0]["previous_key_hash"])
+
+
+async def _changed(redis: ScriptClient | Redis, *digests: str | None) -> None:
+    """After the commit of a change to a key: its cached look-ups are stale everywhere."""
+    await key_versions.raise_versions(redis, [digest for digest in digests if digest])
 
 
 # --- the dashboard's view of keys: status, usage, edit, rotate --------------------------------
@@ -445,7 +475,10 @@ REVOKED_READ_ONLY = "A revoked API key cannot be edited"
 
 
 async def update_key(
-    key_id: UUID, settings: KeySettings, webhook_secret: SecretChange = SecretChange.KEEP
+    redis: ScriptClient | Redis,
+    key_id: UUID,
+    settings: KeySettings,
+    webhook_secret: SecretChange = SecretChange.KEEP,
 ) -> str | None:
     """Replace the key's settings (checked as `create_key` checks them). Returns the new webhook
     secret when one was generated (to show once), else None. NotFound for an unknown id,
@@ -459,12 +492,13 @@ async def update_key(
     updated = (
         await ApiKey.update(**values)
         .where(ApiKey.id == key_id, ApiKey.active.eq(True))
-        .returning(ApiKey.id)
+        .returning(ApiKey.key_hash, ApiKey.previous_key_hash)
     )
     if not updated:
         if await ApiKey.exists().where(ApiKey.id == key_id):
             raise Conflict(REVOKED_READ_ONLY)
         raise NotFound("API key not found")
+    await _changed(redis, updated[0]["key_hash"], updated[0]["previous_key_hash"])
     return new_secret
 
 
@@ -488,7 +522,9 @@ def rotation_grace(hours: float | None) -> timedelta:
     return timedelta(hours=hours)
 
 
-async def rotate_key(key_id: UUID, grace: timedelta = DEFAULT_ROTATION_GRACE) -> RotatedKey:
+async def rotate_key(
+    redis: ScriptClient | Redis, key_id: UUID, grace: timedelta = DEFAULT_ROTATION_GRACE
+) -> RotatedKey:
     """Give the key a new secret; the current one keeps working for `grace` (0 to 30 days), then
     stops. A previous rotation's old secret, if still in its grace period, stops at once (one
     UPDATE: the old hash moves over as the new one is set). Conflict for a revoked key."""
@@ -497,9 +533,12 @@ async def rotate_key(key_id: UUID, grace: timedelta = DEFAULT_ROTATION_GRACE) ->
     secret = secrets.token_hex(32)
     until = clock.now() + grace
     rows = await ApiKey.raw(
-        "UPDATE api_key SET previous_key_hash = key_hash, previous_key_expires_at = {}, "
+        "UPDATE api_key AS k SET previous_key_hash = k.key_hash, previous_key_expires_at = {}, "
         "  key_hash = {}, prefix = {} "
-        "WHERE id = {} AND active RETURNING name",
+        "FROM (SELECT id, key_hash, previous_key_hash FROM api_key WHERE id = {} FOR UPDATE) "
+        "  AS old "
+        "WHERE k.id = old.id AND k.active "
+        "RETURNING k.name, old.key_hash AS old_hash, old.previous_key_hash AS old_previous",
         until,
         hash_key(secret),
         secret[:8],
@@ -509,6 +548,8 @@ async def rotate_key(key_id: UUID, grace: timedelta = DEFAULT_ROTATION_GRACE) ->
         if await ApiKey.exists().where(ApiKey.id == key_id):
             raise Conflict("A revoked API key cannot be rotated")
         raise NotFound("API key not found")
+    # The current secret is now cut off at `until`, a previous one at once.
+    await _changed(redis, rows[0]["old_hash"], rows[0]["old_previous"])
     return RotatedKey(
         id=key_id,
         name=rows[0]["name"],

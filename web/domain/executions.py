@@ -121,6 +121,49 @@ ON CONFLICT (api_key, month)
 RETURNING used
 """
 
+# The same with an Idempotency-Key, still one statement (one round trip, its own transaction):
+# the answer, known before (the id and time are chosen here), is stored first, and the rest
+# only runs if it was. `lock` is the twin check (web.domain.idempotency: a transaction-scoped
+# advisory lock taken without waiting); `claim` inserts the answer, or replaces an expired one
+# under the same key, and returns nothing when an unexpired one exists (or the workflow is
+# gone). A twin that committed between this statement's snapshot and its lock is still seen:
+# ON CONFLICT checks committed rows. A quota refusal fails the whole statement, answer included.
+INSERT_EXECUTION_ONCE = """
+WITH lock AS (
+    SELECT pg_try_advisory_xact_lock($11) AS ok
+), claim AS (
+    INSERT INTO idempotent_request AS r
+        (id, api_key, key, fingerprint, status_code, body, created_at, expires_at)
+    SELECT gen_random_uuid(), $3, $12, $13, $14, $15, now(), now() + $16::interval
+    FROM workflow AS w, lock WHERE w.id = $2 AND lock.ok
+    ON CONFLICT (api_key, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint,
+        status_code = EXCLUDED.status_code, body = EXCLUDED.body,
+        created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
+        WHERE r.expires_at <= now()
+    RETURNING r.id
+), started AS (
+    INSERT INTO execution (id, workflow, api_key, description, definition, status, row_count,
+                           truncated_from, created_at, started_at, updated_at)
+    SELECT $1, w.id, $3, $4, jsonb_build_object('id', w.id, 'name', w.name, 'steps', w.steps),
+           'pending', $5, $6, $7, $7, $7
+    FROM workflow AS w, claim WHERE w.id = $2
+    RETURNING id
+), stored AS (
+    INSERT INTO execution_row (id, execution, position, data)
+    SELECT gen_random_uuid(), started.id, t.ordinality - 1, t.value
+    FROM started, jsonb_array_elements($8::jsonb) WITH ORDINALITY AS t
+    RETURNING execution
+), counted AS (
+    INSERT INTO api_key_usage AS usage (id, api_key, month, used, monthly_limit)
+    SELECT gen_random_uuid(), $3, $9, 1, $10 FROM (SELECT count(*) AS n FROM stored) AS s
+    WHERE s.n > 0
+    ON CONFLICT (api_key, month)
+        DO UPDATE SET used = usage.used + 1, monthly_limit = EXCLUDED.monthly_limit
+    RETURNING used
+)
+SELECT (SELECT used FROM counted) AS used, (SELECT ok FROM lock) AS locked
+"""
+
 
 async def start_execution(
     redis: ScriptClient | Redis,
@@ -136,9 +179,10 @@ async def start_execution(
     (nothing is written when that raises), then queue the run. `on_counted` hears the quota
     as soon as it is counted, so the caller can report it even if the enqueue fails.
 
-    With `once` (an Idempotency-Key), the statement runs in a transaction that first looks
-    for the key's earlier answer (idempotency.Replayed, and nothing else happens) and last
-    stores this one, so the answer exists exactly when the execution does."""
+    With `once` (an Idempotency-Key), the same statement also stores the answer
+    (INSERT_EXECUTION_ONCE), so the answer exists exactly when the execution does; a key
+    answered before raises idempotency.Replayed (and nothing else happens), Conflict while a
+    twin is in flight, idempotency.KeyReused for another request."""
     rows = csv_data[:max_rows]
     truncated_from = len(csv_data) if len(csv_data) > max_rows else None
     if not rows:
@@ -150,40 +194,19 @@ async def start_execution(
     started_at = clock.now()
     resets_at = limits.next_month_start(started_at)
     execution_id = uuid4()
-    if once is None:
-        async with pool.connection() as connection:
-            used = await _insert_execution(
-                connection,
-                execution_id,
-                key,
-                workflow,
-                description,
-                rows,
-                truncated_from,
-                started_at,
-                encoded_rows,
-            )
-    else:
-        async with pool.connection() as connection, connection.transaction():
-            await idempotency.begin(connection, once)
-            used = await _insert_execution(
-                connection,
-                execution_id,
-                key,
-                workflow,
-                description,
-                rows,
-                truncated_from,
-                started_at,
-                encoded_rows,
-            )
-            started = StartedExecution(
-                id=execution_id,
-                status=ExecutionStatus.PENDING,
-                started_at=started_at,
-                quota=limits.QuotaState(limit=key.monthly_limit, used=used, resets_at=resets_at),
-            )
-            await idempotency.finish(connection, once, started)
+    async with pool.connection() as connection:
+        used = await _insert_execution(
+            connection,
+            execution_id,
+            key,
+            workflow,
+            description,
+            rows,
+            truncated_from,
+            started_at,
+            encoded_rows,
+            once,
+        )
     quota = limits.QuotaState(limit=key.monthly_limit, used=used, resets_at=resets_at)
     if on_counted is not None:
         on_counted(quota)
@@ -203,26 +226,45 @@ async def _insert_execution(
     truncated_from: int | None,
     started_at: datetime,
     encoded_rows: str,
+    once: idempotency.Once[StartedExecution] | None,
 ) -> int:
-    """INSERT_EXECUTION; the key's monthly usage with this one. QuotaExceeded past the limit
-    (nothing written), NotFound when the workflow was deleted since the guard read it."""
+    """INSERT_EXECUTION (or _ONCE); the key's monthly usage with this one. QuotaExceeded past
+    the limit (nothing written), NotFound when the workflow was deleted since the guard read
+    it; with `once`, what idempotency.replay_or_refuse raises when the key was used before."""
     resets_at = limits.next_month_start(started_at)
+    args: list[object] = [
+        execution_id,
+        workflow.id,
+        key.id,
+        description,
+        len(rows),
+        truncated_from,
+        started_at,
+        encoded_rows,
+        limits.month_of(started_at),
+        key.monthly_limit,
+    ]
+    if once is not None:
+        quota = limits.QuotaState(limit=key.monthly_limit, used=0, resets_at=resets_at)
+        answer = once.answer(
+            StartedExecution(execution_id, ExecutionStatus.PENDING, started_at, quota)
+        )
+        call = once.call
+        args += [call.lock_id, call.key, call.fingerprint]
+        args += [answer.status_code, answer.body.decode(), call.ttl]
     if key.monthly_limit <= 0:
         raise limits.QuotaExceeded(limits.QuotaState(key.monthly_limit, 0, resets_at))
     try:
-        used = await connection.fetchval(
-            INSERT_EXECUTION,
-            execution_id,
-            workflow.id,
-            key.id,
-            description,
-            len(rows),
-            truncated_from,
-            started_at,
-            encoded_rows,
-            limits.month_of(started_at),
-            key.monthly_limit,
-        )
+        if once is None:
+            used = await connection.fetchval(INSERT_EXECUTION, *args)
+        else:
+            outcome = await connection.fetchrow(INSERT_EXECUTION_ONCE, *args)
+            assert outcome is not None  # a SELECT without FROM: always one row
+            used, locked = outcome["used"], outcome["locked"]
+            if used is None:
+                if not locked:
+                    raise Conflict(idempotency.STILL_PROCESSING)
+                await idempotency.replay_or_refuse(connection, once.call)
     except CheckViolationError as exc:
         if exc.constraint_name != limits.QUOTA_CONSTRAINT:
             raise

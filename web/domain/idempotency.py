@@ -2,9 +2,11 @@
 Idempotency-Key HTTP Header Field"): a request sent again with the same key gets the answer the
 first one got, and nothing happens a second time.
 
-The use case that does the work (start an execution, approve, reject) calls `begin` first and
-`finish` last inside its own transaction, so the stored answer and the work it describes are
-committed together or not at all. `begin` takes a transaction-scoped advisory lock on the
+A use case that does its work in a transaction (approve, reject) calls `begin` first and
+`finish` last inside it, so the stored answer and the work it describes are committed together
+or not at all; `start_execution`, whose work is one statement, does the same inside that
+statement (executions.INSERT_EXECUTION_ONCE) and calls `replay_or_refuse` when it stored none.
+`begin` takes a transaction-scoped advisory lock on the
 (API key, idempotency key) pair without waiting: a twin still in flight holds it, and the
 second request is told so at once (409) instead of queueing behind it. Only answers of work done
 are stored; a request refused (validation, auth, limits, conflicts) rolls back and stores
@@ -111,6 +113,12 @@ async def begin(connection: Connection, once: Once[Any] | None) -> None:
     call = once.call
     if not await connection.fetchval("SELECT pg_try_advisory_xact_lock($1)", call.lock_id):
         raise Conflict(STILL_PROCESSING)
+    await replay_or_refuse(connection, call)
+
+
+async def replay_or_refuse(connection: Connection, call: IdempotentCall) -> None:
+    """Replayed with the key's unexpired answer to the same request, KeyReused for another
+    request; nothing when the key has no answer yet."""
     stored = await connection.fetchrow(
         "SELECT fingerprint, status_code, body FROM idempotent_request "
         "WHERE api_key = $1 AND key = $2 AND expires_at > now()",

@@ -31,10 +31,12 @@ RATE_LIMIT_EXCEEDED = "Rate limit exceeded"  # public-api.md, "429 Too Many Requ
 TOO_MANY_FAILED_AUTHENTICATIONS = "Too many failed authentication attempts"
 AUTH_FAILURE_WINDOW_SECONDS = 60
 
-# KEYS[1] bucket hash {tokens, ts}; KEYS[2] failed-auth counter of the client IP.
-# ARGV: capacity, refill per second, cost (0 peeks), failures allowed per window.
+# KEYS[1] bucket hash {tokens, ts}; KEYS[2] failed-auth counter of the client IP; KEYS[3]
+# (when ARGV[5] is not empty) the version of the key's cached look-up (web.domain.key_versions).
+# ARGV: capacity, refill per second, cost (0 peeks), failures allowed per window, the cached
+# version ('' when the key was just read from the database).
 # Returns {allowed, tokens (string: Lua numbers become integers otherwise), now in ms,
-#          ip blocked for ms (0 when not blocked)}.
+#          ip blocked for ms (0 when not blocked), 1 when the cached key is stale (nothing spent)}.
 _BUCKET_SCRIPT = Script("""
 local capacity = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2]) / 1000.0
@@ -45,7 +47,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local failures = tonumber(redis.call('GET', KEYS[2]) or '0')
 if failures >= failures_allowed then
   local ttl = redis.call('PTTL', KEYS[2])
-  return {0, '0', now, math.max(ttl, 1)}
+  return {0, '0', now, math.max(ttl, 1), 0}
+end
+if ARGV[5] ~= '' and (redis.call('GET', KEYS[3]) or '0') ~= ARGV[5] then
+  return {0, '0', now, 0, 1}
 end
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1])
@@ -68,7 +73,7 @@ if cost > 0 then
   redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', ts)
   redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate) + 1000)
 end
-return {allowed, tostring(tokens), now, 0}
+return {allowed, tostring(tokens), now, 0, 0}
 """)
 
 # KEYS[1] failed-auth counter; ARGV window in seconds, failures allowed.
@@ -92,6 +97,8 @@ class BucketState:
     tokens: float
     now_ms: int
     ip_blocked_ms: int = 0
+    # The key's cached look-up changed since it was cached: read it again (nothing was spent).
+    stale: bool = False
 
     @property
     def remaining(self) -> int:
@@ -134,14 +141,25 @@ async def take_token(
     refill_per_second: float,
     failures_allowed: int,
     cost: int = 1,
+    cached_version: tuple[str, str] | None = None,
 ) -> BucketState:
     """Spend `cost` tokens of the key's bucket (0 only looks), in one atomic Redis call that
-    also refuses a client IP blocked for failed authentications."""
-    allowed, tokens, now_ms, blocked_ms = await run_script(
+    also refuses a client IP blocked for failed authentications, and, given the (Redis key,
+    version) of a cached look-up of the key, says `stale` (spending nothing) if it changed."""
+    keys = [_bucket_key(api_key_id), _auth_failure_key(client_ip)]
+    if cached_version is not None:
+        keys.append(cached_version[0])
+    allowed, tokens, now_ms, blocked_ms, stale = await run_script(
         redis,
         _BUCKET_SCRIPT,
-        [_bucket_key(api_key_id), _auth_failure_key(client_ip)],
-        [str(capacity), repr(float(refill_per_second)), str(cost), str(failures_allowed)],
+        keys,
+        [
+            str(capacity),
+            repr(float(refill_per_second)),
+            str(cost),
+            str(failures_allowed),
+            cached_version[1] if cached_version else "",
+        ],
     )
     return BucketState(
         allowed=bool(allowed),
@@ -150,6 +168,7 @@ async def take_token(
         tokens=float(tokens),
         now_ms=int(now_ms),
         ip_blocked_ms=int(blocked_ms),
+        stale=bool(stale),
     )
 
 
