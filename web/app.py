@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -36,6 +35,7 @@ from web.domain import health as health_checks
 from web.domain import queue
 from web.domain.pool import start_pool
 from web.domain.script_client import ScriptClient
+from web.forwarded import TrustedProxies, with_proxy_headers
 from web.logs import configure_logging
 from web.settings import Settings, get_settings, secret_key_is_set
 
@@ -200,10 +200,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 
 def create_served_app() -> Any:
-    """The app as `flowgate serve` runs it under granian: the client address and scheme come
-    from X-Forwarded-For / X-Forwarded-Proto when the peer is a trusted proxy
-    (FORWARDED_ALLOW_IPS, comma-separated, default 127.0.0.1), as uvicorn does by default."""
-    from granian.utils.proxies import wrap_asgi_with_proxy_headers
-
-    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
-    return wrap_asgi_with_proxy_headers(create_app(), trusted_hosts=trusted)
+    """The app as `flowgate serve` runs it, under granian or uvicorn: the client address and
+    scheme come from X-Forwarded-For / X-Forwarded-Proto when the peer is a trusted proxy
+    (FORWARDED_ALLOW_IPS, default 127.0.0.1), and only a valid IP address is taken
+    (web.forwarded)."""
+    settings = get_settings()
+    return with_proxy_headers(create_app(settings), TrustedProxies(settings.forwarded_allow_ips))
