@@ -20,7 +20,6 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.flash import FlashConfig, FlashPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
-from litestar.static_files import create_static_files_router
 from litestar.stores.redis import RedisStore
 from litestar.template import TemplateConfig
 
@@ -38,6 +37,7 @@ from web.domain.script_client import ScriptClient
 from web.forwarded import TrustedProxies, with_proxy_headers
 from web.logs import configure_logging
 from web.settings import Settings, get_settings, secret_key_is_set
+from web.static_files import static_files_router
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_API_PATH = "/api/v1/public"
@@ -165,7 +165,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             health,
             index,
             favicon,
-            create_static_files_router(path="/static", directories=[ROOT / "static"]),
+            static_files_router(ROOT / "static"),
         ],
         middleware=[sessions.middleware],
         stores={"sessions": RedisStore.with_client(url=settings.redis_url, namespace="flowgate")},
