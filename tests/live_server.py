@@ -27,6 +27,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
         self.process: subprocess.Popen[bytes] | None = None
+        self.stderr = b""  # what the server wrote (its JSON log lines), once it has stopped
 
     def start(self) -> LiveServer:
         command = [sys.executable, "-m", "web.cli", "serve", "--port", str(self.port)]
@@ -56,5 +57,8 @@ class LiveServer:
         finally:
             if self.process.poll() is None:
                 self.process.kill()
+        if self.process.stderr is not None:
+            self.stderr = self.process.stderr.read()
+            self.process.stderr.close()
         self.process = None
         return code

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +19,6 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.plugins.flash import FlashConfig, FlashPlugin
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
-from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
 
 from web.api.errors import EXCEPTION_HANDLERS
@@ -36,8 +34,10 @@ from web.domain import health as health_checks
 from web.domain import queue
 from web.domain.pool import start_pool
 from web.domain.script_client import ScriptClient
+from web.forwarded import TrustedProxies, with_proxy_headers
 from web.logs import configure_logging
 from web.settings import Settings, get_settings, secret_key_is_set
+from web.static_files import static_files_router
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_API_PATH = "/api/v1/public"
@@ -162,7 +162,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             health,
             index,
             favicon,
-            create_static_files_router(path="/static", directories=[ROOT / "static"]),
+            static_files_router(ROOT / "static"),
         ],
         middleware=[sessions.middleware],
         csrf_config=CSRFConfig(
@@ -198,10 +198,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
 
 def create_served_app() -> Any:
-    """The app as `flowgate serve` runs it under granian: the client address and scheme come
-    from X-Forwarded-For / X-Forwarded-Proto when the peer is a trusted proxy
-    (FORWARDED_ALLOW_IPS, comma-separated, default 127.0.0.1), as uvicorn does by default."""
-    from granian.utils.proxies import wrap_asgi_with_proxy_headers
-
-    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
-    return wrap_asgi_with_proxy_headers(create_app(), trusted_hosts=trusted)
+    """The app as `flowgate serve` runs it, under granian or uvicorn: the client address and
+    scheme come from X-Forwarded-For / X-Forwarded-Proto when the peer is a trusted proxy
+    (FORWARDED_ALLOW_IPS, default 127.0.0.1), and only a valid IP address is taken
+    (web.forwarded)."""
+    settings = get_settings()
+    return with_proxy_headers(create_app(settings), TrustedProxies(settings.forwarded_allow_ips))

@@ -289,8 +289,9 @@ def serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         uvicorn.run(
-            "web.app:create_app",
+            "web.app:create_served_app",
             factory=True,
+            proxy_headers=False,  # web.forwarded does it, as under granian
             host=args.host,
             port=port,
             workers=args.workers,

@@ -12,6 +12,7 @@ values the environment does not set into it, for the `flowgate` command of a sec
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping, MutableMapping
@@ -111,6 +112,23 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return value.upper()
 
 
+def _proxies(name: str, default: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses and networks (`127.0.0.1,10.0.0.0/8`), or `*` for any."""
+    value = _raw(name) or default
+    entries = tuple(part.strip() for part in value.split(",") if part.strip())
+    expected = "comma-separated IP addresses or networks (e.g. '127.0.0.1,10.0.0.0/8'), or '*'"
+    for entry in entries:
+        if entry == "*":
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise SettingsError(name, expected, value) from None
+        if "%" in entry:  # an IPv6 zone id: not an address a proxy connects from
+            raise SettingsError(name, expected, value)
+    return entries
+
+
 def secret_key_is_set() -> bool:
     return _raw("FLOWGATE_SECRET_KEY") is not None
 
@@ -176,6 +194,8 @@ class Settings:
     database_url: str
     redis_url: str
     port: int
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (web.forwarded).
+    forwarded_allow_ips: tuple[str, ...]
     # Input limits: public-api.md, "CSV data is automatically truncated to 100 rows maximum".
     max_rows: int
     max_body_bytes: int
@@ -223,6 +243,7 @@ def get_settings() -> Settings:
         database_url=_str("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/flowgate"),
         redis_url=_str("REDIS_URL", "redis://127.0.0.1:6379/0"),
         port=_int("FLOWGATE_PORT", 3001, minimum=1, maximum=65535),
+        forwarded_allow_ips=_proxies("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         max_rows=_int("FLOWGATE_MAX_ROWS", 100, minimum=1),
         max_body_bytes=_int("FLOWGATE_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
         idempotency_ttl_seconds=_int("FLOWGATE_IDEMPOTENCY_TTL_SECONDS", 86_400, minimum=1),

@@ -3,6 +3,7 @@ message swapped into the page's flash area) instead of the public API's JSON err
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
@@ -13,7 +14,10 @@ from litestar.response import Redirect, Template
 
 from web.dashboard.auth import LOGIN_PATH, is_htmx
 from web.dashboard.vary import vary_on_htmx
-from web.domain.errors import UNSTORABLE_TEXT, UNSTORABLE_TEXT_ERRORS, DomainError
+from web.domain.errors import UNSTORABLE_TEXT, UNSTORABLE_TEXT_ERRORS, DomainError, is_unavailable
+
+logger = logging.getLogger("flowgate.dashboard")
+UNAVAILABLE = "The service is temporarily unavailable. Please try again in a moment."
 
 
 def redirect_to_login(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -40,8 +44,14 @@ def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
             message = "Your form expired or came from elsewhere. Reload the page and try again."
     elif isinstance(exc, UNSTORABLE_TEXT_ERRORS):
         status, message = 400, UNSTORABLE_TEXT
+    elif is_unavailable(exc):
+        status, message = 503, UNAVAILABLE
     else:
         status, message = 500, "Something went wrong on our side."
+    if status >= 500:
+        _log_server_error(request, exc, status)
+        if isinstance(exc, HTTPException):
+            message = "Something went wrong on our side."  # its detail is not for the page
     if is_htmx(request):
         return Response(
             content=f'<div class="flash error" role="alert">{_escape(message)}</div>',
@@ -59,6 +69,13 @@ def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
         },
         status_code=status,
     )
+
+
+def _log_server_error(request: Request[Any, Any, Any], exc: Exception, status: int) -> None:
+    """Every 5xx, with its traceback. Only the method and the path are named: not the query,
+    the form, the headers or the cookies, which may carry what must never be logged."""
+    level = logging.WARNING if status == 503 else logging.ERROR
+    logger.log(level, "%s on %s %s", status, request.method, request.url.path, exc_info=exc)
 
 
 def _escape(text: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -31,6 +31,13 @@ def _date(value: str | None, field: str) -> datetime | None:
         raise InvalidInput(f"{field} must be a date like 2025-10-23") from None
 
 
+def _day_after(day: datetime | None) -> datetime | None:
+    """The end of an inclusive "To" day; none after the last day a datetime can hold."""
+    if day is None or day.date() == date.max:
+        return None
+    return day + timedelta(days=1)
+
+
 def _uuid(value: str | None) -> UUID | None:
     try:
         return UUID(value) if value else None
@@ -54,13 +61,12 @@ class ExecutionsController(Controller):
         created_to: FromQuery[str | None] = None,
         page_number: FromQuery[int] = 1,
     ) -> Template:
-        before = _date(created_to, "To")
         filters = executions.ExecutionFilters(
             status=status or None,
             workflow=workflow or None,
             api_key=_uuid(api_key),
             created_from=_date(created_from, "From"),
-            created_before=before + timedelta(days=1) if before else None,
+            created_before=_day_after(_date(created_to, "To")),
         )
         page_number = max(page_number, 1)
         rows, total = await executions.list_executions(filters, page_number, PER_PAGE)

@@ -571,10 +571,18 @@ class ExecutionListEntry(ReadModel, frozen=True):
     completed_at: datetime | None
 
 
+# The dashboard's pages go this far (50 million executions at 50 a page); past it the offset
+# would overflow PostgreSQL's bigint.
+MAX_PAGE = 1_000_000
+
+
 async def list_executions(
     filters: ExecutionFilters, page: int, per_page: int
 ) -> tuple[list[ExecutionListEntry], int]:
-    """One page of executions, newest first, and how many match in all."""
+    """One page of executions, newest first, and how many match in all. InvalidInput for a
+    page outside 1..MAX_PAGE."""
+    if not 1 <= page <= MAX_PAGE:
+        raise InvalidInput(f"Page numbers go from 1 to {MAX_PAGE:,}")
     conditions = []
     if filters.status:
         conditions.append(Execution.status == filters.status)
