@@ -6,14 +6,13 @@ from typing import Any
 
 import httpx
 from arq.connections import RedisSettings
-from arq.cron import cron
 from arq.worker import func
 
 from web.domain import queue
 from web.domain.pool import start_pool
 from web.logs import configure_logging
 from web.settings import get_settings
-from worker import jobs
+from worker import jobs, reconciler
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -35,6 +34,17 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     await ctx["http"].aclose()
     if ctx.get("owns_pool"):
         await DB.close_connection_pool()
+
+
+async def start_worker(ctx: dict[str, Any]) -> None:
+    """A worker process: the shared clients, then its reconciler loop."""
+    await startup(ctx)
+    reconciler.start(ctx)
+
+
+async def stop_worker(ctx: dict[str, Any]) -> None:
+    await reconciler.stop(ctx)
+    await shutdown(ctx)
 
 
 def functions() -> list[Any]:
@@ -60,10 +70,9 @@ def functions() -> list[Any]:
 
 class WorkerSettings:
     functions = functions()
-    # Every minute, and once when the worker starts: queue again what Redis may have lost.
-    cron_jobs = [cron(jobs.reconcile, second=0, run_at_startup=True, unique=True, timeout=60)]
-    on_startup = startup
-    on_shutdown = shutdown
+    # The reconciler is a loop of each worker's own (worker/reconciler.py), not an arq cron job.
+    on_startup = start_worker
+    on_shutdown = stop_worker
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
     max_jobs = 20
     # How often an idle worker asks Redis for work: this bounds how long a queued job (a run

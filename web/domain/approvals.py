@@ -92,8 +92,8 @@ async def approve_execution(
     NotFound (also for another key's execution, given `api_key_id`), InvalidInput for a
     missing required comment, Conflict unless pending approval."""
     _check_comment(approval_rules(await _definition(execution_id, api_key_id)), comment)
-    step = await _approve(execution_id, comment, decided_by)
-    await queue.enqueue_run(redis, execution_id, step)  # after the commit
+    step, attempt = await _approve(execution_id, comment, decided_by)
+    await queue.enqueue_run(redis, execution_id, step, attempt)  # after the commit
 
 
 async def reject_execution(
@@ -108,14 +108,15 @@ async def reject_execution(
     await _reject(execution_id, comment, decided_by)
 
 
-async def _approve(execution_id: UUID, comment: str | None, decided_by: str) -> int:
-    """Approve; returns the step index the run resumes at. Conflict unless pending approval."""
+async def _approve(execution_id: UUID, comment: str | None, decided_by: str) -> tuple[int, int]:
+    """Approve; returns the step index the run resumes at and its run attempt (for the job id).
+    Conflict unless pending approval."""
     async with pool.engine().transaction():
         rows = await Execution.raw(
             "UPDATE execution SET status = 'running', approval_status = 'approved', "
             "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
             "  updated_at = now() "
-            "WHERE id = {} AND status = 'pending_approval' RETURNING current_step",
+            "WHERE id = {} AND status = 'pending_approval' RETURNING current_step, run_attempt",
             comment,
             decided_by,
             execution_id,
@@ -127,7 +128,7 @@ async def _approve(execution_id: UUID, comment: str | None, decided_by: str) -> 
             "WHERE execution = {} AND decision IS NULL",
             execution_id,
         )
-    return int(rows[0]["current_step"])
+    return int(rows[0]["current_step"]), int(rows[0]["run_attempt"])
 
 
 async def _reject(execution_id: UUID, comment: str | None, decided_by: str) -> None:

@@ -11,6 +11,9 @@ free of duplicates depends on the provider (worker.providers.messaging):
   still `sending` when the step starts again was cut off between the call and the save: it ends
   `failed` with UNKNOWN_DELIVERY and is not sent again, because the provider may have delivered
   it and cannot tell us. Rows never attempted are sent normally.
+
+Past the job's deadline no new batch or row is started: those in flight are saved and the step
+goes on in a new job (Unfinished). The summary counts every row, whichever job sent it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from worker.providers.types import (
     ProviderContext,
     SendResult,
 )
-from worker.steps.context import StepContext, StepError, keeping_lease
+from worker.steps.context import StepContext, StepError, Unfinished
 
 DEFAULT_BATCH_SIZE = 25
 
@@ -59,15 +62,24 @@ async def _send_in_batches(
 ) -> list[SendResult]:
     results: list[SendResult] = []
     for start in range(0, len(to_send), batch_size):
-        await ctx.renew_lease()
+        if start and ctx.out_of_time():
+            raise Unfinished
         batch = await provider.send(to_send[start : start + batch_size])
         await _save(batch)
         results.extend(batch)
     return results
 
 
-async def _send_each_once(provider: Messenger, to_send: list[OutgoingMessage]) -> list[SendResult]:
+async def _send_each_once(
+    ctx: StepContext, provider: Messenger, to_send: list[OutgoingMessage]
+) -> list[SendResult]:
+    late = False
+
     async def one(message: OutgoingMessage) -> SendResult | None:
+        nonlocal late
+        if ctx.out_of_time():
+            late = True
+            return None  # left unsent, for the step's next job
         if not await execution_rows.mark_sending(message.row_id):
             return None  # no longer unsent: another worker has it
         try:
@@ -78,6 +90,8 @@ async def _send_each_once(provider: Messenger, to_send: list[OutgoingMessage]) -
         return result
 
     outcomes = await map_bounded(to_send, provider.concurrency, one)
+    if late:
+        raise Unfinished
     return [result for result in outcomes if result is not None]
 
 
@@ -94,9 +108,8 @@ async def run(ctx: StepContext) -> dict[str, Any]:
     to_field = str(ctx.step_settings.get("to_field", "phone"))
     batch_size = max(int(ctx.step_settings.get("batch_size", DEFAULT_BATCH_SIZE)), 1)
 
-    unknown = 0
     if not provider.resend_safe:
-        unknown = await execution_rows.fail_unfinished_sends(ctx.execution_id, UNKNOWN_DELIVERY)
+        await execution_rows.fail_unfinished_sends(ctx.execution_id, UNKNOWN_DELIVERY)
     rows = [r for r in await execution_rows.load(ctx.execution_id) if r.send_status is None]
     settled: list[tuple[UUID, SendStatus, str | None, str | None]] = []
     to_send: list[OutgoingMessage] = []
@@ -112,10 +125,16 @@ async def run(ctx: StepContext) -> dict[str, Any]:
     await execution_rows.save_send_results(settled)
 
     if provider.resend_safe:
-        results = await _send_in_batches(ctx, provider, to_send, batch_size)
+        await _send_in_batches(ctx, provider, to_send, batch_size)
     else:
-        results = await keeping_lease(ctx, _send_each_once(provider, to_send))
-    sent = sum(1 for r in results if r.status == SendStatus.SENT)
-    failed = sum(1 for r in results if r.status == SendStatus.FAILED) + unknown
-    skipped = sum(1 for s in settled if s[1] == SendStatus.SKIPPED)
-    return {"sent": sent, "failed": failed, "skipped": skipped, "rejected": len(settled) - skipped}
+        await _send_each_once(ctx, provider, to_send)
+    statuses = [row.send_status for row in await execution_rows.load(ctx.execution_id)]
+    return {
+        key: sum(1 for status in statuses if status == value)
+        for key, value in (
+            ("sent", SendStatus.SENT),
+            ("failed", SendStatus.FAILED),
+            ("skipped", SendStatus.SKIPPED),
+            ("rejected", SendStatus.REJECTED),
+        )
+    }
