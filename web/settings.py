@@ -220,7 +220,7 @@ def get_settings() -> Settings:
         max_rows=_int("FLOWGATE_MAX_ROWS", 100, minimum=1),
         max_body_bytes=_int("FLOWGATE_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
         job_timeout_seconds=_int("FLOWGATE_JOB_TIMEOUT_SECONDS", 300, minimum=1),
-        execution_lease_seconds=_float("FLOWGATE_EXECUTION_LEASE_SECONDS", 10.0, minimum=0.1),
+        execution_lease_seconds=_float("FLOWGATE_EXECUTION_LEASE_SECONDS", 8.0, minimum=0.1),
         sandbox_send_delay_seconds=_float("FLOWGATE_SANDBOX_SEND_DELAY_SECONDS", 0.0),
         log_level=_choice("FLOWGATE_LOG_LEVEL", "INFO", LOG_LEVELS),
         rate_limit_enabled=_bool("FLOWGATE_RATE_LIMIT_ENABLED", True),
