@@ -26,6 +26,7 @@ from arq.connections import ArqRedis
 
 from tests.factories import PUBLIC, auth, execution_row, rows, start
 from tests.fake_providers import FakeChatCompletions
+from web.domain import executions
 from web.domain.tables import ExecutionRow, SandboxMessage
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 
@@ -126,6 +127,10 @@ async def _lease_token(execution_id: str) -> UUID | None:
     return token
 
 
+async def _lease_left(execution_id: str) -> float:
+    return await executions.lease_remaining(UUID(execution_id))
+
+
 async def _until(check: Any, timeout: float, what: str) -> float:
     """Poll `check()` until true; the seconds it took."""
     started = time.monotonic()
@@ -194,9 +199,13 @@ async def test_a_worker_killed_mid_generation_is_replaced_by_a_live_one_within_s
     assert dead is not None
 
     first.kill()
+    left = await _lease_left(execution_id)
     took = await _resumed_by_another(execution_id, dead, BOUND_SECONDS)
 
-    print(f"\nSIGKILL mid-generation -> resumed by the live worker in {took:.1f} s")
+    print(
+        f"\nSIGKILL mid-generation -> resumed by the live worker in {took:.1f} s "
+        f"(the dead worker's lease had {left:.1f} s left)"
+    )
     await _finished_generating(execution_id, data, llm)
     assert "Traceback" not in second.log
 
@@ -210,12 +219,16 @@ async def test_every_worker_down_the_first_to_start_resumes_the_run_within_secon
     execution_id, data, dead = await _kill_mid_generation(client, api_key, llm, only)
 
     # At once, while the dead worker's lease still runs: the worst moment to start.
+    left = await _lease_left(execution_id)
     replacement = WorkerProcess()
     workers.append(replacement)
     await _resumed_by_another(execution_id, dead, BOUND_SECONDS)
     took = time.monotonic() - replacement.started_at
 
-    print(f"\nall workers down -> resumed {took:.1f} s after the first worker started")
+    print(
+        f"\nall workers down -> resumed {took:.1f} s after the first worker started "
+        f"(the dead worker's lease had {left:.1f} s left)"
+    )
     assert took < BOUND_SECONDS
     await _finished_generating(execution_id, data, llm)
 
