@@ -25,12 +25,13 @@ import pytest
 from arq.connections import ArqRedis
 
 from tests.factories import PUBLIC, auth, execution_row, rows, start
-from tests.fake_providers import FakeChatCompletions
+from tests.fake_providers import FakeChatCompletions, FakeWhatsAppCloud
 from web.domain import executions
 from web.domain.tables import ExecutionRow, SandboxMessage
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 
 LLM_KEY_ENV = "FLOWGATE_TEST_LLM_API_KEY"
+WHATSAPP_TOKEN_ENV = "FLOWGATE_TEST_WHATSAPP_TOKEN"
 WORKFLOW_ID = "workflow_recovery_times"
 PROMPT = "Offer for {{ name }} ({{ customerId }})."
 # What the issue asks for; a loaded 2-core machine gets a generous margin on top.
@@ -303,3 +304,54 @@ async def test_a_step_far_longer_than_the_job_timeout_goes_on_in_new_jobs_withou
     assert "TimeoutError" not in worker.log
     assert "goes on in a new job" in worker.log
     print(f"\n32 slow rows, 3 s jobs -> {stored['run_attempt'] + 2} jobs, no timeout")
+
+
+async def test_sends_through_an_http_provider_go_on_in_new_jobs_each_row_sent_once(
+    client: httpx.AsyncClient,
+    api_key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    workers: list[WorkerProcess],
+) -> None:
+    token = "EAAG" + secrets.token_urlsafe(32)
+    monkeypatch.setenv(WHATSAPP_TOKEN_ENV, token)
+    whatsapp = FakeWhatsAppCloud(token).start()
+    try:
+        whatsapp.delay_seconds = 0.3  # 12 sends one at a time: ~4 s, in jobs of 3 s
+        definition = copy.deepcopy(BFSI_TEMPLATE)
+        definition["id"] = WORKFLOW_ID
+        definition["steps"][3]["settings"] = {
+            "channel": "whatsapp",
+            "provider": "whatsapp_cloud",
+            "base_url": whatsapp.url,
+            "phone_number_id": whatsapp.phone_number_id,
+            "access_token_env": WHATSAPP_TOKEN_ENV,
+            "concurrency": 1,
+        }
+        await save_workflow(definition)
+        worker = WorkerProcess(FLOWGATE_JOB_TIMEOUT_SECONDS="3")
+        workers.append(worker)
+        await worker.ready()
+        data = rows(12)
+        execution_id = await start(client, api_key, csv_data=data, workflow_id=WORKFLOW_ID)
+        await _until(lambda: _status(execution_id, "pending_approval"), 60, "generated")
+        approved = await client.post(
+            f"{PUBLIC}/executions/{execution_id}/approve", headers=auth(api_key)
+        )
+        assert approved.status_code == 200
+        await _until(lambda: _status(execution_id, "completed"), 120, "sent")
+    finally:
+        whatsapp.stop()
+
+    # Each row reached WhatsApp exactly once, in order, and came back with its message id.
+    assert [r.json["to"] for r in whatsapp.requests] == [row["phone"][1:] for row in data]
+    assert whatsapp.problems == []
+    stored = await execution_row(execution_id)
+    ids = {to: message_id for to, _, message_id in whatsapp.sent}
+    assert [(r["status"], r["messageId"]) for r in stored["output"]["results"]] == [
+        ("sent", ids[row["phone"][1:]]) for row in data
+    ]
+    send = stored["step_results"][3]
+    assert (send["sent"], send["failed"], send["skipped"], send["rejected"]) == (12, 0, 0, 0)
+    assert worker.log.count("goes on in a new job") >= 2
+    assert "Traceback" not in worker.log
+    assert "TimeoutError" not in worker.log
