@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
 import os
+import socket
 import time
 from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 import httpx
+import pytest
 from arq.connections import ArqRedis
 from arq.constants import default_queue_name, in_progress_key_prefix, job_key_prefix
 
@@ -174,3 +177,33 @@ def _settings(stalled_after: float, interval: float = 5.0) -> Any:
     return dataclasses.replace(
         get_settings(), stalled_after_seconds=stalled_after, reconcile_interval_seconds=interval
     )
+
+
+async def test_a_reconciler_that_cannot_reach_redis_says_so_in_one_line_and_keeps_going(
+    client: httpx.AsyncClient, api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await start(client, api_key)
+    unreachable = ArqRedis.from_url(f"redis://127.0.0.1:{_closed_port()}/0")
+    context: dict[str, Any] = {"redis": unreachable, "settings": _settings(0, interval=0.1)}
+    caplog.set_level(logging.WARNING, logger="flowgate.reconciler")
+    reconciler.start(context)
+    try:
+        deadline = time.monotonic() + 10
+        while len(caplog.records) < 3:  # pass after pass, each one line
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        task = context["reconciler"]
+        assert not task.done()
+    finally:
+        await reconciler.stop(context)
+        await unreachable.aclose()
+    assert {r.getMessage() for r in caplog.records} == {
+        "reconciler: PostgreSQL or Redis unreachable, trying again soon"
+    }
+    assert all(r.exc_info is None for r in caplog.records)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
