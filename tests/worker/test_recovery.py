@@ -23,7 +23,8 @@ from arq.constants import default_queue_name, in_progress_key_prefix, job_key_pr
 from tests.factories import create_key, execution_row, rows, start
 from tests.receiver import Receiver
 from web.domain import executions, queue, recovery
-from web.domain.tables import WebhookEvent
+from web.domain.tables import ApiKey, Execution, WebhookEvent
+from web.domain.workflows import BFSI_WORKFLOW_ID
 from web.settings import get_settings
 from worker import jobs, reconciler
 from worker.settings import WorkerSettings, start_worker, stop_worker
@@ -139,15 +140,28 @@ async def test_a_job_taken_by_a_worker_that_died_before_claiming_the_run_is_repl
     assert await redis.zscore(default_queue_name, queue.run_job_id(execution_id, 0, 1))
 
 
-async def test_the_reconcilers_query_reads_its_partial_index(db_pool: None) -> None:
+async def test_the_reconcilers_query_reads_only_unfinished_runs_through_its_partial_index(
+    client: httpx.AsyncClient, api_key: str
+) -> None:
+    # A table as it grows: thousands of finished runs, a few unfinished ones.
+    key = (await ApiKey.select(ApiKey.id).first())["id"]
+    for _ in range(3):
+        await start(client, api_key)
+    await Execution.raw(
+        "INSERT INTO execution (id, workflow, api_key, status) "
+        "SELECT gen_random_uuid(), {}, {}, 'completed' FROM generate_series(1, 5000)",
+        BFSI_WORKFLOW_ID,
+        key,
+    )
     connection = await asyncpg.connect(os.environ["DATABASE_URL"])
     try:
-        await connection.execute("SET enable_seqscan = off")
+        await connection.execute("ANALYZE execution")
         sql = recovery._STALLED_EXECUTIONS.replace("{}", "5")
         plan = "\n".join(r[0] for r in await connection.fetch(f"EXPLAIN {sql}"))
     finally:
         await connection.close()
-    assert "execution_unfinished_lease" in plan, plan
+    assert "Index Scan using execution_unfinished on execution" in plan, plan
+    assert "Sort" not in plan, plan
 
 
 async def test_every_worker_runs_the_reconciler_at_start_and_every_few_seconds(

@@ -32,8 +32,8 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from web.domain import queue
 from web.domain.tables import Execution, WebhookEvent
 
-# The reconciler's one query, served by the partial index execution_unfinished_lease (on
-# lease_expires_at WHERE status IN ('pending', 'running')): finished runs are not even read.
+# The reconciler's one query, served by the partial index execution_unfinished (created_at
+# WHERE status IN ('pending', 'running')): finished runs are not even read, nor sorted.
 _STALLED_EXECUTIONS = (
     "SELECT id, current_step, run_attempt "
     "FROM execution "

@@ -7,7 +7,7 @@ ID = "2026-12-02T01:16:20:000000"
 VERSION = "1.38.0"
 DESCRIPTION = (
     "execution.run_attempt (part of a re-queued job's id) and the reconciler's partial index "
-    "on the lease of unfinished executions"
+    "of unfinished executions"
 )
 
 
@@ -15,13 +15,13 @@ class Execution(Table, tablename="execution", schema=None):
     pass
 
 
-# The reconciler's one query (web/domain/recovery.py) reads unfinished executions by lease:
-# finished ones, nearly all of the table, are not in this index at all.
+# The reconciler's one query (web/domain/recovery.py) reads unfinished executions oldest first:
+# finished ones, nearly all of the table, are not in this index at all, and no sort is needed.
 CREATE_INDEX = (
-    "CREATE INDEX IF NOT EXISTS execution_unfinished_lease ON execution (lease_expires_at) "
+    "CREATE INDEX IF NOT EXISTS execution_unfinished ON execution (created_at) "
     "WHERE status IN ('pending', 'running')"
 )
-DROP_INDEX = "DROP INDEX IF EXISTS execution_unfinished_lease"
+DROP_INDEX = "DROP INDEX IF EXISTS execution_unfinished"
 
 
 async def forwards():
