@@ -201,7 +201,8 @@ class Settings:
     max_body_bytes: int
     # How long the answer to a request sent with an Idempotency-Key is kept for its replays.
     idempotency_ttl_seconds: int
-    # Worker: arq job timeout, and how long a worker's claim on an execution lasts without renewal.
+    # Worker: arq job timeout (a run's steps stop taking rows at half of it and go on in a new
+    # job), and how long a worker's claim on an execution lasts without its heartbeat.
     job_timeout_seconds: int
     execution_lease_seconds: float
     # Sandbox messaging: an artificial delay per message, so mid-send crashes are testable.
@@ -226,8 +227,10 @@ class Settings:
     provider_allow_private: bool
     # How long a process may reuse an API key lookup (revocation takes effect within this).
     key_cache_seconds: float
-    # Reconciler: work unfinished in PostgreSQL and untouched this long is queued again.
+    # Reconciler: unfinished work nobody holds, untouched this long and with no job waiting in
+    # Redis, is queued again; each worker looks every reconcile_interval (with jitter).
     stalled_after_seconds: float
+    reconcile_interval_seconds: float
     # Dashboard: signs CSRF tokens; every web process of a deployment needs the same value.
     secret_key: str
     cookie_secure: bool
@@ -248,7 +251,7 @@ def get_settings() -> Settings:
         max_body_bytes=_int("FLOWGATE_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
         idempotency_ttl_seconds=_int("FLOWGATE_IDEMPOTENCY_TTL_SECONDS", 86_400, minimum=1),
         job_timeout_seconds=_int("FLOWGATE_JOB_TIMEOUT_SECONDS", 300, minimum=1),
-        execution_lease_seconds=_float("FLOWGATE_EXECUTION_LEASE_SECONDS", 60.0),
+        execution_lease_seconds=_float("FLOWGATE_EXECUTION_LEASE_SECONDS", 8.0, minimum=0.1),
         sandbox_send_delay_seconds=_float("FLOWGATE_SANDBOX_SEND_DELAY_SECONDS", 0.0),
         log_level=_choice("FLOWGATE_LOG_LEVEL", "INFO", LOG_LEVELS),
         rate_limit_enabled=_bool("FLOWGATE_RATE_LIMIT_ENABLED", True),
@@ -265,7 +268,8 @@ def get_settings() -> Settings:
             "FLOWGATE_PROVIDER_ALLOW_PRIVATE", _bool("FLOWGATE_WEBHOOK_ALLOW_PRIVATE", False)
         ),
         key_cache_seconds=_float("FLOWGATE_KEY_CACHE_SECONDS", 5.0),
-        stalled_after_seconds=_float("FLOWGATE_STALLED_AFTER_SECONDS", 120.0),
+        stalled_after_seconds=_float("FLOWGATE_STALLED_AFTER_SECONDS", 5.0),
+        reconcile_interval_seconds=_float("FLOWGATE_RECONCILE_INTERVAL_SECONDS", 5.0, minimum=0.1),
         secret_key=_secret_key(),
         cookie_secure=_bool("FLOWGATE_COOKIE_SECURE", False),
         session_max_age_seconds=_int("FLOWGATE_SESSION_MAX_AGE_SECONDS", 12 * 3600, minimum=1),

@@ -2,13 +2,19 @@
 
 Each step's result is saved (with `current_step` moved on) before the next step starts, and
 steps save their rows themselves, so a run cut off anywhere resumes from the last saved step.
-Only the worker holding the execution's lease writes; a lost lease stops the loop.
+Only the worker holding the execution's lease writes; a heartbeat renews it while a step works,
+and a lost lease stops the loop.
+
+No job outgrows its timeout: past half of it, a step takes no new rows (worker.steps.context,
+Unfinished) and no new step starts; the job gives the lease back and queues the rest as a new
+job (a new run attempt, so a new job id).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
@@ -23,14 +29,21 @@ from web.domain.statuses import ApprovalStatus
 from web.settings import Settings
 from worker.providers.types import ProviderContext
 from worker.steps import RUNNERS, preflight
-from worker.steps.context import LeaseLost, StepContext, StepError
+from worker.steps.context import LeaseLost, StepContext, StepError, Unfinished, keeping_lease
 
 logger = logging.getLogger("flowgate.engine")
 
 
+# The share of the job timeout a job spends taking new rows and steps; the rest is the margin
+# for the rows in flight and the saves.
+CHUNK_SHARE = 0.5
+
+
 @dataclass(frozen=True)
 class RunOutcome:
-    """What a run ended with. `retry_after` is set when another worker holds the lease."""
+    """What a run ended with: completed, pending_approval, failed, continued (in a new job),
+    lease_lost, busy (another worker holds it: `retry_after` says when its lease would lapse),
+    or nothing to do."""
 
     state: str
     retry_after: float | None = None
@@ -58,11 +71,12 @@ async def run_execution(
     """Run the execution's remaining steps, if no other worker holds it. Raises what
     web.domain.errors.is_unavailable accepts (PostgreSQL or Redis is down), for the job to be
     tried again; any other error of a step fails the execution with a readable message."""
+    deadline = time.monotonic() + settings.job_timeout_seconds * CHUNK_SHARE
     claim = await executions.claim(execution_id, uuid4(), settings.execution_lease_seconds)
     if claim is None:
         return await _not_claimed(execution_id)
     await _queue_events(redis, claim.events)
-    run = _Run(claim, settings, http, redis)
+    run = _Run(claim, settings, http, redis, deadline)
     try:
         return await run.remaining_steps()
     except asyncio.CancelledError:
@@ -90,12 +104,18 @@ class _Run:
     """One worker's pass over an execution it holds the lease of, from `claim.current_step`."""
 
     def __init__(
-        self, claim: Claim, settings: Settings, http: httpx.AsyncClient, redis: ArqRedis
+        self,
+        claim: Claim,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        redis: ArqRedis,
+        deadline: float,
     ) -> None:
         self.claim = claim
         self.settings = settings
         self.http = http
         self.redis = redis
+        self.deadline = deadline
         self.steps: list[dict[str, Any]] = claim.definition.get("steps", [])
         self.index = claim.current_step
 
@@ -103,7 +123,14 @@ class _Run:
         # Everything the steps left need, checked before any of them works (StepError).
         preflight.check(self.steps, self.index, ProviderContext(self.http, self.claim.id))
         while self.index < len(self.steps):
-            summary = await self._run_step(self.steps[self.index])
+            # The first step of a job always runs (so every job makes progress); a later one
+            # starts only while the job is within its share of the timeout.
+            if self.index > self.claim.current_step and time.monotonic() >= self.deadline:
+                return await self._hand_on()
+            try:
+                summary = await self._run_step(self.steps[self.index])
+            except Unfinished:
+                return await self._hand_on()
             if summary is None:
                 return await self._pause_for_approval()
             await self._save_step(summary)
@@ -123,17 +150,17 @@ class _Run:
         if runner is None:
             raise StepError(f"unknown step type {kind!r}")
         await self.renew_lease()
-        return await runner(
-            StepContext(
-                execution_id=self.claim.id,
-                index=self.index,
-                name=_step_name(step, self.index),
-                step_settings=step.get("settings", {}),
-                process_settings=self.settings,
-                http=self.http,
-                renew_lease=self.renew_lease,
-            )
+        context = StepContext(
+            execution_id=self.claim.id,
+            index=self.index,
+            name=_step_name(step, self.index),
+            step_settings=step.get("settings", {}),
+            process_settings=self.settings,
+            http=self.http,
+            renew_lease=self.renew_lease,
+            deadline=self.deadline,
         )
+        return await keeping_lease(context, runner(context))
 
     async def renew_lease(self) -> None:
         if not await executions.renew_lease(self.claim, self.settings.execution_lease_seconds):
@@ -153,6 +180,22 @@ class _Run:
             self.claim, self.index, result, self.settings.execution_lease_seconds
         ):
             raise LeaseLost
+
+    async def _hand_on(self) -> RunOutcome:
+        """Give the lease back and queue the rest of the run as a new job (a new attempt)."""
+        handed = await executions.hand_on(self.claim)
+        if handed is None:
+            raise LeaseLost
+        step, attempt = handed
+        try:
+            await queue.enqueue_run(self.redis, self.claim.id, step, attempt)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            logger.warning("execution %s: could not queue its next job; the reconciler will",
+                           self.claim.id)  # fmt: skip
+        logger.info("execution %s: step %s goes on in a new job", self.claim.id, step + 1)
+        return RunOutcome("continued")
 
     async def _pause_for_approval(self) -> RunOutcome:
         await _queue_events(self.redis, await executions.pause_for_approval(self.claim, self.index))

@@ -35,7 +35,8 @@ async def run_execution(ctx: dict[str, Any], execution_id: str) -> dict[str, Any
             raise
         raise _retry_later(ctx) from exc
     if outcome.retry_after is not None:
-        # Another worker holds the lease: look again once it would have expired.
+        # Another worker holds the lease: look again once it would have lapsed (arq's max_tries
+        # bounds this; a holder that dies later is also replaced by the reconciler).
         raise Retry(defer=outcome.retry_after + 0.1)
     return {"execution_id": execution_id, "outcome": outcome.state}
 
@@ -55,13 +56,15 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
 
 
 async def reconcile(ctx: dict[str, Any]) -> dict[str, Any]:
-    """arq cron (and once at worker start): queue again what Redis lost."""
+    """One reconciler pass (worker/reconciler.py runs it every few seconds): queue again what
+    nothing is doing, and say what was really queued."""
     requeued = await recovery.requeue_stalled(ctx["redis"], ctx["settings"].stalled_after_seconds)
     if requeued.executions or requeued.webhook_events:
         logger.warning(
-            "reconciler queued %d execution(s) and %d webhook event(s) again",
+            "reconciler queued %d execution(s) and %d webhook event(s) again: %s",
             len(requeued.executions),
             len(requeued.webhook_events),
+            ", ".join(str(e) for e in [*requeued.executions, *requeued.webhook_events][:20]),
         )
     return {
         "executions": len(requeued.executions),

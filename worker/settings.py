@@ -22,7 +22,7 @@ from web.domain import queue
 from web.domain.pool import start_pool
 from web.logs import configure_logging
 from web.settings import Settings, get_settings
-from worker import jobs, outbound
+from worker import jobs, outbound, reconciler
 
 
 async def _open(ctx: dict[str, Any], allow_private: Callable[[Settings], bool]) -> None:
@@ -58,6 +58,17 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await DB.close_connection_pool()
 
 
+async def start_worker(ctx: dict[str, Any]) -> None:
+    """A worker process: the shared clients, then its reconciler loop."""
+    await startup(ctx)
+    reconciler.start(ctx)
+
+
+async def stop_worker(ctx: dict[str, Any]) -> None:
+    await reconciler.stop(ctx)
+    await shutdown(ctx)
+
+
 def functions() -> list[Function]:
     """The runs' loop's jobs."""
     settings = get_settings()
@@ -90,14 +101,13 @@ def delivery_functions() -> list[Function]:
 
 class WorkerSettings:
     functions = functions()
-    # Every minute, and once when the worker starts: queue again what Redis may have lost.
+    # Hourly: answers to Idempotency-Key requests past FLOWGATE_IDEMPOTENCY_TTL_SECONDS.
     cron_jobs = [
-        cron(jobs.reconcile, second=0, run_at_startup=True, unique=True, timeout=60),
-        # Hourly: answers to Idempotency-Key requests past FLOWGATE_IDEMPOTENCY_TTL_SECONDS.
         cron(jobs.purge_idempotency_answers, minute=17, second=30, unique=True, timeout=300),
     ]
-    on_startup = startup
-    on_shutdown = shutdown
+    # The reconciler is a loop of each worker's own (worker/reconciler.py), not an arq cron job.
+    on_startup = start_worker
+    on_shutdown = stop_worker
     redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
     queue_name = queue.RUN_QUEUE
     max_jobs = 20

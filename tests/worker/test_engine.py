@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import socket
 from typing import Any
 from uuid import UUID, uuid4
@@ -135,6 +136,35 @@ async def test_a_second_worker_waits_while_the_first_holds_the_lease(
 
     assert outcome.state == "busy"
     assert outcome.retry_after is not None and 25 < outcome.retry_after <= 30
+
+
+async def test_a_heartbeat_keeps_a_short_lease_while_a_step_works_without_renewing_it(
+    client: httpx.AsyncClient, api_key: str, redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def one_long_call(ctx: StepContext) -> dict[str, Any]:
+        await asyncio.sleep(2)  # four leases long, and the step itself never renews
+        return {"generated": 0, "failed": 0}
+
+    monkeypatch.setitem(RUNNERS, "generate_content", one_long_call)
+    settings = dataclasses.replace(get_settings(), execution_lease_seconds=0.5)
+    execution_id = UUID(await start(client, api_key, csv_data=rows(1)))
+
+    async with httpx.AsyncClient() as http:
+        first = asyncio.create_task(engine.run_execution(execution_id, settings, http, redis))
+        others = []
+        while not first.done():
+            await asyncio.sleep(0.1)
+            others.append(await engine.run_execution(execution_id, settings, http, redis))
+        outcome = await first
+
+    assert outcome.state == "pending_approval"
+    # Another job tried all along and never got the run: the lease never lapsed.
+    assert len(others) >= 10
+    assert {other.state for other in others[:-1]} == {"busy"}
+    assert [s["type"] for s in (await execution_row(execution_id))["step_results"]] == [
+        "generate_content",
+        "compliance_check",
+    ]
 
 
 async def test_an_expired_lease_is_taken_over_and_the_run_resumes_from_the_saved_step(

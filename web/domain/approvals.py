@@ -94,8 +94,8 @@ async def approve_execution(
     missing required comment, Conflict unless pending approval. With `once` (an
     Idempotency-Key) the answer is stored in the decision's transaction, or replayed."""
     _check_comment(approval_rules(await _definition(execution_id, api_key_id)), comment)
-    step = await _approve(execution_id, comment, decided_by, once)
-    await queue.enqueue_run(redis, execution_id, step)  # after the commit
+    step, attempt = await _approve(execution_id, comment, decided_by, once)
+    await queue.enqueue_run(redis, execution_id, step, attempt)  # after the commit
 
 
 async def reject_execution(
@@ -113,15 +113,16 @@ async def reject_execution(
 
 async def _approve(
     execution_id: UUID, comment: str | None, decided_by: str, once: idempotency.Once[UUID] | None
-) -> int:
-    """Approve; returns the step index the run resumes at. Conflict unless pending approval."""
+) -> tuple[int, int]:
+    """Approve; returns the step index the run resumes at and its run attempt (for the job id).
+    Conflict unless pending approval."""
     async with pool.engine().transaction() as transaction:
         await idempotency.begin(transaction.connection, once)
         rows = await Execution.raw(
             "UPDATE execution SET status = 'running', approval_status = 'approved', "
             "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
             "  updated_at = now() "
-            "WHERE id = {} AND status = 'pending_approval' RETURNING current_step",
+            "WHERE id = {} AND status = 'pending_approval' RETURNING current_step, run_attempt",
             comment,
             decided_by,
             execution_id,
@@ -134,7 +135,7 @@ async def _approve(
             execution_id,
         )
         await idempotency.finish(transaction.connection, once, execution_id)
-    return int(rows[0]["current_step"])
+    return int(rows[0]["current_step"]), int(rows[0]["run_attempt"])
 
 
 async def _reject(

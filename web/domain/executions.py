@@ -448,15 +448,6 @@ async def _transition(event: str, sql: str, *args: Any) -> list[UUID] | None:
     return events
 
 
-async def lease_remaining(execution_id: UUID) -> float:
-    rows = await Execution.raw(
-        "SELECT GREATEST(EXTRACT(EPOCH FROM lease_expires_at - now()), 0) AS left "
-        "FROM execution WHERE id = {}",
-        execution_id,
-    )
-    return float(rows[0]["left"] or 0) if rows else 0.0
-
-
 async def renew_lease(claim: Claim, lease_seconds: float) -> bool:
     rows = await Execution.raw(
         "UPDATE execution SET lease_expires_at = now() + make_interval(secs => {}) "
@@ -521,6 +512,30 @@ async def fail(claim: Claim, error: str) -> list[UUID] | None:
         claim.id,
         claim.token,
     )
+
+
+async def lease_remaining(execution_id: UUID) -> float:
+    rows = await Execution.raw(
+        "SELECT GREATEST(EXTRACT(EPOCH FROM lease_expires_at - now()), 0) AS left "
+        "FROM execution WHERE id = {}",
+        execution_id,
+    )
+    return float(rows[0]["left"] or 0) if rows else 0.0
+
+
+async def hand_on(claim: Claim) -> tuple[int, int] | None:
+    """Give the lease back and count one more run attempt: the job stops with its step saved
+    so far but unfinished, for a new job (id from the step and attempt returned) to go on.
+    None if this worker no longer holds the run."""
+    rows = await Execution.raw(
+        "UPDATE execution SET lease_token = NULL, lease_expires_at = NULL, "
+        "  run_attempt = run_attempt + 1, updated_at = now() "
+        "WHERE id = {} AND lease_token = {} AND status = 'running' "
+        "RETURNING current_step, run_attempt",
+        claim.id,
+        claim.token,
+    )
+    return (int(rows[0]["current_step"]), int(rows[0]["run_attempt"])) if rows else None
 
 
 async def release(claim: Claim) -> None:

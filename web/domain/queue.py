@@ -1,8 +1,11 @@
 """arq job names and the enqueue helpers that web and worker both call.
 
 Web never imports worker: it enqueues by name, and a test checks every name here is registered
-in worker.settings.WorkerSettings.functions. Job ids are deterministic per execution and step,
-so enqueueing the same work twice (a retry, a reconciler) queues it once.
+in worker.settings.WorkerSettings.functions. Job ids are deterministic per execution, step and
+run attempt, so enqueueing the same work twice queues it once; a run queued again (by the
+reconciler, or by a job handing the rest of a step to the next) counts one more attempt and so
+gets an id arq has never seen, which a dead worker's job cannot hold back (arq ignores a job id
+while its in-progress marker lasts: the job timeout + 10 s).
 
 Jobs are written exactly as arq's `ArqRedis.enqueue_job` writes them (its serializer, keys and
 expiry), by one Lua script: one round trip instead of enqueue_job's three (WATCH, EXISTS,
@@ -74,22 +77,28 @@ async def enqueue(
     return bool(queued)
 
 
-def run_job_id(execution_id: UUID, step: int) -> str:
-    return f"{RUN_EXECUTION}:{execution_id}:{step}"
+def run_job_id(execution_id: UUID, step: int, attempt: int = 0) -> str:
+    """`run_execution:<id>:<step>`, and `:<attempt>` after it once the run was queued again."""
+    suffix = f":{attempt}" if attempt else ""
+    return f"{RUN_EXECUTION}:{execution_id}:{step}{suffix}"
 
 
-async def enqueue_run(redis: ScriptClient | Redis, execution_id: UUID, step: int = 0) -> None:
-    """Queue the run of `execution_id` from step index `step` (once per execution and step)."""
-    await enqueue(redis, RUN_EXECUTION, run_job_id(execution_id, step), str(execution_id))
+async def enqueue_run(
+    redis: ScriptClient | Redis, execution_id: UUID, step: int = 0, attempt: int = 0
+) -> bool:
+    """Queue the run of `execution_id` from step index `step` (once per execution, step and
+    attempt); True if it was queued now."""
+    job_id = run_job_id(execution_id, step, attempt)
+    return await enqueue(redis, RUN_EXECUTION, job_id, str(execution_id))
 
 
 def webhook_job_id(event_id: UUID) -> str:
     return f"{DELIVER_WEBHOOK}:{event_id}"
 
 
-async def enqueue_webhook(redis: ScriptClient | Redis, event_id: UUID) -> None:
+async def enqueue_webhook(redis: ScriptClient | Redis, event_id: UUID) -> bool:
     """Queue the delivery of one webhook event (once: the job id is the event's), on the
-    deliveries' own queue."""
-    await enqueue(
+    deliveries' own queue; True if it was queued now."""
+    return await enqueue(
         redis, DELIVER_WEBHOOK, webhook_job_id(event_id), str(event_id), queue_name=WEBHOOK_QUEUE
     )

@@ -1,10 +1,24 @@
 """Finding work that PostgreSQL says is unfinished but nothing is doing, and queueing it again.
 
-Redis is a transport that may lose everything (a restart without persistence, a flush); the
-database is the source of truth. An execution `pending` or `running` with no live lease, or a
-webhook event still `pending`, that has not moved for `stalled_after` seconds is queued again.
-Job ids are deterministic (web.domain.queue), so queueing work that is in fact still queued or
-running is harmless.
+Redis is a transport that may lose everything (a restart without persistence, a flush) and a
+worker may die at any moment; the database is the source of truth. Every worker calls
+`requeue_stalled` every few seconds (worker/reconciler.py), safely all at once:
+
+- An execution `pending` or `running` whose lease has lapsed (its worker stopped renewing it:
+  killed, frozen or cut off) is queued again at once, unless its job is waiting in Redis.
+- One with no lease (just queued, resumed after approval, handed on to the next job between
+  chunks) is queued again once it has not moved for `stalled_after` seconds and its job is not
+  waiting in Redis: lost with Redis, or taken by a worker that died before claiming the run.
+
+"Waiting" means the job the run's current step and attempt name exists and no worker has
+started it. Queueing again counts one more run attempt, in one guarded UPDATE: of several
+reconcilers looking at once exactly one wins each row, and its job id is one arq has never seen
+(web.domain.queue), which a dead worker's job cannot hold back. Only the lease decides who
+runs an execution, so a job queued needlessly finds it held or done and ends.
+
+Webhook events still `pending` that have not been attempted for `stalled_after` seconds are
+queued again under their own deterministic id (a no-op while that job is queued or running).
+Imports only web.domain.
 """
 
 from __future__ import annotations
@@ -13,27 +27,78 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix
 
 from web.domain import queue
 from web.domain.tables import Execution, WebhookEvent
 
+# The reconciler's one query, served by the partial index execution_unfinished (created_at
+# WHERE status IN ('pending', 'running')): finished runs are not even read, nor sorted.
+_STALLED_EXECUTIONS = (
+    "SELECT id, current_step, run_attempt "
+    "FROM execution "
+    "WHERE status IN ('pending', 'running') "
+    "  AND (lease_expires_at < now() "
+    "       OR (lease_expires_at IS NULL "
+    "           AND updated_at < now() - make_interval(secs => {}))) "
+    "ORDER BY created_at LIMIT 1000"
+)
+
+# One more attempt for each (id, attempt) still stalled and still at that attempt: a row another
+# reconciler (or a claiming worker) has moved on since it was read is left alone.
+_COUNT_ATTEMPT = (
+    "UPDATE execution AS e SET run_attempt = e.run_attempt + 1, updated_at = now() "
+    "FROM unnest({}::uuid[], {}::int[]) AS v(id, attempt) "
+    "WHERE e.id = v.id AND e.run_attempt = v.attempt "
+    "  AND e.status IN ('pending', 'running') "
+    "  AND (e.lease_expires_at IS NULL OR e.lease_expires_at < now()) "
+    "RETURNING e.id, e.current_step, e.run_attempt"
+)
+
 
 @dataclass(frozen=True)
 class Requeued:
+    """What one pass really queued (not what it looked at)."""
+
     executions: list[UUID]
     webhook_events: list[UUID]
 
 
-async def stalled_executions(stalled_after: float) -> list[tuple[UUID, int]]:
+@dataclass(frozen=True)
+class StalledExecution:
+    id: UUID
+    step: int
+    attempt: int
+
+    @property
+    def job_id(self) -> str:
+        return queue.run_job_id(self.id, self.step, self.attempt)
+
+
+async def stalled_executions(stalled_after: float) -> list[StalledExecution]:
+    rows = await Execution.raw(_STALLED_EXECUTIONS, stalled_after)
+    return [StalledExecution(row["id"], row["current_step"], row["run_attempt"]) for row in rows]
+
+
+async def _waiting(redis: ArqRedis, stalled: list[StalledExecution]) -> list[bool]:
+    """For each: is its job queued in Redis and not started by any worker?"""
+    if not stalled:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for execution in stalled:
+            pipe.exists(job_key_prefix + execution.job_id)
+            pipe.exists(in_progress_key_prefix + execution.job_id)
+        found = await pipe.execute()
+    return [bool(found[2 * i]) and not found[2 * i + 1] for i in range(len(stalled))]
+
+
+async def _count_attempt(stalled: list[StalledExecution]) -> list[tuple[UUID, int, int]]:
+    if not stalled:
+        return []
     rows = await Execution.raw(
-        "SELECT id, current_step FROM execution "
-        "WHERE status IN ('pending', 'running') "
-        "  AND updated_at < now() - make_interval(secs => {}) "
-        "  AND (lease_expires_at IS NULL OR lease_expires_at < now()) "
-        "ORDER BY created_at LIMIT 1000",
-        stalled_after,
+        _COUNT_ATTEMPT, [e.id for e in stalled], [e.attempt for e in stalled]
     )
-    return [(row["id"], row["current_step"]) for row in rows]
+    return [(row["id"], row["current_step"], row["run_attempt"]) for row in rows]
 
 
 async def stalled_webhook_events(stalled_after: float) -> list[UUID]:
@@ -52,10 +117,19 @@ async def stalled_webhook_events(stalled_after: float) -> list[UUID]:
 
 
 async def requeue_stalled(redis: ArqRedis, stalled_after: float) -> Requeued:
-    executions = await stalled_executions(stalled_after)
-    for execution_id, step in executions:
-        await queue.enqueue_run(redis, execution_id, step)
-    events = await stalled_webhook_events(stalled_after)
-    for event_id in events:
-        await queue.enqueue_webhook(redis, event_id)
-    return Requeued([e for e, _ in executions], events)
+    """One pass: queue again what nothing is doing. Safe to run in any number of processes at
+    once; returns what this pass queued."""
+    stalled = await stalled_executions(stalled_after)
+    waiting = await _waiting(redis, stalled)
+    again = await _count_attempt([e for e, w in zip(stalled, waiting, strict=True) if not w])
+    executions = [
+        execution_id
+        for execution_id, step, attempt in again
+        if await queue.enqueue_run(redis, execution_id, step, attempt)
+    ]
+    events = [
+        event_id
+        for event_id in await stalled_webhook_events(stalled_after)
+        if await queue.enqueue_webhook(redis, event_id)
+    ]
+    return Requeued(executions, events)

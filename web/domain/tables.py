@@ -99,6 +99,9 @@ class Execution(Table, tablename="execution"):
     # A worker's claim on the run: only the holder of an unexpired lease runs steps.
     lease_token = UUID(null=True, default=None)
     lease_expires_at = Timestamptz(null=True, default=None)
+    # How many times the run was queued again (by the reconciler, or a job handing the rest of a
+    # step to the next): part of the job id, so each new job is one arq has never seen.
+    run_attempt = Integer(default=0)
     created_at = Timestamptz(default=TimestamptzNow(), index=True)
     started_at = Timestamptz(default=TimestamptzNow())
     completed_at = Timestamptz(null=True, default=None)

@@ -1,11 +1,13 @@
-"""What a step runs with (StepContext), the two ways a step stops short (StepError, LeaseLost),
-and keeping the lease while a step waits on outside services. Imports no step module, so every
-step and the engine can import it."""
+"""What a step runs with (StepContext), the ways a step stops short (StepError, LeaseLost,
+Unfinished), and keeping the lease while a step works (the engine's heartbeat). Imports no step
+module, so every step and the engine can import it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+import math
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
@@ -28,6 +30,11 @@ class LeaseLost(Exception):
     """Another worker has taken over this execution: stop without writing anything more."""
 
 
+class Unfinished(Exception):
+    """The step stopped taking rows at its job's deadline (StepContext.out_of_time) with all it
+    did saved: a new job runs the step again for the rows left, so no job outgrows its timeout."""
+
+
 @dataclass(frozen=True)
 class StepContext:
     execution_id: UUID
@@ -39,6 +46,12 @@ class StepContext:
     process_settings: Settings
     http: httpx.AsyncClient
     renew_lease: Callable[[], Awaitable[None]]
+    # time.monotonic() after which the step takes no new rows: it finishes those in flight,
+    # saves them and raises Unfinished (half the job timeout after the job started).
+    deadline: float = math.inf
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() >= self.deadline
 
 
 StepRunner = Callable[[StepContext], Awaitable[dict[str, Any]]]
@@ -46,11 +59,12 @@ StepRunner = Callable[[StepContext], Awaitable[dict[str, Any]]]
 T = TypeVar("T")
 
 
-async def keeping_lease(ctx: StepContext, work: Coroutine[Any, Any, T]) -> T:
-    """Run `work` while renewing the execution's lease every third of its length, for steps
-    whose calls to outside services may outlast one lease. A lost lease (LeaseLost) cancels the
-    work; whatever it had not saved yet is left for the worker that took over."""
-    interval = max(ctx.process_settings.execution_lease_seconds / 3, 0.05)
+async def keeping_lease(ctx: StepContext, work: Awaitable[T]) -> T:
+    """Run `work` (a whole step: the engine runs every step so) while a heartbeat renews the
+    execution's lease every quarter of its length, so a short lease never lapses under a live
+    worker however long a call takes. A lost lease (LeaseLost) cancels the work; whatever it had
+    not saved yet is left for the worker that took over."""
+    interval = max(ctx.process_settings.execution_lease_seconds / 4, 0.05)
     task = asyncio.ensure_future(work)
     try:
         while True:

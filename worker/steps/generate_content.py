@@ -1,12 +1,15 @@
-"""`generate_content`: one message per row that has none yet (a re-run keeps earlier ones).
+"""`generate_content`: one message per row not tried yet (a re-run keeps earlier messages and
+errors, so no row costs a provider call twice, except one in flight when a worker died).
 
 The provider comes from the step's settings (web.domain.workflows). Local templates render every
 row and save them in one batch. Remote providers generate `concurrency` rows at a time and save
-each row as soon as it is done, so a crash loses at most the rows in flight. A row the provider
-fails on gets its error and no content (it then fails compliance and ends `failed` with that
-error); the run goes on. An error no row can get past (ProviderUnusable: a refused key, a wrong
-URL, nothing listening) stops the step at once, rows in flight cancelled: the execution fails
-with that one message instead of every row failing in turn.
+each row as soon as it is done, so a crash loses at most the rows in flight; past the job's
+deadline they start no new row and the step goes on in a new job (Unfinished). A row the
+provider fails on gets its error and no content (it then fails compliance and ends `failed`
+with that error); the run goes on. An error no row can get past (ProviderUnusable: a refused
+key, a wrong URL, nothing listening) stops the step at once, rows in flight cancelled: the
+execution fails with that one message instead of every row failing in turn. The summary
+counts every row of the execution, whichever job generated it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from worker.providers.types import (
     ProviderError,
     ProviderUnusable,
 )
-from worker.steps.context import StepContext, StepError, keeping_lease
+from worker.steps.context import StepContext, StepError, Unfinished
 
 Item = tuple[UUID, str | None, str | None, dict[str, Any] | None]
 
@@ -40,12 +43,17 @@ async def _generate(provider: ContentProvider, row: RowState) -> Item:
     return (row.id, generated.content, None, generated.usage)
 
 
-async def _generate_remote(provider: ContentProvider, rows: list[RowState]) -> list[Item]:
+async def _generate_remote(
+    ctx: StepContext, provider: ContentProvider, rows: list[RowState]
+) -> list[Item | None]:
+    """Each row's item, or None for the rows not started before the job's deadline."""
     stopping: list[ProviderUnusable] = []
 
-    async def one(row: RowState) -> Item:
+    async def one(row: RowState) -> Item | None:
         if stopping:  # set before the error spreads: no row starts after it
             raise stopping[0]
+        if ctx.out_of_time():
+            return None
         try:
             item = await _generate(provider, row)
         except ProviderUnusable as exc:
@@ -62,18 +70,28 @@ async def run(ctx: StepContext) -> dict[str, Any]:
         provider = content_provider(ctx.step_settings, ProviderContext(ctx.http, ctx.execution_id))
     except ProviderConfigError as exc:
         raise StepError(str(exc)) from exc
-    rows = [r for r in await execution_rows.load(ctx.execution_id) if r.generated_content is None]
+    rows = [
+        r
+        for r in await execution_rows.load(ctx.execution_id)
+        if r.generated_content is None and r.error is None
+    ]
     try:
         if provider.remote:
-            items = await keeping_lease(ctx, _generate_remote(provider, rows))
+            if None in await _generate_remote(ctx, provider, rows):
+                raise Unfinished
         else:
             items = [await _generate(provider, row) for row in rows]
             await execution_rows.save_generated(items)
     except ProviderUnusable as exc:
         raise StepError(str(exc)) from None
-    failed = sum(1 for item in items if item[2])
-    summary: dict[str, Any] = {"generated": len(items) - failed, "failed": failed}
-    usages = [item[3] for item in items if item[3]]
+    return _summary(await execution_rows.load(ctx.execution_id))
+
+
+def _summary(rows: list[RowState]) -> dict[str, Any]:
+    failed = sum(1 for row in rows if row.generated_content is None and row.error)
+    generated = sum(1 for row in rows if row.generated_content is not None)
+    summary: dict[str, Any] = {"generated": generated, "failed": failed}
+    usages = [row.content_usage for row in rows if row.content_usage]
     if usages:
         summary["usage"] = {
             key: sum(u[key] for u in usages if isinstance(u.get(key), int))

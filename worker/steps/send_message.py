@@ -19,6 +19,9 @@ free of duplicates depends on the provider (worker.providers.messaging):
 
 A row whose content could not be generated ends `failed` with the generation error (counted in
 the results' failedCount), unless a reviewer gave it a message.
+
+Past the job's deadline no new batch or row is started: those in flight are saved and the step
+goes on in a new job (Unfinished). The summary counts every row, whichever job sent it.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ from worker.providers.types import (
     ProviderContext,
     SendResult,
 )
-from worker.steps.context import StepContext, StepError, keeping_lease
+from worker.steps.context import StepContext, StepError, Unfinished
 
 DEFAULT_BATCH_SIZE = 25
 
+DELIVERY_UNKNOWN_PREFIX = "Delivery state unknown"  # UNKNOWN_DELIVERY and SendResult.unknown
 UNKNOWN_DELIVERY = "Delivery state unknown after a worker crash; not resent to avoid a duplicate"
 
 
@@ -69,21 +73,30 @@ async def _send_in_batches(
 ) -> list[SendResult]:
     results: list[SendResult] = []
     for start in range(0, len(to_send), batch_size):
-        await ctx.renew_lease()
+        if start and ctx.out_of_time():
+            raise Unfinished
         batch = await provider.send(to_send[start : start + batch_size])
         await _save(batch)
         results.extend(batch)
     return results
 
 
-async def _send_each_once(provider: Messenger, to_send: list[OutgoingMessage]) -> list[SendResult]:
+async def _send_each_once(
+    ctx: StepContext, provider: Messenger, to_send: list[OutgoingMessage]
+) -> list[SendResult]:
     """Each row once, `concurrency` at a time; StepError once a result says `stop` (after the
-    rows in flight are saved: they are never cancelled mid-call)."""
+    rows in flight are saved: they are never cancelled mid-call); Unfinished when the job's
+    deadline left rows unsent."""
     stopping: list[str] = []
+    late = False
 
     async def one(message: OutgoingMessage) -> SendResult | None:
+        nonlocal late
         if stopping:
             return None  # left unsent
+        if ctx.out_of_time():
+            late = True
+            return None  # left unsent, for the step's next job
         if not await execution_rows.mark_sending(message.row_id):
             return None  # no longer unsent: another worker has it
         if stopping:
@@ -101,6 +114,8 @@ async def _send_each_once(provider: Messenger, to_send: list[OutgoingMessage]) -
     outcomes = await map_bounded(to_send, provider.concurrency, one)
     if stopping:
         raise StepError(stopping[0])
+    if late:
+        raise Unfinished
     return [result for result in outcomes if result is not None]
 
 
@@ -117,9 +132,8 @@ async def run(ctx: StepContext) -> dict[str, Any]:
     to_field = str(ctx.step_settings.get("to_field", "phone"))
     batch_size = max(int(ctx.step_settings.get("batch_size", DEFAULT_BATCH_SIZE)), 1)
 
-    unknown = 0
     if not provider.resend_safe:
-        unknown = await execution_rows.fail_unfinished_sends(ctx.execution_id, UNKNOWN_DELIVERY)
+        await execution_rows.fail_unfinished_sends(ctx.execution_id, UNKNOWN_DELIVERY)
     rows = [r for r in await execution_rows.load(ctx.execution_id) if r.send_status is None]
     settled: list[tuple[UUID, SendStatus, str | None, str | None]] = []
     to_send: list[OutgoingMessage] = []
@@ -135,21 +149,20 @@ async def run(ctx: StepContext) -> dict[str, Any]:
     await execution_rows.save_send_results(settled)
 
     if provider.resend_safe:
-        results = await _send_in_batches(ctx, provider, to_send, batch_size)
+        await _send_in_batches(ctx, provider, to_send, batch_size)
     else:
-        results = await keeping_lease(ctx, _send_each_once(provider, to_send))
-    sent = sum(1 for r in results if r.status == SendStatus.SENT)
-    failed = sum(1 for r in results if r.status == SendStatus.FAILED) + unknown
-    failed += sum(1 for s in settled if s[1] == SendStatus.FAILED)
-    skipped = sum(1 for s in settled if s[1] == SendStatus.SKIPPED)
-    rejected = sum(1 for s in settled if s[1] == SendStatus.REJECTED)
+        await _send_each_once(ctx, provider, to_send)
+    states = await execution_rows.load(ctx.execution_id)
     summary: dict[str, Any] = {
-        "sent": sent,
-        "failed": failed,
-        "skipped": skipped,
-        "rejected": rejected,
+        key: sum(1 for row in states if row.send_status == value)
+        for key, value in (
+            ("sent", SendStatus.SENT),
+            ("failed", SendStatus.FAILED),
+            ("skipped", SendStatus.SKIPPED),
+            ("rejected", SendStatus.REJECTED),
+        )
     }
-    unsure = unknown + sum(1 for r in results if r.delivery_unknown)
+    unsure = sum(1 for row in states if (row.error or "").startswith(DELIVERY_UNKNOWN_PREFIX))
     if unsure:
         summary["delivery_unknown"] = unsure
     return summary
