@@ -54,6 +54,7 @@ class RowState:
     send_status: str | None
     message_id: str | None
     error: str | None
+    decision_reason: str | None = None  # a rejected row's reason, as the reviewer gave it
 
 
 async def load(execution_id: UUID) -> list[RowState]:
@@ -69,6 +70,7 @@ async def load(execution_id: UUID) -> list[RowState]:
             ExecutionRow.send_status,
             ExecutionRow.message_id,
             ExecutionRow.error,
+            ExecutionRow.decision_reason,
         )
         .where(ExecutionRow.execution == execution_id)
         .order_by(ExecutionRow.position)

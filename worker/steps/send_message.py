@@ -34,12 +34,13 @@ from worker.steps.context import StepContext, StepError, keeping_lease
 
 DEFAULT_BATCH_SIZE = 25
 
+REJECTED_REASON = "Rejected by reviewer"  # when the reviewer gave no reason of their own
 UNKNOWN_DELIVERY = "Delivery state unknown after a worker crash; not resent to avoid a duplicate"
 
 
 def _not_sendable(row: RowState) -> tuple[SendStatus, str] | None:
     if row.decision == RowDecision.REJECTED:
-        return SendStatus.REJECTED, "Rejected by reviewer"
+        return SendStatus.REJECTED, row.decision_reason or REJECTED_REASON
     if row.compliance_status != ComplianceStatus.PASSED:
         reasons = "; ".join(row.compliance_reasons) or "no compliance result"
         return SendStatus.SKIPPED, f"Compliance check failed: {reasons}"
