@@ -304,6 +304,7 @@ class PublicExecutionsController(Controller):
         api_key = auth.api_key_of(request)
         uid = executions.parse_execution_id(execution_id)
         await approvals.reject_execution(
+            auth.scripts_of(request),
             uid,
             f"api_key:{api_key.name}",
             data.comment if data else None,

@@ -20,7 +20,7 @@ from uuid import UUID
 import msgspec
 from redis.asyncio import Redis
 
-from web.domain import clock, compliance, executions, idempotency, pool, queue
+from web.domain import clock, compliance, executions, idempotency, pool, queue, webhooks
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
@@ -117,6 +117,7 @@ async def approve_execution(
 
 
 async def reject_execution(
+    redis: ScriptClient | Redis,
     execution_id: UUID,
     decided_by: str,
     comment: str | None,
@@ -126,7 +127,8 @@ async def reject_execution(
 ) -> None:
     """Reject and stop; raises (and replays) as `approve_execution` does."""
     _check_comment(approval_rules(await _definition(execution_id, api_key_id)), comment)
-    await _reject(execution_id, comment, decided_by, once)
+    for event_id in await _reject(execution_id, comment, decided_by, once):
+        await queue.enqueue_webhook(redis, event_id)  # after the commit
 
 
 async def _approve(
@@ -162,17 +164,25 @@ async def _approve(
     return int(rows[0]["current_step"])
 
 
+# The guarded UPDATE of a rejection, returning what its webhook event needs (a constant).
+_REJECT = (
+    "UPDATE execution AS e SET status = 'cancelled', approval_status = 'rejected', "
+    "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
+    "  completed_at = now(), updated_at = now() "
+    "WHERE id = {} AND status = 'pending_approval' RETURNING "
+)
+REJECT_SQL = _REJECT + executions.EVENT_COLUMNS
+
+
 async def _reject(
     execution_id: UUID, comment: str | None, decided_by: str, once: idempotency.Once[UUID] | None
-) -> None:
-    """Reject and stop: `cancelled`, approvalStatus `rejected`, every row `rejected`."""
+) -> list[UUID]:
+    """Reject and stop: `cancelled`, approvalStatus `rejected`, every row `rejected`, and the
+    `execution.cancelled` webhook event recorded; returns the events to queue now."""
     async with pool.engine().transaction() as transaction:
         await idempotency.begin(transaction.connection, once)
         rows = await Execution.raw(
-            "UPDATE execution SET status = 'cancelled', approval_status = 'rejected', "
-            "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
-            "  completed_at = now(), updated_at = now() "
-            "WHERE id = {} AND status = 'pending_approval' RETURNING id",
+            REJECT_SQL,
             comment,
             decided_by,
             execution_id,
@@ -191,7 +201,9 @@ async def _reject(
             json.dumps(output),
             execution_id,
         )
+        events = await executions.record_event(webhooks.CANCELLED, rows[0])
         await idempotency.finish(transaction.connection, once, execution_id)
+    return events
 
 
 def _check_choices(choices: Sequence[RowChoice]) -> None:
