@@ -84,6 +84,7 @@ async def test_run_pauses_for_approval_with_the_spec_pending_approval_body(
                     "phone": row["phone"],
                     "generated_content": generated[index],
                     "compliance_status": "passed",
+                    "index": index,  # added beside the contract: per-row decisions address it
                 }
                 for index, row in enumerate(rows(3))
             ],

@@ -19,6 +19,7 @@ from web.api import auth
 from web.api.schemas import (
     ApprovalData,
     ApprovalMetadata,
+    ApproveRequest,
     DecisionRequest,
     DecisionResponse,
     ExecuteRequest,
@@ -35,8 +36,10 @@ from web.api.schemas import (
 )
 from web.domain import approvals, clock, execution_pages, executions, idempotency
 from web.domain.limits import QuotaExceeded, QuotaState
+from web.domain.statuses import RowDecision
 
 Result = TypeVar("Result")
+ROW_DECISIONS = {"approve": RowDecision.APPROVED, "reject": RowDecision.REJECTED}
 
 
 def _iso(value: Any) -> str:
@@ -258,10 +261,22 @@ class PublicExecutionsController(Controller):
         self,
         request: Request[Any, Any, Any],
         execution_id: FromPath[str],
-        data: JSONBody[DecisionRequest | None] = None,
+        data: JSONBody[ApproveRequest | None] = None,
     ) -> DecisionResponse:
         api_key = auth.api_key_of(request)
         uid = executions.parse_execution_id(execution_id)
+        choices = [
+            approvals.RowChoice(
+                decision=RowDecision.APPROVED
+                if row.decision == "approve"
+                else RowDecision.REJECTED,
+                index=row.index,
+                customer_id=row.customer_id,
+                reason=row.reason,
+                content=row.content,
+            )
+            for row in (data.rows or [] if data else [])
+        ]
         await approvals.approve_execution(
             auth.scripts_of(request),
             uid,
@@ -269,6 +284,7 @@ class PublicExecutionsController(Controller):
             data.comment if data else None,
             api_key_id=api_key.id,
             once=await _once(request, HTTP_200_OK, _approved),
+            choices=choices,
         )
         return _approved(uid)
 
@@ -288,6 +304,7 @@ class PublicExecutionsController(Controller):
         api_key = auth.api_key_of(request)
         uid = executions.parse_execution_id(execution_id)
         await approvals.reject_execution(
+            auth.scripts_of(request),
             uid,
             f"api_key:{api_key.name}",
             data.comment if data else None,

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from litestar.openapi import ResponseSpec
@@ -84,6 +84,24 @@ class PendingApprovalResponse(msgspec.Struct, rename="camel"):
 
 class DecisionRequest(msgspec.Struct, rename="camel"):
     comment: str | None = None
+
+
+class RowDecisionItem(msgspec.Struct, rename="camel"):
+    """One row's decision in an approval: by `index` (as pending-approval numbers rows) or by a
+    `customerId` unique in the execution; `reason` for reject, `content` (a new message,
+    checked for compliance again) for approve."""
+
+    decision: Literal["approve", "reject"]
+    index: int | None = None
+    customer_id: str | None = None
+    reason: str | None = None
+    content: str | None = None
+
+
+class ApproveRequest(msgspec.Struct, rename="camel"):
+    comment: str | None = None
+    # Added beside the contract: rows not listed are decided as approve always did.
+    rows: list[RowDecisionItem] | None = None
 
 
 class DecisionResponse(msgspec.Struct, rename="camel"):

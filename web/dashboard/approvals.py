@@ -199,11 +199,14 @@ class ApprovalsController(Controller):
 
     @post("/{execution_id:uuid}/reject")
     async def reject(
-        self, request: Request[Any, Any, Any], execution_id: FromPath[UUID]
+        self,
+        request: Request[Any, Any, Any],
+        execution_id: FromPath[UUID],
+        arq: NamedDependency[ArqRedis],
     ) -> Response[Any]:
         form = await request.form()
         comment = str(form.get("comment", "")).strip() or None
-        await approvals.reject_execution(execution_id, current_user(request).email, comment)
+        await approvals.reject_execution(arq, execution_id, current_user(request).email, comment)
         flash(
             request, "Rejected: the execution is cancelled and nothing is sent", category="success"
         )

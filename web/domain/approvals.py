@@ -12,20 +12,21 @@ Imports only web.domain.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
-from typing import ClassVar
+from typing import ClassVar, Protocol
 from uuid import UUID
 
 import msgspec
 from redis.asyncio import Redis
 
-from web.domain import clock, compliance, executions, idempotency, pool, queue
+from web.domain import clock, compliance, executions, idempotency, pool, queue, webhooks
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
 from web.domain.statuses import ExecutionStatus, RowDecision
 from web.domain.tables import Execution, ExecutionRow
-from web.domain.types import Definition, ReadModel, RowData, from_row
+from web.domain.types import Definition, ReadModel, RowData, StepSettings, from_row
 from web.domain.workflows import approval_settings, step_settings
 
 REJECTED_REASON = "Rejected by reviewer"
@@ -80,6 +81,19 @@ async def _definition(execution_id: UUID, api_key_id: UUID | None) -> Definition
     return await executions.get_definition(execution_id)
 
 
+class RowChoice(msgspec.Struct, frozen=True, kw_only=True):
+    """One row's decision sent with an approval (the public API's `rows`), addressed by its
+    position (`index`, as pending-approval numbers them) or by a `customer_id` unique in the
+    execution. `reason` (reject only) goes verbatim into the results; `content` (approve only)
+    replaces the generated message and is checked for compliance again."""
+
+    decision: RowDecision
+    index: int | None = None
+    customer_id: str | None = None
+    reason: str | None = None
+    content: str | None = None
+
+
 async def approve_execution(
     redis: ScriptClient | Redis,
     execution_id: UUID,
@@ -88,17 +102,22 @@ async def approve_execution(
     *,
     api_key_id: UUID | None = None,
     once: idempotency.Once[UUID] | None = None,
+    choices: Sequence[RowChoice] = (),
 ) -> None:
-    """Approve (undecided rows count as approved) and queue the run from its next step.
-    NotFound (also for another key's execution, given `api_key_id`), InvalidInput for a
-    missing required comment, Conflict unless pending approval. With `once` (an
+    """Approve (rows in `choices` as they say, other undecided rows approved) and queue the run
+    from its next step, all in one transaction. NotFound (also for another key's execution,
+    given `api_key_id`), InvalidInput for a missing required comment or a choice that does not
+    fit (naming it: nothing is decided), Conflict unless pending approval. With `once` (an
     Idempotency-Key) the answer is stored in the decision's transaction, or replayed."""
-    _check_comment(approval_rules(await _definition(execution_id, api_key_id)), comment)
-    step, attempt = await _approve(execution_id, comment, decided_by, once)
+    definition = await _definition(execution_id, api_key_id)
+    _check_comment(approval_rules(definition), comment)
+    _check_choices(choices)
+    step, attempt = await _approve(execution_id, comment, decided_by, once, choices, definition)
     await queue.enqueue_run(redis, execution_id, step, attempt)  # after the commit
 
 
 async def reject_execution(
+    redis: ScriptClient | Redis,
     execution_id: UUID,
     decided_by: str,
     comment: str | None,
@@ -108,11 +127,17 @@ async def reject_execution(
 ) -> None:
     """Reject and stop; raises (and replays) as `approve_execution` does."""
     _check_comment(approval_rules(await _definition(execution_id, api_key_id)), comment)
-    await _reject(execution_id, comment, decided_by, once)
+    for event_id in await _reject(execution_id, comment, decided_by, once):
+        await queue.enqueue_webhook(redis, event_id)  # after the commit
 
 
 async def _approve(
-    execution_id: UUID, comment: str | None, decided_by: str, once: idempotency.Once[UUID] | None
+    execution_id: UUID,
+    comment: str | None,
+    decided_by: str,
+    once: idempotency.Once[UUID] | None,
+    choices: Sequence[RowChoice] = (),
+    definition: Definition | None = None,
 ) -> tuple[int, int]:
     """Approve; returns the step index the run resumes at and its run attempt (for the job id).
     Conflict unless pending approval."""
@@ -129,6 +154,8 @@ async def _approve(
         )
         if not rows:
             await executions.require_status(execution_id, ExecutionStatus.PENDING_APPROVAL)
+        if choices:
+            await _apply_choices(execution_id, choices, decided_by, definition or {})
         await ExecutionRow.raw(
             "UPDATE execution_row SET decision = 'approved' "
             "WHERE execution = {} AND decision IS NULL",
@@ -138,17 +165,25 @@ async def _approve(
     return int(rows[0]["current_step"]), int(rows[0]["run_attempt"])
 
 
+# The guarded UPDATE of a rejection, returning what its webhook event needs (a constant).
+_REJECT = (
+    "UPDATE execution AS e SET status = 'cancelled', approval_status = 'rejected', "
+    "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
+    "  completed_at = now(), updated_at = now() "
+    "WHERE id = {} AND status = 'pending_approval' RETURNING "
+)
+REJECT_SQL = _REJECT + executions.EVENT_COLUMNS
+
+
 async def _reject(
     execution_id: UUID, comment: str | None, decided_by: str, once: idempotency.Once[UUID] | None
-) -> None:
-    """Reject and stop: `cancelled`, approvalStatus `rejected`, every row `rejected`."""
+) -> list[UUID]:
+    """Reject and stop: `cancelled`, approvalStatus `rejected`, every row `rejected`, and the
+    `execution.cancelled` webhook event recorded; returns the events to queue now."""
     async with pool.engine().transaction() as transaction:
         await idempotency.begin(transaction.connection, once)
         rows = await Execution.raw(
-            "UPDATE execution SET status = 'cancelled', approval_status = 'rejected', "
-            "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
-            "  completed_at = now(), updated_at = now() "
-            "WHERE id = {} AND status = 'pending_approval' RETURNING id",
+            REJECT_SQL,
             comment,
             decided_by,
             execution_id,
@@ -167,7 +202,139 @@ async def _reject(
             json.dumps(output),
             execution_id,
         )
+        events = await executions.record_event(webhooks.CANCELLED, rows[0])
         await idempotency.finish(transaction.connection, once, execution_id)
+    return events
+
+
+def _check_choices(choices: Sequence[RowChoice]) -> None:
+    """What can be refused without reading the rows: InvalidInput naming `rows[i]`."""
+    for number, choice in enumerate(choices):
+        at = f"rows[{number}]"
+        if (choice.index is None) == (choice.customer_id is None):
+            raise InvalidInput(f"{at}: give either index or customerId")
+        if choice.index is not None and choice.index < 0:
+            raise InvalidInput(f"{at}.index must be 0 or more; got {choice.index}")
+        if choice.decision == RowDecision.REJECTED and choice.content is not None:
+            raise InvalidInput(f"{at}.content: only an approved row can be given new content")
+        if choice.decision == RowDecision.APPROVED and choice.reason is not None:
+            raise InvalidInput(f"{at}.reason: only a rejected row has a reason")
+        for name, text in (("content", choice.content), ("reason", choice.reason)):
+            if text is not None and "\x00" in text:
+                raise InvalidInput(f"{at}.{name} contains a NUL character (\\u0000)")
+        if choice.content is not None and not choice.content.strip():
+            raise InvalidInput(f"{at}.content: the message cannot be empty")
+
+
+class _ChoosableRow(ReadModel, frozen=True):
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("data",)
+
+    id: UUID
+    position: int
+    data: RowData
+    generated_content: str | None
+    original_content: str | None
+
+
+def _customer_id(row: _ChoosableRow) -> str | None:
+    value = row.data.get("customerId")
+    return None if value is None else str(value)
+
+
+def _resolve(
+    choices: Sequence[RowChoice], rows: list[_ChoosableRow]
+) -> list[tuple[RowChoice, _ChoosableRow]]:
+    """Each choice with the row it addresses; InvalidInput naming the first that fits none,
+    several, or a row another choice already decides."""
+    by_customer: dict[str, list[_ChoosableRow]] = {}
+    for row in rows:
+        if (customer := _customer_id(row)) is not None:
+            by_customer.setdefault(customer, []).append(row)
+    chosen: dict[int, int] = {}  # row position -> the choice deciding it
+    resolved = []
+    for number, choice in enumerate(choices):
+        at = f"rows[{number}]"
+        if choice.index is not None:
+            if choice.index >= len(rows):
+                raise InvalidInput(
+                    f"{at}.index: {choice.index} is out of range (the execution has "
+                    f"{len(rows)} rows, 0 to {len(rows) - 1})"
+                )
+            row = rows[choice.index]
+        else:
+            matches = by_customer.get(str(choice.customer_id), [])
+            if not matches:
+                raise InvalidInput(f"{at}.customerId: no row has customerId {choice.customer_id!r}")
+            if len(matches) > 1:
+                raise InvalidInput(
+                    f"{at}.customerId: {choice.customer_id!r} is the customerId of "
+                    f"{len(matches)} rows; address them by index"
+                )
+            row = matches[0]
+        if row.position in chosen:
+            raise InvalidInput(
+                f"{at}: row {row.position} is already decided by rows[{chosen[row.position]}]"
+            )
+        chosen[row.position] = number
+        resolved.append((choice, row))
+    return resolved
+
+
+async def _apply_choices(
+    execution_id: UUID, choices: Sequence[RowChoice], decided_by: str, definition: Definition
+) -> None:
+    """Inside the approval's transaction: every choice, or (InvalidInput) none of them."""
+    stored = await ExecutionRow.raw(
+        "SELECT id, position, data, generated_content, original_content FROM execution_row "
+        "WHERE execution = {} ORDER BY position FOR UPDATE",
+        execution_id,
+    )
+    rules = step_settings(definition, "compliance_check")
+    for choice, row in _resolve(choices, [from_row(r, _ChoosableRow) for r in stored]):
+        if choice.content is not None:
+            await _save_edit(row, choice.content.strip(), decided_by, rules)
+        await _save_decision(row.id, choice.decision, decided_by, choice.reason)
+
+
+async def _save_decision(
+    row_id: UUID, decision: RowDecision, decided_by: str, reason: str | None = None
+) -> None:
+    """One row's decision: the review screen's and the API's alike."""
+    await ExecutionRow.update(
+        {
+            ExecutionRow.decision: decision,
+            ExecutionRow.decided_by: decided_by,
+            ExecutionRow.decided_at: clock.now(),
+            ExecutionRow.decision_reason: reason,
+        }
+    ).where(ExecutionRow.id == row_id)
+
+
+class _Editable(Protocol):
+    @property
+    def id(self) -> UUID: ...
+    @property
+    def data(self) -> RowData: ...
+    @property
+    def generated_content(self) -> str | None: ...
+    @property
+    def original_content(self) -> str | None: ...
+
+
+async def _save_edit(row: _Editable, content: str, edited_by: str, rules: StepSettings) -> None:
+    """A row's new message, checked for compliance again with the workflow's own rules; the
+    first original is kept. The review screen's and the API's alike."""
+    verdict = compliance.check(rules, row.data, content)
+    await ExecutionRow.update(
+        {
+            ExecutionRow.original_content: row.original_content or row.generated_content,
+            ExecutionRow.generated_content: content,
+            ExecutionRow.compliance_status: str(verdict.status),
+            ExecutionRow.compliance_reasons: verdict.reasons,
+            ExecutionRow.edited_by: edited_by,
+            ExecutionRow.edited_at: clock.now(),
+        }
+    ).where(ExecutionRow.id == row.id)
 
 
 class PendingApproval(msgspec.Struct, frozen=True):
@@ -191,7 +358,7 @@ async def pending_approval_data(execution: executions.ExecutionView) -> PendingA
         .order_by(ExecutionRow.position)
     )
     shown = []
-    for row in rows:
+    for index, row in enumerate(rows):
         read = from_row(row, _ApprovalRow)
         values = {
             **read.data,
@@ -199,7 +366,10 @@ async def pending_approval_data(execution: executions.ExecutionView) -> PendingA
             "compliance_status": read.compliance_status,
         }
         fields = rules.display_fields
-        shown.append({field: values.get(field) for field in fields} if fields else values)
+        entry = {field: values.get(field) for field in fields} if fields else values
+        # Added beside the contract: how a per-row decision addresses the row (RowChoice).
+        entry["index"] = index
+        shown.append(entry)
     return PendingApproval(rows=shown, rules=rules)
 
 
@@ -299,13 +469,7 @@ async def decide_row(
             raise Conflict(
                 f"{who} changed this row meanwhile (it is now {current.decision or 'undecided'})"
             )
-        await ExecutionRow.update(
-            {
-                ExecutionRow.decision: checked,
-                ExecutionRow.decided_by: decided_by,
-                ExecutionRow.decided_at: clock.now(),
-            }
-        ).where(ExecutionRow.id == row_id)
+        await _save_decision(row_id, checked, decided_by)
     return await _row(execution_id, row_id)
 
 
@@ -338,16 +502,7 @@ async def edit_row(execution_id: UUID, row_id: UUID, content: str, edited_by: st
     async with pool.engine().transaction():
         execution = await _lock_pending(execution_id)
         row = await _row(execution_id, row_id)
-        rules = step_settings(execution.definition, "compliance_check")
-        verdict = compliance.check(rules, row.data, content)
-        await ExecutionRow.update(
-            {
-                ExecutionRow.original_content: row.original_content or row.generated_content,
-                ExecutionRow.generated_content: content,
-                ExecutionRow.compliance_status: str(verdict.status),
-                ExecutionRow.compliance_reasons: verdict.reasons,
-                ExecutionRow.edited_by: edited_by,
-                ExecutionRow.edited_at: clock.now(),
-            }
-        ).where(ExecutionRow.id == row_id)
+        await _save_edit(
+            row, content, edited_by, step_settings(execution.definition, "compliance_check")
+        )
     return await _row(execution_id, row_id)

@@ -55,6 +55,7 @@ class RowState:
     message_id: str | None
     error: str | None
     content_usage: TokenUsage | None = None
+    decision_reason: str | None = None  # a rejected row's reason, as the reviewer gave it
 
 
 async def load(execution_id: UUID) -> list[RowState]:
@@ -71,6 +72,7 @@ async def load(execution_id: UUID) -> list[RowState]:
             ExecutionRow.message_id,
             ExecutionRow.error,
             ExecutionRow.content_usage,
+            ExecutionRow.decision_reason,
         )
         .where(ExecutionRow.execution == execution_id)
         .order_by(ExecutionRow.position)

@@ -396,7 +396,7 @@ async def claim(execution_id: UUID, token: UUID, lease_seconds: float) -> Claim 
             "  AND (e.lease_expires_at IS NULL OR e.lease_expires_at < now() "
             "       OR e.lease_token = {}) "
             f"RETURNING before.status AS previous_status, e.current_step, e.definition, "
-            f"  e.approval_status, {_EVENT_COLUMNS}",
+            f"  e.approval_status, {EVENT_COLUMNS}",
             token,
             lease_seconds,
             execution_id,
@@ -406,7 +406,7 @@ async def claim(execution_id: UUID, token: UUID, lease_seconds: float) -> Claim 
             return None
         row = rows[0]
         was_pending = row["previous_status"] == ExecutionStatus.PENDING
-        events = await _record_event(webhooks.STARTED, row) if was_pending else []
+        events = await record_event(webhooks.STARTED, row) if was_pending else []
     claimed = from_row(row, _Claimed)
     return Claim(
         id=execution_id,
@@ -426,13 +426,16 @@ class _Claimed(ReadModel, frozen=True):
     approval_status: str | None
 
 
-# What a webhook payload needs, as RETURNING columns of a transition.
-_EVENT_COLUMNS = (
-    "e.id, e.workflow, e.api_key, e.status, e.started_at, e.completed_at, e.output, e.error"
+# What a webhook payload needs, as RETURNING columns of a transition of `execution AS e`.
+EVENT_COLUMNS = (
+    "e.id, e.workflow, e.api_key, e.status, e.started_at, e.completed_at, e.output, e.error, "
+    "e.approval_status"
 )
 
 
-async def _record_event(event: str, row: dict[str, Any]) -> list[UUID]:
+async def record_event(event: str, row: dict[str, Any]) -> list[UUID]:
+    """Inside a transition's transaction: `event` for the execution `row` (EVENT_COLUMNS) if
+    its key wants it; the events to queue after the commit."""
     new = await webhooks.record_event(event, from_row(row, webhooks.EventSource))
     return [new.id] if new is not None and new.queue_now else []
 
@@ -442,9 +445,9 @@ async def _transition(event: str, sql: str, *args: Any) -> list[UUID] | None:
     transaction. None if the guard matched nothing; else the events to queue now."""
     events: list[UUID] | None = None
     async with pool.engine().transaction():
-        rows = await Execution.raw(f"{sql} RETURNING {_EVENT_COLUMNS}", *args)
+        rows = await Execution.raw(f"{sql} RETURNING {EVENT_COLUMNS}", *args)
         if rows:
-            events = await _record_event(event, rows[0])
+            events = await record_event(event, rows[0])
     return events
 
 

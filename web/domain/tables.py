@@ -122,6 +122,8 @@ class ExecutionRow(Table, tablename="execution_row"):
     decision = Varchar(length=16, null=True, default=None)
     decided_by = Varchar(length=200, null=True, default=None)
     decided_at = Timestamptz(null=True, default=None)
+    # Why a reviewer rejected the row (the API's per-row reason), shown verbatim in the results.
+    decision_reason = Text(null=True, default=None)
     # A reviewer's edit of the generated message: original_content keeps what was generated.
     edited_by = Varchar(length=200, null=True, default=None)
     edited_at = Timestamptz(null=True, default=None)

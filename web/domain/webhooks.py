@@ -34,7 +34,10 @@ STARTED = "execution.started"
 COMPLETED = "execution.completed"
 FAILED = "execution.failed"
 PENDING_APPROVAL = "execution.pending_approval"
-EVENTS = (STARTED, COMPLETED, FAILED, PENDING_APPROVAL)
+# Added beside the contract: a run that ended without completing (rejected, cancelled). Keys
+# created from now on subscribe to it by default; existing keys keep the list they have.
+CANCELLED = "execution.cancelled"
+EVENTS = (STARTED, COMPLETED, FAILED, PENDING_APPROVAL, CANCELLED)
 RESPONSE_BODY_LIMIT = 1024
 
 
@@ -76,6 +79,7 @@ class EventSource(ReadModel, frozen=True):
     completed_at: datetime | None
     output: ExecutionOutput | None
     error: str | None
+    approval_status: str | None = None
 
 
 def build_payload(event: str, execution: EventSource) -> str:
@@ -93,6 +97,9 @@ def build_payload(event: str, execution: EventSource) -> str:
             "failedCount": output.get("failedCount", 0),
         }
     if event == FAILED:
+        data["error"] = execution.error
+    if event == CANCELLED:
+        data["approvalStatus"] = execution.approval_status
         data["error"] = execution.error
     payload = {
         "event": event,

@@ -46,6 +46,7 @@ from worker.steps.context import StepContext, StepError, Unfinished
 DEFAULT_BATCH_SIZE = 25
 
 DELIVERY_UNKNOWN_PREFIX = "Delivery state unknown"  # UNKNOWN_DELIVERY and SendResult.unknown
+REJECTED_REASON = "Rejected by reviewer"  # when the reviewer gave no reason of their own
 UNKNOWN_DELIVERY = "Delivery state unknown after a worker crash; not resent to avoid a duplicate"
 
 
@@ -53,7 +54,7 @@ def _not_sendable(row: RowState) -> tuple[SendStatus, str] | None:
     if not row.generated_content and row.error:
         return SendStatus.FAILED, row.error  # the content provider failed on it
     if row.decision == RowDecision.REJECTED:
-        return SendStatus.REJECTED, "Rejected by reviewer"
+        return SendStatus.REJECTED, row.decision_reason or REJECTED_REASON
     if row.compliance_status != ComplianceStatus.PASSED:
         reasons = "; ".join(row.compliance_reasons) or "no compliance result"
         return SendStatus.SKIPPED, f"Compliance check failed: {reasons}"
