@@ -25,7 +25,7 @@ from arq.connections import ArqRedis
 from web.domain import clock, executions, queue
 from web.domain.errors import is_unavailable
 from web.domain.executions import Claim
-from web.domain.statuses import ApprovalStatus
+from web.domain.statuses import ApprovalStatus, ExecutionStatus
 from web.settings import Settings
 from worker.providers.types import ProviderContext
 from worker.steps import RUNNERS, preflight
@@ -85,6 +85,8 @@ async def run_execution(
         await asyncio.shield(executions.release(claim))
         raise
     except LeaseLost:
+        if await executions.status_of(execution_id) == ExecutionStatus.CANCELLED:
+            return await run.wind_up_cancelled()  # cancelled between two heartbeats
         logger.warning("execution %s: lease lost at step %s, stopping", execution_id, run.index)
         return RunOutcome("lease_lost")
     except Exception as exc:
@@ -118,6 +120,9 @@ class _Run:
         self.deadline = deadline
         self.steps: list[dict[str, Any]] = claim.definition.get("steps", [])
         self.index = claim.current_step
+        # Set by the heartbeat when the execution was cancelled under this worker: steps take
+        # no new rows (StepContext.out_of_time), and the run winds up instead of going on.
+        self.cancelled = False
 
     async def remaining_steps(self) -> RunOutcome:
         # Everything the steps left need, checked before any of them works (StepError).
@@ -125,12 +130,18 @@ class _Run:
         while self.index < len(self.steps):
             # The first step of a job always runs (so every job makes progress); a later one
             # starts only while the job is within its share of the timeout.
+            if self.cancelled:
+                return await self.wind_up_cancelled()
             if self.index > self.claim.current_step and time.monotonic() >= self.deadline:
                 return await self._hand_on()
             try:
                 summary = await self._run_step(self.steps[self.index])
             except Unfinished:
+                if self.cancelled:
+                    return await self.wind_up_cancelled()
                 return await self._hand_on()
+            if self.cancelled:
+                return await self.wind_up_cancelled()
             if summary is None:
                 return await self._pause_for_approval()
             await self._save_step(summary)
@@ -159,12 +170,23 @@ class _Run:
             http=self.http,
             renew_lease=self.renew_lease,
             deadline=self.deadline,
+            stop_requested=lambda: self.cancelled,
         )
         return await keeping_lease(context, runner(context))
 
     async def renew_lease(self) -> None:
-        if not await executions.renew_lease(self.claim, self.settings.execution_lease_seconds):
+        status = await executions.renew_lease(self.claim, self.settings.execution_lease_seconds)
+        if status is None:
             raise LeaseLost
+        if status == ExecutionStatus.CANCELLED:
+            self.cancelled = True
+
+    async def wind_up_cancelled(self) -> RunOutcome:
+        """The execution was cancelled under this worker: what it did is saved; the rows it did
+        not get to end `cancelled`, the results are written again, the lease is given back."""
+        await executions.finish_cancelled(self.claim)
+        logger.info("execution %s: cancelled at step %s, stopped", self.claim.id, self.index + 1)
+        return RunOutcome("cancelled")
 
     async def _save_step(self, summary: dict[str, Any]) -> None:
         step = self.steps[self.index]

@@ -84,6 +84,12 @@ def _approved(execution_id: UUID) -> DecisionResponse:
     )
 
 
+def _cancelled(execution_id: UUID) -> DecisionResponse:
+    return DecisionResponse(
+        execution_id=str(execution_id), status="cancelled", message="Execution cancelled"
+    )
+
+
 def _rejected(execution_id: UUID) -> DecisionResponse:
     return DecisionResponse(
         execution_id=str(execution_id),
@@ -312,3 +318,34 @@ class PublicExecutionsController(Controller):
             once=await _once(request, HTTP_200_OK, _rejected),
         )
         return _rejected(uid)
+
+    @post(
+        "/executions/{execution_id:str}/cancel",
+        status_code=HTTP_200_OK,
+        summary="Cancel Execution",
+        description=(
+            "Stops a `pending`, `running` or `pending_approval` execution: it ends `cancelled`; "
+            "a message already handed to the provider stays sent, every other row ends "
+            '`{"status": "cancelled", "reason": "Execution cancelled"}` in the results. '
+            "From a final status: 409, and nothing changes."
+        ),
+        responses=error_responses(400, 403, 404, 409, 422),
+        operation_class=IdempotentOptionalBodyOperation,
+    )
+    async def cancel(
+        self,
+        request: Request[Any, Any, Any],
+        execution_id: FromPath[str],
+        data: JSONBody[DecisionRequest | None] = None,
+    ) -> DecisionResponse:
+        api_key = auth.api_key_of(request)
+        uid = executions.parse_execution_id(execution_id)
+        await executions.cancel_execution(
+            auth.scripts_of(request),
+            uid,
+            api_key.id,
+            data.comment if data else None,
+            f"api_key:{api_key.name}",
+            once=await _once(request, HTTP_200_OK, _cancelled),
+        )
+        return _cancelled(uid)

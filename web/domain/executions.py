@@ -23,7 +23,7 @@ from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
-from web.domain.statuses import ExecutionStatus, SendStatus
+from web.domain.statuses import SENDING, ExecutionStatus, SendStatus
 from web.domain.tables import Execution, ExecutionRow
 from web.domain.types import (
     Definition,
@@ -451,15 +451,18 @@ async def _transition(event: str, sql: str, *args: Any) -> list[UUID] | None:
     return events
 
 
-async def renew_lease(claim: Claim, lease_seconds: float) -> bool:
+async def renew_lease(claim: Claim, lease_seconds: float) -> str | None:
+    """Renew this worker's lease; the execution's status (`running`, or `cancelled` when it was
+    cancelled meanwhile: the worker stops taking rows and winds up), None if the lease is lost."""
     rows = await Execution.raw(
         "UPDATE execution SET lease_expires_at = now() + make_interval(secs => {}) "
-        "WHERE id = {} AND lease_token = {} AND status = 'running' RETURNING id",
+        "WHERE id = {} AND lease_token = {} AND status IN ('running', 'cancelled') "
+        "RETURNING status",
         lease_seconds,
         claim.id,
         claim.token,
     )
-    return bool(rows)
+    return str(rows[0]["status"]) if rows else None
 
 
 async def finish_step(claim: Claim, index: int, result: StepResult, lease_seconds: float) -> bool:
@@ -539,6 +542,105 @@ async def hand_on(claim: Claim) -> tuple[int, int] | None:
         claim.token,
     )
     return (int(rows[0]["current_step"]), int(rows[0]["run_attempt"])) if rows else None
+
+
+CANCELLED_REASON = "Execution cancelled"  # the result of every row a cancel left unsent
+CANCELLABLE = (ExecutionStatus.PENDING, ExecutionStatus.RUNNING, ExecutionStatus.PENDING_APPROVAL)
+
+
+async def cancel_execution(
+    redis: ScriptClient | Redis,
+    execution_id: UUID,
+    api_key_id: UUID,
+    comment: str | None,
+    decided_by: str,
+    *,
+    once: idempotency.Once[UUID] | None = None,
+) -> None:
+    """Stop an execution that is `pending`, `running` or `pending_approval`: it ends
+    `cancelled` now (completedAt set, error null, approvalStatus `rejected` if it was pending),
+    every row not handed to the provider ends `cancelled`, and `execution.cancelled` is sent.
+    A worker running it stops taking rows at its next heartbeat, lets the calls in flight
+    finish (a message the provider took stays `sent`) and writes the final results
+    (`finish_cancelled`). NotFound (another key's too), Conflict from a final status."""
+    if comment is not None and "\x00" in comment:
+        raise InvalidInput("comment contains a NUL character (\\u0000)")
+    async with pool.engine().transaction() as transaction:
+        await idempotency.begin(transaction.connection, once)
+        rows = await Execution.raw(CANCEL_SQL, decided_by, comment, execution_id, api_key_id)
+        if not rows:
+            current = await get_for_key(execution_id, api_key_id)  # NotFound if not this key's
+            raise Conflict(f"Execution is already {current.status}: it cannot be cancelled")
+        worked_on = bool(rows[0]["worked_on"])
+        await _settle_cancelled_rows(execution_id, in_flight_too=not worked_on)
+        events = await record_event(webhooks.CANCELLED, rows[0])
+        await idempotency.finish(transaction.connection, once, execution_id)
+    for event_id in events:
+        await queue.enqueue_webhook(redis, event_id)  # after the commit
+
+
+# The guarded UPDATE of a cancel. `worked_on`: a worker holds a live lease (it winds up itself).
+_CANCEL = (
+    "UPDATE execution AS e SET status = 'cancelled', completed_at = now(), updated_at = now(), "
+    "  error = NULL, "
+    "  approval_status = CASE WHEN e.approval_status = 'pending' THEN 'rejected' "
+    "    ELSE e.approval_status END, "
+    "  approval_decided_by = CASE WHEN e.approval_status = 'pending' THEN {} "
+    "    ELSE e.approval_decided_by END, "
+    "  approval_decided_at = CASE WHEN e.approval_status = 'pending' THEN now() "
+    "    ELSE e.approval_decided_at END, "
+    "  approval_comment = COALESCE({}, e.approval_comment) "
+    "FROM (SELECT id, lease_expires_at > now() AS live FROM execution WHERE id = {} FOR UPDATE) "
+    "  AS before "
+    "WHERE e.id = before.id AND e.api_key = {} "
+    "  AND e.status IN ('pending', 'running', 'pending_approval') "
+    "RETURNING COALESCE(before.live, false) AS worked_on, "
+)
+CANCEL_SQL = _CANCEL + EVENT_COLUMNS
+
+
+async def _settle_cancelled_rows(execution_id: UUID, *, in_flight_too: bool) -> None:
+    """Rows never handed to a provider end `cancelled`; with `in_flight_too` (no live worker
+    holds the run), a row left `sending` by a dead one ends as the crash path says (its
+    delivery is unknown). Then the results are written again."""
+    await ExecutionRow.raw(
+        "UPDATE execution_row SET send_status = 'cancelled', error = {} "
+        "WHERE execution = {} AND send_status IS NULL",
+        CANCELLED_REASON,
+        execution_id,
+    )
+    if in_flight_too:
+        await ExecutionRow.raw(
+            "UPDATE execution_row SET send_status = 'failed', error = {} "
+            "WHERE execution = {} AND send_status = {}",
+            CANCELLED_UNKNOWN_DELIVERY,
+            execution_id,
+            SENDING,
+        )
+    output = await build_output(execution_id)
+    await Execution.raw(
+        "UPDATE execution SET output = {}::jsonb WHERE id = {}", json.dumps(output), execution_id
+    )
+
+
+CANCELLED_UNKNOWN_DELIVERY = (
+    "Delivery state unknown: the execution was cancelled while this message was being sent; "
+    "not resent to avoid a duplicate"
+)
+
+
+async def finish_cancelled(claim: Claim) -> None:
+    """The worker of a run cancelled under it, once the calls in flight are saved: the rows it
+    did not get to end `cancelled`, the results are written again, the lease is given back."""
+    async with pool.engine().transaction():
+        rows = await Execution.raw(
+            "UPDATE execution SET lease_token = NULL, lease_expires_at = NULL "
+            "WHERE id = {} AND lease_token = {} AND status = 'cancelled' RETURNING id",
+            claim.id,
+            claim.token,
+        )
+        if rows:
+            await _settle_cancelled_rows(claim.id, in_flight_too=True)
 
 
 async def release(claim: Claim) -> None:

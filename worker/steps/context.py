@@ -49,9 +49,12 @@ class StepContext:
     # time.monotonic() after which the step takes no new rows: it finishes those in flight,
     # saves them and raises Unfinished (half the job timeout after the job started).
     deadline: float = math.inf
+    # True once the execution was cancelled under this worker (seen by the heartbeat): like the
+    # deadline, the step takes no new rows and saves those in flight.
+    stop_requested: Callable[[], bool] = lambda: False
 
     def out_of_time(self) -> bool:
-        return time.monotonic() >= self.deadline
+        return time.monotonic() >= self.deadline or self.stop_requested()
 
 
 StepRunner = Callable[[StepContext], Awaitable[dict[str, Any]]]
