@@ -767,6 +767,7 @@ async def test_every_public_route_and_method_answers_a_keyless_call_in_the_error
             called.add((method, route.path))
     assert {(m, p) for m, p in called if m != "OPTIONS"} == {
         ("GET", f"{PUBLIC}/executions"),  # added beside the contract
+        ("POST", f"{PUBLIC}/executions/{{execution_id:str}}/cancel"),  # added beside it too
         ("POST", f"{PUBLIC}/agents/{{workflow_id:str}}/execute"),
         ("GET", f"{PUBLIC}/executions/{{execution_id:str}}/status"),
         ("GET", f"{PUBLIC}/executions/{{execution_id:str}}/results"),

@@ -108,7 +108,9 @@ async def test_the_document_lists_exactly_the_six_public_endpoints_and_the_addit
     document = await openapi(client)
 
     assert {path: set(operations) for path, operations in document["paths"].items()} == {
-        f"{PUBLIC}/executions": {"get"},  # added beside the contract (README "Public API")
+        # Added beside the contract (README "Public API"):
+        f"{PUBLIC}/executions": {"get"},
+        f"{PUBLIC}/executions/{{execution_id}}/cancel": {"post"},
         EXECUTE_PATH: {"post"},
         STATUS_PATH: {"get"},
         RESULTS_PATH: {"get"},

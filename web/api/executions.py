@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from web.api import auth
@@ -28,6 +28,7 @@ from web.api.schemas import (
     ExecutionListResponse,
     IdempotentOperation,
     IdempotentOptionalBodyOperation,
+    ListOperation,
     PendingApprovalResponse,
     ResultsOutput,
     ResultsResponse,
@@ -138,37 +139,19 @@ class PublicExecutionsController(Controller):
     @get(
         "/executions",
         summary="List Executions",
+        operation_class=ListOperation,
         description=(
             "The calling key's executions, newest first, a page at a time. Pass `nextCursor` "
             "back as `cursor` (with the same filters) for the next page; it is null on the last."
         ),
         responses=error_responses(),
     )
-    async def list_executions(
-        self,
-        request: Request[Any, Any, Any],
-        status: Annotated[
-            list[str] | None,
-            QueryParameter(
-                description="Only these statuses (repeat the parameter for several)",
-                schema_extra={"items": {"type": "string", "enum": list(execution_pages.STATUSES)}},
-            ),
-        ] = None,
-        workflow_id: Annotated[
-            str | None, QueryParameter(name="workflowId", description="Only this workflow's")
-        ] = None,
-        limit: Annotated[
-            str | None,
-            QueryParameter(
-                description="Page size, 1 to 100 (default 20)",
-                schema_extra={"type": "integer", "minimum": 1, "maximum": 100},
-            ),
-        ] = None,
-        cursor: Annotated[
-            str | None, QueryParameter(description="`nextCursor` of the previous page")
-        ] = None,
-    ) -> ExecutionListResponse:
-        query = execution_pages.page_query(status or [], workflow_id, limit, cursor)
+    async def list_executions(self, request: Request[Any, Any, Any]) -> ExecutionListResponse:
+        params = request.query_params  # documented by ListOperation
+        query = execution_pages.page_query(
+            params.getall("status", []), params.get("workflowId"), params.get("limit"),
+            params.get("cursor"),
+        )  # fmt: skip
         page = await execution_pages.list_for_key(auth.api_key_of(request).id, query)
         return ExecutionListResponse(
             data=[

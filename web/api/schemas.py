@@ -11,6 +11,8 @@ from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Operation, Parameter, RequestBody, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
+from web.domain.statuses import ExecutionStatus
+
 
 class ExecuteInput(msgspec.Struct, rename="camel"):
     csv_data: list[dict[str, Any]]
@@ -208,3 +210,39 @@ class IdempotentOptionalBodyOperation(OptionalBodyOperation):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.parameters = [*(self.parameters or []), IDEMPOTENCY_KEY]
+
+
+def _query(name: str, description: str, schema: Schema) -> Parameter:
+    return Parameter(
+        name=name, param_in="query", required=False, description=description, schema=schema
+    )
+
+
+LIST_PARAMETERS = [
+    _query(
+        "status",
+        "Only these statuses (repeat the parameter for several)",
+        Schema(
+            type=OpenAPIType.ARRAY,
+            items=Schema(
+                type=OpenAPIType.STRING, enum=[status.value for status in ExecutionStatus]
+            ),
+        ),
+    ),
+    _query("workflowId", "Only this workflow's executions", Schema(type=OpenAPIType.STRING)),
+    _query(
+        "limit",
+        "Page size, 1 to 100 (default 20)",
+        Schema(type=OpenAPIType.INTEGER, minimum=1, maximum=100),
+    ),
+    _query("cursor", "`nextCursor` of the previous page", Schema(type=OpenAPIType.STRING)),
+]
+
+
+@dataclass
+class ListOperation(Operation):
+    """GET /executions reads its query itself (execution_pages.page_query names a bad value);
+    this documents it exactly, without the nullable unions Litestar writes for optional ones."""
+
+    def __post_init__(self) -> None:
+        self.parameters = [*(self.parameters or []), *LIST_PARAMETERS]
