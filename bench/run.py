@@ -53,6 +53,7 @@ BUSY_PERCENT = 10.0
 LIMITER_TARGET = 0.85
 READ_TARGET = 0.70
 WRITE_TARGET = 0.50
+SSE_P99_TARGET_MS = 250.0  # issue #14: a status change reaches its stream's client
 IDEM_TARGET = 0.90  # issue #14: an Idempotency-Key costs at most a tenth of execute's rate
 WORKER_ROWS_TARGET = 2000
 WEBHOOK_P99_TARGET_MS = 250
@@ -549,6 +550,28 @@ def script_rows(env: dict[str, str]) -> list[dict[str, Any]]:
             "target_text": "p99 < 250 ms",
             "ok": hooks["delivered"] == hooks["events"] and hooks["p99_ms"] < WEBHOOK_P99_TARGET_MS,
             "details": hooks,
+        }
+    )
+    log("status streams: 1,000 open on one web process, 200 changes")
+    sse = json.loads(
+        _last_line(
+            run(
+                [sys.executable, str(ROOT / "bench" / "sse_latency.py")],
+                env=env,
+                capture_output=True,
+                check=True,
+            ).stdout
+        )
+    )
+    rows.append(
+        {
+            **empty,
+            "figure": f"8 status event latency, {sse['streams']} streams",
+            "p50_ms": sse["p50_ms"],
+            "p99_ms": sse["p99_ms"],
+            "target_text": "p99 < 250 ms",
+            "ok": sse["received"] == sse["changes"] and (sse["p99_ms"] or 1e9) < SSE_P99_TARGET_MS,
+            "details": sse,
         }
     )
     return rows

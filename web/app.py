@@ -31,7 +31,7 @@ from web.dashboard.router import dashboard_router
 from web.dashboard.sessions import CSRF_COOKIE, SessionConfig
 from web.dashboard.templating import register_template_helpers
 from web.domain import health as health_checks
-from web.domain import queue
+from web.domain import queue, status_events
 from web.domain.pool import start_pool
 from web.domain.script_client import ScriptClient
 from web.forwarded import TrustedProxies, with_proxy_headers
@@ -77,6 +77,20 @@ async def job_queue(app: Litestar) -> AsyncIterator[None]:
     finally:
         await app.state.scripts.close()
         await pool.aclose()
+
+
+@asynccontextmanager
+async def status_stream(app: Litestar) -> AsyncIterator[None]:
+    """One LISTEN connection of this process for GET /executions/:id/events (it connects in
+    the background, so the app starts while PostgreSQL is down)."""
+    settings: Settings = app.state.settings
+    listener = status_events.StatusListener(settings.database_url)
+    app.state.status_listener = listener
+    await listener.start()
+    try:
+        yield
+    finally:
+        await listener.stop()
 
 
 def provide_settings(state: State) -> Settings:
@@ -179,7 +193,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "settings": Provide(provide_settings, sync_to_thread=False),
             "arq": Provide(provide_arq, sync_to_thread=False),
         },
-        lifespan=[database, job_queue],
+        lifespan=[database, job_queue, status_stream],
         exception_handlers={
             LoginRequired: _by_path(EXCEPTION_HANDLERS[HTTPException], redirect_to_login),
             **{kind: _by_path(handler, error_page) for kind, handler in EXCEPTION_HANDLERS.items()},

@@ -768,6 +768,7 @@ async def test_every_public_route_and_method_answers_a_keyless_call_in_the_error
     assert {(m, p) for m, p in called if m != "OPTIONS"} == {
         ("GET", f"{PUBLIC}/executions"),  # added beside the contract
         ("POST", f"{PUBLIC}/executions/{{execution_id:str}}/cancel"),  # added beside it too
+        ("GET", f"{PUBLIC}/executions/{{execution_id:str}}/events"),  # and this
         ("POST", f"{PUBLIC}/agents/{{workflow_id:str}}/execute"),
         ("GET", f"{PUBLIC}/executions/{{execution_id:str}}/status"),
         ("GET", f"{PUBLIC}/executions/{{execution_id:str}}/results"),

@@ -111,6 +111,7 @@ async def test_the_document_lists_exactly_the_six_public_endpoints_and_the_addit
         # Added beside the contract (README "Public API"):
         f"{PUBLIC}/executions": {"get"},
         f"{PUBLIC}/executions/{{execution_id}}/cancel": {"post"},
+        f"{PUBLIC}/executions/{{execution_id}}/events": {"get"},
         EXECUTE_PATH: {"post"},
         STATUS_PATH: {"get"},
         RESULTS_PATH: {"get"},

@@ -22,6 +22,7 @@ from web.domain import api_keys, limits, workflows
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Forbidden, TooManyRequests, Unauthorized
 from web.domain.script_client import ScriptClient
+from web.domain.status_events import StatusListener
 from web.domain.workflows import RunnableWorkflow
 from web.settings import Settings
 
@@ -106,6 +107,12 @@ def workflow_of(connection: Connection) -> RunnableWorkflow:
 def settings_of(connection: Connection) -> Settings:
     settings: Settings = connection.app.state.settings
     return settings
+
+
+def status_listener_of(connection: Connection) -> StatusListener:
+    """The process's LISTEN connection for status streams (web.domain.status_events)."""
+    listener: StatusListener = connection.app.state.status_listener
+    return listener
 
 
 def scripts_of(connection: Connection) -> ScriptClient:

@@ -5,7 +5,7 @@ Handlers parse, call one domain function and shape the answer; the rules live in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 from uuid import UUID
@@ -13,6 +13,7 @@ from uuid import UUID
 import msgspec
 from litestar import Controller, Request, get, post
 from litestar.params import FromPath, JSONBody
+from litestar.response import Stream
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 
 from web.api import auth
@@ -35,12 +36,41 @@ from web.api.schemas import (
     StatusResponse,
     error_responses,
 )
-from web.domain import approvals, clock, execution_pages, executions, idempotency
+from web.domain import approvals, clock, execution_pages, executions, idempotency, status_events
+from web.domain.errors import NotAcceptable
 from web.domain.limits import QuotaExceeded, QuotaState
 from web.domain.statuses import RowDecision
 
 Result = TypeVar("Result")
 ROW_DECISIONS = {"approve": RowDecision.APPROVED, "reject": RowDecision.REJECTED}
+
+
+def _last_event_id(value: str | None) -> int | None:
+    """A reconnect's Last-Event-ID (our ids are status versions); anything else: from the start."""
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _status_body(snapshot: status_events.StatusSnapshot) -> StatusResponse:
+    return StatusResponse(
+        id=str(snapshot.id),
+        status=snapshot.status,
+        started_at=_iso(snapshot.started_at),
+        completed_at=clock.iso(snapshot.completed_at),
+        error=snapshot.error,
+        approval_status=snapshot.approval_status,
+    )
+
+
+async def _sse(changes: AsyncIterator[status_events.StatusSnapshot | None]) -> AsyncIterator[bytes]:
+    async for snapshot in changes:
+        if snapshot is None:
+            yield b": keep-alive\n\n"
+            continue
+        body = msgspec.json.encode(_status_body(snapshot)).decode()
+        yield f"id: {snapshot.status_version}\nevent: status\ndata: {body}\n\n".encode()
 
 
 def _iso(value: Any) -> str:
@@ -185,6 +215,36 @@ class PublicExecutionsController(Controller):
             completed_at=clock.iso(execution.completed_at),
             error=execution.error,
             approval_status=execution.approval_status,
+        )
+
+    @get(
+        "/executions/{execution_id:str}/events",
+        summary="Stream Execution Status",
+        description=(
+            "Server-Sent Events (`Accept: text/event-stream`): one `event: status` at once with "
+            "the status endpoint's body as `data`, then one per change, each with an `id:`; a "
+            "`: keep-alive` comment every 15 s; the stream ends after a final status. A "
+            "reconnect with `Last-Event-ID` gets only the events after that id."
+        ),
+        responses=error_responses(403, 404, 406),
+    )
+    async def events(self, request: Request[Any, Any, Any], execution_id: FromPath[str]) -> Stream:
+        if "text/event-stream" not in request.headers.get("accept", ""):
+            raise NotAcceptable("This endpoint answers text/event-stream only: send that Accept")
+        uid = executions.parse_execution_id(execution_id)
+        key_id = auth.api_key_of(request).id
+        await status_events.snapshot_for_key(uid, key_id)  # 404 before the stream starts
+        changes = status_events.stream_status(
+            auth.status_listener_of(request),
+            uid,
+            key_id,
+            _last_event_id(request.headers.get("last-event-id")),
+            auth.settings_of(request).sse_keep_alive_seconds,
+        )
+        return Stream(
+            _sse(changes),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
     @get(

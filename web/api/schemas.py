@@ -136,6 +136,7 @@ _ERRORS = {
     404: "Execution or workflow not found (another key's execution is not found either)",
     409: "The execution is not waiting for approval, or a request with the same "
     "Idempotency-Key is still being processed",
+    406: "The events stream needs `Accept: text/event-stream`",
     413: "Request body over the size limit",
     422: "The Idempotency-Key was already used for a different request",
     503: "PostgreSQL or Redis is unreachable; retry",

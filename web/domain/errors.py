@@ -32,6 +32,10 @@ class NotFound(DomainError):
     status_code = 404
 
 
+class NotAcceptable(DomainError):
+    status_code = 406
+
+
 class Conflict(DomainError):
     status_code = 409
 

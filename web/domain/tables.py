@@ -106,6 +106,9 @@ class Execution(Table, tablename="execution"):
     started_at = Timestamptz(default=TimestamptzNow())
     completed_at = Timestamptz(null=True, default=None)
     updated_at = Timestamptz(default=TimestamptzNow())
+    # Raised by a trigger whenever status or approval_status changes, which also notifies
+    # web.domain.status_events in the same transaction: the id of GET /executions/:id/events.
+    status_version = Integer(default=0)
 
 
 class ExecutionRow(Table, tablename="execution_row"):
