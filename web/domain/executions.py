@@ -99,27 +99,34 @@ def check_rows(rows: list[RowData], required_fields: tuple[str, ...]) -> None:
 # usage row is locked only until the commit. Past the limit, the table's check constraint
 # `within_monthly_limit` fails the statement and nothing is written. No row returned means the
 # workflow was deleted since the guard read it.
-INSERT_EXECUTION = """
-WITH started AS (
+#
+# The three parts, shared by both statements below. `{source}` is where the workflow row
+# comes from: the workflow alone, or joined with the Idempotency-Key's claim.
+_STARTED = """
     INSERT INTO execution (id, workflow, api_key, description, definition, status, row_count,
                            truncated_from, created_at, started_at, updated_at)
     SELECT $1, w.id, $3, $4, jsonb_build_object('id', w.id, 'name', w.name, 'steps', w.steps),
            'pending', $5, $6, $7, $7, $7
-    FROM workflow AS w WHERE w.id = $2
+    FROM {source} WHERE w.id = $2
     RETURNING id
-), stored AS (
+"""
+_STORED = """
     INSERT INTO execution_row (id, execution, position, data)
     SELECT gen_random_uuid(), started.id, t.ordinality - 1, t.value
     FROM started, jsonb_array_elements($8::jsonb) WITH ORDINALITY AS t
     RETURNING execution
-)
-INSERT INTO api_key_usage AS usage (id, api_key, month, used, monthly_limit)
-SELECT gen_random_uuid(), $3, $9, 1, $10 FROM (SELECT count(*) AS n FROM stored) AS s
-WHERE s.n > 0
-ON CONFLICT (api_key, month)
-    DO UPDATE SET used = usage.used + 1, monthly_limit = EXCLUDED.monthly_limit
-RETURNING used
 """
+_COUNTED = """
+    INSERT INTO api_key_usage AS usage (id, api_key, month, used, monthly_limit)
+    SELECT gen_random_uuid(), $3, $9, 1, $10 FROM (SELECT count(*) AS n FROM stored) AS s
+    WHERE s.n > 0
+    ON CONFLICT (api_key, month)
+        DO UPDATE SET used = usage.used + 1, monthly_limit = EXCLUDED.monthly_limit
+    RETURNING used
+"""
+INSERT_EXECUTION = (
+    f"WITH started AS ({_STARTED.format(source='workflow AS w')}), stored AS ({_STORED}){_COUNTED}"
+)
 
 # The same with an Idempotency-Key, still one statement (one round trip, its own transaction):
 # the answer, known before (the id and time are chosen here), is stored first, and the rest
@@ -128,7 +135,7 @@ RETURNING used
 # under the same key, and returns nothing when an unexpired one exists (or the workflow is
 # gone). A twin that committed between this statement's snapshot and its lock is still seen:
 # ON CONFLICT checks committed rows. A quota refusal fails the whole statement, answer included.
-INSERT_EXECUTION_ONCE = """
+_LOCK_AND_CLAIM = """
 WITH lock AS (
     SELECT pg_try_advisory_xact_lock($11) AS ok
 ), claim AS (
@@ -141,28 +148,17 @@ WITH lock AS (
         created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
         WHERE r.expires_at <= now()
     RETURNING r.id
-), started AS (
-    INSERT INTO execution (id, workflow, api_key, description, definition, status, row_count,
-                           truncated_from, created_at, started_at, updated_at)
-    SELECT $1, w.id, $3, $4, jsonb_build_object('id', w.id, 'name', w.name, 'steps', w.steps),
-           'pending', $5, $6, $7, $7, $7
-    FROM workflow AS w, claim WHERE w.id = $2
-    RETURNING id
-), stored AS (
-    INSERT INTO execution_row (id, execution, position, data)
-    SELECT gen_random_uuid(), started.id, t.ordinality - 1, t.value
-    FROM started, jsonb_array_elements($8::jsonb) WITH ORDINALITY AS t
-    RETURNING execution
-), counted AS (
-    INSERT INTO api_key_usage AS usage (id, api_key, month, used, monthly_limit)
-    SELECT gen_random_uuid(), $3, $9, 1, $10 FROM (SELECT count(*) AS n FROM stored) AS s
-    WHERE s.n > 0
-    ON CONFLICT (api_key, month)
-        DO UPDATE SET used = usage.used + 1, monthly_limit = EXCLUDED.monthly_limit
-    RETURNING used
+)"""
+INSERT_EXECUTION_ONCE = (
+    _LOCK_AND_CLAIM  # noqa: S608 (constant parts only, every value a $n parameter)
+    + ", started AS ("
+    + _STARTED.format(source="workflow AS w, claim")
+    + "), stored AS ("
+    + _STORED
+    + "), counted AS ("
+    + _COUNTED
+    + ")\nSELECT (SELECT used FROM counted) AS used, (SELECT ok FROM lock) AS locked"
 )
-SELECT (SELECT used FROM counted) AS used, (SELECT ok FROM lock) AS locked
-"""
 
 
 async def start_execution(
