@@ -29,12 +29,10 @@ from worker.concurrency import map_bounded
 from worker.providers.calls import CallPolicy, error_text, post_json
 from worker.providers.secrets import read_secret, scrub
 from worker.providers.types import (
-    NoAnswer,
     OutgoingMessage,
     ProviderContext,
     ProviderError,
     SendResult,
-    Unreachable,
 )
 from worker.providers.urls import http_url
 
@@ -87,12 +85,8 @@ class HttpGatewayMessenger:
                 who=WHO,
                 retryable=not_processed,
             )
-        except Unreachable as exc:
-            return SendResult.failed(message.row_id, str(exc), stop=not self._answered)
-        except NoAnswer as exc:
-            return SendResult.unknown(message.row_id, str(exc))
         except ProviderError as exc:
-            return SendResult.failed(message.row_id, str(exc))
+            return SendResult.from_error(message.row_id, exc, answered=self._answered)
         self._answered = True
         status = response.status_code
         text = scrub(error_text(response), self._token)

@@ -116,6 +116,17 @@ class SendResult:
     def unknown(cls, row_id: UUID, reason: str) -> SendResult:
         return cls(row_id, SendStatus.FAILED, None, unknown_delivery(reason), delivery_unknown=True)
 
+    @classmethod
+    def from_error(cls, row_id: UUID, exc: ProviderError, *, answered: bool) -> SendResult:
+        """What a failed send call means for its row, for every HTTP messenger alike: certainly
+        not sent (Unreachable: and before the API ever answered, nothing is listening there, so
+        the step stops), maybe taken (NoAnswer: delivery unknown, never resent), or refused."""
+        if isinstance(exc, Unreachable):
+            return cls.failed(row_id, str(exc), stop=not answered)
+        if isinstance(exc, NoAnswer):
+            return cls.unknown(row_id, str(exc))
+        return cls.failed(row_id, str(exc))
+
 
 class Messenger(Protocol):
     # True when sending a row twice cannot deliver it twice (the provider deduplicates per row).

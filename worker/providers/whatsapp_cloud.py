@@ -34,13 +34,11 @@ from worker.concurrency import map_bounded
 from worker.providers.calls import CallPolicy, error_text, post_json
 from worker.providers.secrets import read_secret, scrub
 from worker.providers.types import (
-    NoAnswer,
     OutgoingMessage,
     ProviderConfigError,
     ProviderContext,
     ProviderError,
     SendResult,
-    Unreachable,
 )
 from worker.providers.urls import http_url
 
@@ -127,13 +125,8 @@ class WhatsAppCloudMessenger:
                 who=WHO,
                 retryable=not_processed,
             )
-        except Unreachable as exc:
-            # Certainly not sent. Before the API answered anything, nothing is listening there.
-            return SendResult.failed(message.row_id, str(exc), stop=not self._answered)
-        except NoAnswer as exc:
-            return SendResult.unknown(message.row_id, str(exc))
         except ProviderError as exc:
-            return SendResult.failed(message.row_id, str(exc))
+            return SendResult.from_error(message.row_id, exc, answered=self._answered)
         self._answered = True
         if response.status_code >= 500 and not not_processed(response):
             text = scrub(_error(response), self._token)
