@@ -171,6 +171,8 @@ async def stream_status(
     before anything is sent for an unknown execution, or another key's."""
     seen = last_event_id if last_event_id is not None else -1
     async with listener.subscribe(execution_id) as changes:
+        # Read after subscribing (the handler's own read, for its 404, came before): a change
+        # committed in between is then either in this read or in the queue, never lost.
         current: StatusSnapshot | None = await snapshot_for_key(execution_id, api_key_id)
         while True:
             if current is not None and current.status_version > seen:
