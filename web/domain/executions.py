@@ -541,7 +541,6 @@ async def hand_on(claim: Claim) -> tuple[int, int] | None:
 
 
 CANCELLED_REASON = "Execution cancelled"  # the result of every row a cancel left unsent
-CANCELLABLE = (ExecutionStatus.PENDING, ExecutionStatus.RUNNING, ExecutionStatus.PENDING_APPROVAL)
 
 
 async def cancel_execution(

@@ -90,10 +90,6 @@ class StatusListener:
         for task in list(self._reads):
             task.cancel()
 
-    @property
-    def open_streams(self) -> int:
-        return sum(len(queues) for queues in self._streams.values())
-
     @contextlib.asynccontextmanager
     async def subscribe(
         self, execution_id: UUID
