@@ -589,7 +589,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--repeat",
         type=int,
         default=int(env("BENCH_REPEAT", "2")),
-        help="repetitions of figures 1 and 2, in alternating order; the fastest counts",
+        help="repetitions of figures 1, 2, 3 and 7, in alternating order; the fastest counts",
     )
     p.add_argument("--threads", type=int, default=int(env("BENCH_THREADS", "2")))
     p.add_argument(
@@ -732,22 +732,25 @@ def measure_all(
             # Alternate the order (ABC, CBA, …) so a slow drift does not favour one of them.
             for key, name, server, path in plan if r % 2 == 0 else plan[::-1]:
                 samples.setdefault(key, []).append(w.measure(name, server, path, c))
-    m = {key: best(runs) for key, runs in samples.items()}
     wc, rows_n = args.write_connections, args.rows
-    m["exec"] = w.measure(
-        f"execute {rows_n} rows, uvicorn, {wc}c", limited, paths.execute, wc, post=True
-    )
-    m["wbase"] = w.measure(
-        f"write baseline, uvicorn, {wc}c", baseline, paths.baseline_execute, wc, post=True
-    )
-    m["idem"] = w.measure(
-        f"execute + Idempotency-Key, uvicorn, {wc}c",
-        limited,
-        paths.execute,
-        wc,
-        post=True,
-        script="post_json_idempotent.lua",
-    )
+    writes = [
+        ("exec", f"execute {rows_n} rows, uvicorn, {wc}c", paths.execute, limited, None),
+        ("wbase", f"write baseline, uvicorn, {wc}c", paths.baseline_execute, baseline, None),
+        (
+            "idem",
+            f"execute + Idempotency-Key, uvicorn, {wc}c",
+            paths.execute,
+            limited,
+            "post_json_idempotent.lua",
+        ),
+    ]
+    for r in range(max(args.repeat, 1)):
+        # Figures 3 and 7 repeat and alternate like 1 and 2: each pair is measured seconds apart.
+        for key, name, path, server, script in writes if r % 2 == 0 else writes[::-1]:
+            samples.setdefault(key, []).append(
+                w.measure(name, server, path, wc, post=True, script=script)
+            )
+    m = {key: best(runs) for key, runs in samples.items()}
     last = counts[-1]
     m["granian"] = w.measure(f"status, limiter on, granian, {last}c", granian, paths.status, last)
 
