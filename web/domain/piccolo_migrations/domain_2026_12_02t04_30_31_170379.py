@@ -47,12 +47,6 @@ ID = "2026-12-02T04:30:31:170379"
 VERSION = "1.38.0"
 DESCRIPTION = "Maker-checker, approval deadlines and reviewer notifications: approval_submission, notification, notification_attempt, execution.approval_deadline (partial index), dashboard_user.groups"
 
-CREATE_INDEX = (
-    "CREATE INDEX IF NOT EXISTS execution_approval_deadline ON execution (approval_deadline) "
-    "WHERE status = 'pending_approval' AND approval_deadline IS NOT NULL"
-)
-DROP_INDEX = "DROP INDEX IF EXISTS execution_approval_deadline"
-
 
 async def forwards():
     manager = MigrationManager(
@@ -609,14 +603,5 @@ async def forwards():
         },
         schema=None,
     )
-
-    async def create_index():
-        await Execution.raw(CREATE_INDEX)
-
-    async def drop_index():
-        await Execution.raw(DROP_INDEX)
-
-    manager.add_raw(create_index)
-    manager.add_raw_backwards(drop_index)
 
     return manager
