@@ -223,7 +223,8 @@ class _Run:
         """Wait for approval: its webhook event, the approvers' notifications and the deadline
         and reminder jobs are queued after the commit (the reconciler enforces a deadline whose
         job was lost, and queues notifications that were not sent)."""
-        queued = await approvals.start_waiting(self.claim, self.index)
+        smtp = self.settings.smtp_url is not None
+        queued = await approvals.start_waiting(self.claim, self.index, smtp=smtp)
         if queued is None:
             raise LeaseLost
         try:

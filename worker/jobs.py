@@ -58,7 +58,10 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
 async def reconcile(ctx: dict[str, Any]) -> dict[str, Any]:
     """One reconciler pass (worker/reconciler.py runs it every few seconds): queue again what
     nothing is doing, and say what was really queued."""
-    requeued = await recovery.requeue_stalled(ctx["redis"], ctx["settings"].stalled_after_seconds)
+    settings = ctx["settings"]
+    requeued = await recovery.requeue_stalled(
+        ctx["redis"], settings.stalled_after_seconds, smtp=settings.smtp_url is not None
+    )
     if requeued.timed_out:
         logger.warning(
             "reconciler timed out %d execution(s) past their approval deadline: %s",
@@ -104,7 +107,7 @@ async def approval_deadline(ctx: dict[str, Any], execution_id: str) -> dict[str,
     transaction with the row lock an approval takes: exactly one of them wins)."""
     uid = UUID(execution_id)
     try:
-        queued = await approvals.time_out(uid)
+        queued = await approvals.time_out(uid, smtp=ctx["settings"].smtp_url is not None)
         if isinstance(queued, approvals.Queued):
             await approvals.enqueue(ctx["redis"], queued, uid)
     except Exception as exc:
@@ -122,7 +125,7 @@ async def approval_reminder(ctx: dict[str, Any], execution_id: str) -> dict[str,
     """`remindBefore` the deadline: tell the approvers again if it still waits."""
     uid = UUID(execution_id)
     try:
-        queued = await approvals.remind(uid)
+        queued = await approvals.remind(uid, smtp=ctx["settings"].smtp_url is not None)
         if queued is not None:
             await approvals.enqueue(ctx["redis"], queued, uid)
     except Exception as exc:

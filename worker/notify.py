@@ -35,7 +35,7 @@ class NotifyOutcome:
 
 def build_email(n: ToSend, settings: Settings) -> EmailMessage:
     """The email of a notification: plain text with an HTML alternative."""
-    message = notifications.compose(n)
+    message = notifications.compose(n, settings.public_url)
     email = EmailMessage()
     email["From"] = settings.smtp_from
     email["To"] = n.recipient
@@ -87,7 +87,7 @@ async def _send_slack(http: httpx.AsyncClient, n: ToSend, settings: Settings) ->
         async with asyncio.timeout(deadline):
             response = await http.post(
                 url,
-                json={"text": notifications.slack_text(n)},
+                json={"text": notifications.slack_text(n, settings.public_url)},
                 headers={"User-Agent": webhooks.USER_AGENT},
                 timeout=deadline,
                 follow_redirects=False,

@@ -417,7 +417,7 @@ async def enqueue(redis: ScriptClient | Redis, queued: Queued, execution_id: UUI
         await queue.enqueue_reminder(redis, execution_id, queued.remind_at)
 
 
-async def start_waiting(claim: executions.Claim, index: int) -> Queued | None:
+async def start_waiting(claim: executions.Claim, index: int, *, smtp: bool) -> Queued | None:
     """The worker's run reached its approval step: `pending_approval` (approvalStatus
     `pending`) with its deadline counted from now (the step's `timeout`), the
     `execution.pending_approval` event and the approvers' notifications recorded, all in one
@@ -439,7 +439,9 @@ async def start_waiting(claim: executions.Claim, index: int) -> Queued | None:
         if not rows:
             return None
         events = await executions.record_event(webhooks.PENDING_APPROVAL, rows[0])
-        sent = await notifications.record(claim.id, claim.definition, notifications.Kind.WAITING)
+        sent = await notifications.record(
+            claim.id, claim.definition, notifications.Kind.WAITING, smtp=smtp
+        )
     deadline: datetime | None = rows[0]["approval_deadline"]
     remind = rules.remind_before_seconds
     remind_at = deadline - timedelta(seconds=remind) if deadline and remind else None
@@ -453,7 +455,7 @@ class _Overdue(ReadModel, frozen=True):
     left: float | None
 
 
-async def time_out(execution_id: UUID) -> Queued | float | None:
+async def time_out(execution_id: UUID, *, smtp: bool) -> Queued | float | None:
     """The deadline job: an execution still waiting once its approval deadline passed ends
     `cancelled`, approvalStatus `rejected`, error `Approval timed out after <timeout>`, every
     row `rejected` with that reason, `execution.cancelled` and the approvers' notifications
@@ -484,12 +486,12 @@ async def time_out(execution_id: UUID) -> Queued | float | None:
         events = await _end_rows(execution_id, rows[0], reason)
         # audit: execution.timed_out
         sent = await notifications.record(
-            execution_id, overdue.definition, notifications.Kind.TIMED_OUT
+            execution_id, overdue.definition, notifications.Kind.TIMED_OUT, smtp=smtp
         )
     return Queued(events, sent)
 
 
-async def expire_overdue(redis: ScriptClient | Redis) -> list[UUID]:
+async def expire_overdue(redis: ScriptClient | Redis, *, smtp: bool) -> list[UUID]:
     """The reconciler's backstop: time out every execution whose approval deadline passed
     (while every worker was down, or its job was lost with Redis); returns those ended."""
     rows = await Execution.raw(
@@ -498,14 +500,14 @@ async def expire_overdue(redis: ScriptClient | Redis) -> list[UUID]:
     )
     ended = []
     for row in rows:
-        queued = await time_out(row["id"])
+        queued = await time_out(row["id"], smtp=smtp)
         if isinstance(queued, Queued):
             await enqueue(redis, queued, row["id"])
             ended.append(row["id"])
     return ended
 
 
-async def remind(execution_id: UUID) -> Queued | None:
+async def remind(execution_id: UUID, *, smtp: bool) -> Queued | None:
     """The reminder job: the approvers of an execution still waiting are told again (once)."""
     async with pool.engine().transaction():
         found = await Execution.raw(
@@ -516,7 +518,9 @@ async def remind(execution_id: UUID) -> Queued | None:
         if not found:
             return None
         definition = from_row(found[0], _DefinitionRow).definition
-        sent = await notifications.record(execution_id, definition, notifications.Kind.REMINDER)
+        sent = await notifications.record(
+            execution_id, definition, notifications.Kind.REMINDER, smtp=smtp
+        )
     return Queued(notifications=sent)
 
 

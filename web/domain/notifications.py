@@ -6,7 +6,7 @@ transaction of what it reports, like webhook events; a job of its own sends it (
 with retries, recording every attempt (`notification_attempt`), so a failing mail server never
 delays or fails the run. Recipients are the active reviewers and admins, only those in the
 approval step's `approverGroups` when it names any. Email addresses are personal data: they are
-stored (the log shows them to admins) and never logged. Imports only web.domain, web.settings.
+stored (the execution's page shows them) and never logged. Imports only web.domain.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from web.domain import clock, pool
 from web.domain.tables import Notification, NotificationAttempt, User
 from web.domain.types import Definition, ReadModel, from_row
 from web.domain.workflows import approval_settings
-from web.settings import get_settings
 
 
 class Kind(StrEnum):
@@ -63,13 +62,15 @@ async def approver_emails(groups: list[str]) -> list[str]:
     return [str(row["email"]) for row in rows]
 
 
-async def record(execution_id: UUID, definition: Definition, kind: Kind) -> list[UUID]:
+async def record(
+    execution_id: UUID, definition: Definition, kind: Kind, *, smtp: bool
+) -> list[UUID]:
     """Inside the transaction of what is reported: one notification per approver (email, when
-    an SMTP server is configured and the step does not turn email off) and one for the Slack
-    URL, once per execution, kind, channel and recipient. Returns those to queue now."""
+    `smtp` (an SMTP server is configured) and the step does not turn email off) and one for
+    the Slack URL, once per execution, kind, channel and recipient. Returns those to queue."""
     email, slack, groups = _targets(definition)
     targets: list[tuple[Channel, str]] = []
-    if email and get_settings().smtp_url:
+    if email and smtp:
         targets += [(Channel.EMAIL, address) for address in await approver_emails(groups)]
     if slack:
         targets.append((Channel.SLACK, slack))
@@ -130,14 +131,14 @@ class Message:
     html: str
 
 
-def review_link(execution_id: UUID) -> str:
-    return f"{get_settings().public_url}/dashboard/approvals/{execution_id}"
+def review_link(public_url: str, execution_id: UUID) -> str:
+    return f"{public_url.rstrip('/')}/dashboard/approvals/{execution_id}"
 
 
-def compose(n: ToSend) -> Message:
+def compose(n: ToSend, public_url: str) -> Message:
     """The message of a notification: the workflow, row counts, failing-compliance count, the
     deadline and the link to the review screen (plain text and HTML alike)."""
-    link = review_link(n.execution)
+    link = review_link(public_url, n.execution)
     deadline = clock.iso(n.approval_deadline) or "none"
     if n.kind == Kind.TIMED_OUT:
         subject = f"Approval timed out: {n.workflow_name}"
@@ -170,8 +171,8 @@ def compose(n: ToSend) -> Message:
     return Message(subject=subject, text=text, html=f"<html><body>{body}</body></html>")
 
 
-def slack_text(n: ToSend) -> str:
-    message = compose(n)
+def slack_text(n: ToSend, public_url: str) -> str:
+    message = compose(n, public_url)
     return f"{message.subject}\n{message.text}"
 
 

@@ -123,7 +123,7 @@ async def stalled_webhook_events(stalled_after: float) -> list[UUID]:
     return [row["id"] for row in rows]
 
 
-async def requeue_stalled(redis: ArqRedis, stalled_after: float) -> Requeued:
+async def requeue_stalled(redis: ArqRedis, stalled_after: float, *, smtp: bool = False) -> Requeued:
     """One pass: queue again what nothing is doing. Safe to run in any number of processes at
     once; returns what this pass queued."""
     stalled = await stalled_executions(stalled_after)
@@ -139,7 +139,7 @@ async def requeue_stalled(redis: ArqRedis, stalled_after: float) -> Requeued:
         for event_id in await stalled_webhook_events(stalled_after)
         if await queue.enqueue_webhook(redis, event_id)
     ]
-    timed_out = await approvals.expire_overdue(redis)
+    timed_out = await approvals.expire_overdue(redis, smtp=smtp)
     notes = [
         notification_id
         for notification_id in await notifications.stalled(stalled_after)
