@@ -166,7 +166,7 @@ async def test_an_approval_racing_the_deadline_exactly_one_wins(
         )
         await asyncio.sleep(0.045)
 
-        async def deadline_job(uid: UUID = UUID(execution_id)) -> Any:
+        async def deadline_job(uid: UUID) -> Any:
             while True:  # as the job does when it came early: look again at the deadline
                 result = await approvals.time_out(uid, smtp=False)
                 if not isinstance(result, float):
@@ -175,7 +175,7 @@ async def test_an_approval_racing_the_deadline_exactly_one_wins(
 
         approval, timed_out = await asyncio.gather(
             client.post(f"{PUBLIC}/executions/{execution_id}/approve", headers=auth(api_key)),
-            deadline_job(),
+            deadline_job(UUID(execution_id)),
         )
         stored = await execution_row(execution_id)
         if approval.status_code == 200:
