@@ -21,6 +21,7 @@ from web.api.schemas import (
     ApprovalData,
     ApprovalMetadata,
     ApproveRequest,
+    ApproveResponse,
     DecisionRequest,
     DecisionResponse,
     ExecuteRequest,
@@ -107,10 +108,10 @@ def _started(started: executions.StartedExecution) -> ExecuteResponse:
     )
 
 
-def _approved(outcome: approvals.ApprovalOutcome) -> DecisionResponse:
+def _approved(outcome: approvals.ApprovalOutcome) -> ApproveResponse:
     """The spec's answer; with more than one approver needed, where the approvals stand."""
     if outcome.required == 1:
-        return DecisionResponse(
+        return ApproveResponse(
             execution_id=str(outcome.execution_id),
             status="approved",
             message="Execution approved and will continue",
@@ -122,7 +123,7 @@ def _approved(outcome: approvals.ApprovalOutcome) -> DecisionResponse:
         else f"Approval recorded ({progress}): the execution waits for "
         f"{outcome.required - outcome.received} more"
     )
-    return DecisionResponse(
+    return ApproveResponse(
         execution_id=str(outcome.execution_id),
         status="approved",
         message=message,
@@ -332,7 +333,7 @@ class PublicExecutionsController(Controller):
         request: Request[Any, Any, Any],
         execution_id: FromPath[str],
         data: JSONBody[ApproveRequest | None] = None,
-    ) -> DecisionResponse:
+    ) -> ApproveResponse:
         api_key = auth.api_key_of(request)
         uid = executions.parse_execution_id(execution_id)
         choices = [

@@ -111,12 +111,17 @@ class ApproveRequest(msgspec.Struct, rename="camel"):
     rows: list[RowDecisionItem] | None = None
 
 
-class DecisionResponse(msgspec.Struct, rename="camel", omit_defaults=True):
+class DecisionResponse(msgspec.Struct, rename="camel"):
     execution_id: str
     status: str
     message: str
-    # Added beside the contract when the workflow needs more than one approver: where the
-    # approvals stand after this one (approvalStatus stays `pending` until the last).
+
+
+class ApproveResponse(DecisionResponse, rename="camel", omit_defaults=True):
+    """The spec's approve answer; added beside it, only when the workflow needs more than one
+    approver: where the approvals stand after this one (approvalStatus stays `pending` until
+    the last)."""
+
     approval_status: str | None = None
     approvals_received: int | None = None
     approvals_required: int | None = None
