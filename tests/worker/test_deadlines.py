@@ -244,3 +244,27 @@ async def test_a_deadline_passed_while_no_worker_ran_is_enforced_when_the_next_o
     assert "reconciler timed out 1 execution(s) past their approval deadline" in "".join(
         worker.lines
     )
+
+
+async def test_the_queue_shows_the_time_left_and_puts_the_soonest_deadline_first(
+    client: httpx.AsyncClient, reviewer_client: httpx.AsyncClient, run_worker: Any, api_key: str
+) -> None:
+    no_deadline = await start(client, api_key, csv_data=rows(1))
+    later = await start(client, api_key, csv_data=rows(1))
+    sooner = await start(client, api_key, csv_data=rows(1))
+    await run_worker()
+    left = ((later, timedelta(hours=2, seconds=30)), (sooner, timedelta(minutes=10, seconds=30)))
+    for execution_id, interval in left:
+        await Execution.raw(
+            "UPDATE execution SET approval_deadline = now() + {} WHERE id = {}",
+            interval,
+            UUID(execution_id),
+        )
+
+    html = (await reviewer_client.get("/dashboard/approvals")).text
+
+    assert html.index(sooner) < html.index(later) < html.index(no_deadline)
+    assert '<span class="time-left">10 min</span>' in html
+    assert '<span class="time-left">2 h 0 min</span>' in html
+    assert "<td>0 of 1 approvals</td>" in html
+    assert '<span class="muted">no deadline</span>' in html
