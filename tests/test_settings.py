@@ -43,6 +43,14 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         ("FLOWGATE_WEBHOOK_CONCURRENCY", "0", "an integer from 1 to 1000"),
         ("FLOWGATE_WEBHOOK_TIMEOUT_SECONDS", "0", "a number of at least 0.001"),
         ("FLOWGATE_PROVIDER_ALLOW_PRIVATE", "sometimes", "true or false"),
+        ("FLOWGATE_SMTP_URL", "mail.example.com:25", "an smtp://, smtp+starttls:// or smtps://"),
+        ("FLOWGATE_SMTP_URL", "http://mail.example.com", "an smtp://, smtp+starttls://"),
+        ("FLOWGATE_SMTP_URL", "smtp://u:hunter2@mail.example.com", "an smtp://, smtp+starttls"),
+        ("FLOWGATE_SMTP_URL", "smtp://mail.example.com:x", "an smtp://, smtp+starttls://"),
+        ("FLOWGATE_SMTP_FROM", "approvals", "an email address"),
+        ("FLOWGATE_PUBLIC_URL", "flowgate.example.com", "an http:// or https:// URL"),
+        ("FLOWGATE_NOTIFICATION_RETRY_DELAYS", "5,soon", "comma-separated numbers"),
+        ("FLOWGATE_NOTIFICATION_TIMEOUT_SECONDS", "0", "a number of at least 0.001"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(
@@ -184,3 +192,19 @@ def test_read_env_file_takes_shell_style_lines(tmp_path: Path) -> None:
     path = tmp_path / "env"
     path.write_text("A='1'\nexport B=two\n\nC=\"x=y\"\nnot a line\n")
     assert read_env_file(path) == {"A": "1", "B": "two", "C": "x=y"}
+
+
+def test_notification_settings_are_read(fresh_settings: pytest.MonkeyPatch) -> None:
+    fresh_settings.setenv("FLOWGATE_SMTP_URL", "smtp+starttls://mailer@mail.example.com:587")
+    fresh_settings.setenv("FLOWGATE_SMTP_PASSWORD", "s3cret")
+    fresh_settings.setenv("FLOWGATE_SMTP_FROM", "approvals@bank.example")
+    fresh_settings.setenv("FLOWGATE_PUBLIC_URL", "https://flowgate.bank.example/")
+    fresh_settings.setenv("FLOWGATE_NOTIFICATION_RETRY_DELAYS", "1,2")
+
+    settings = get_settings()
+
+    assert settings.smtp_url == "smtp+starttls://mailer@mail.example.com:587"
+    assert settings.smtp_password == "s3cret"
+    assert settings.smtp_from == "approvals@bank.example"
+    assert settings.public_url == "https://flowgate.bank.example"
+    assert settings.notification_retry_delays == (1.0, 2.0)

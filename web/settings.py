@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEV_ENV = Path(".dev") / "env"
@@ -240,6 +242,55 @@ class Settings:
     session_max_age_seconds: int
     # Sign-in attempts one client IP may make a minute before its 429s (any email, any result).
     sign_in_attempts_per_minute: int
+    # Reviewer notifications (web.domain.notifications): the SMTP server as a URL
+    # (`smtp://host:25`, `smtp+starttls://user@host:587`, `smtps://user@host:465`; None: no
+    # email), its password, the From address, the dashboard's public base URL for the review
+    # link, and the delays between the attempts of a notification that failed.
+    smtp_url: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "flowgate@localhost"
+    public_url: str = "http://localhost:3001"
+    notification_retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0)
+    notification_timeout_seconds: float = 10.0
+
+
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
+
+
+def _smtp_url(name: str) -> str | None:
+    """`smtp://host[:port]`, `smtp+starttls://[user@]host[:port]` or `smtps://…`; None if unset."""
+    value = _raw(name)
+    if value is None:
+        return None
+    expected = "an smtp://, smtp+starttls:// or smtps:// URL with a host"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - a port that is not a number raises ValueError here
+    except ValueError:
+        raise SettingsError(name, expected, value) from None
+    if parts.scheme not in SMTP_SCHEMES or not parts.hostname or parts.password:
+        # A password in the URL would be logged wherever the URL is: FLOWGATE_SMTP_PASSWORD.
+        raise SettingsError(name, expected + " (the password in FLOWGATE_SMTP_PASSWORD)", value)
+    return value
+
+
+def _http_url(name: str, default: str) -> str:
+    value = _raw(name)
+    if value is None:
+        return default
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(name, "an http:// or https:// URL", value)
+    return value.rstrip("/")
+
+
+def _email(name: str, default: str) -> str:
+    value = _raw(name)
+    if value is None:
+        return default
+    if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
+        raise SettingsError(name, "an email address (name@example.com)", value)
+    return value
 
 
 @lru_cache(maxsize=1)
@@ -277,4 +328,12 @@ def get_settings() -> Settings:
         cookie_secure=_bool("FLOWGATE_COOKIE_SECURE", False),
         session_max_age_seconds=_int("FLOWGATE_SESSION_MAX_AGE_SECONDS", 12 * 3600, minimum=1),
         sign_in_attempts_per_minute=_int("FLOWGATE_SIGN_IN_ATTEMPTS_PER_MINUTE", 30, minimum=1),
+        smtp_url=_smtp_url("FLOWGATE_SMTP_URL"),
+        smtp_password=_raw("FLOWGATE_SMTP_PASSWORD"),
+        smtp_from=_email("FLOWGATE_SMTP_FROM", "flowgate@localhost"),
+        public_url=_http_url("FLOWGATE_PUBLIC_URL", "http://localhost:3001"),
+        notification_retry_delays=_floats("FLOWGATE_NOTIFICATION_RETRY_DELAYS", (5.0, 30.0, 120.0)),
+        notification_timeout_seconds=_float(
+            "FLOWGATE_NOTIFICATION_TIMEOUT_SECONDS", 10.0, minimum=0.001
+        ),
     )

@@ -22,7 +22,7 @@ from uuid import UUID, uuid4
 import httpx
 from arq.connections import ArqRedis
 
-from web.domain import clock, executions, queue
+from web.domain import approvals, clock, executions, queue
 from web.domain.errors import is_unavailable
 from web.domain.executions import Claim
 from web.domain.statuses import ApprovalStatus, ExecutionStatus
@@ -220,7 +220,20 @@ class _Run:
         return RunOutcome("continued")
 
     async def _pause_for_approval(self) -> RunOutcome:
-        await _queue_events(self.redis, await executions.pause_for_approval(self.claim, self.index))
+        """Wait for approval: its webhook event, the approvers' notifications and the deadline
+        and reminder jobs are queued after the commit (the reconciler enforces a deadline whose
+        job was lost, and queues notifications that were not sent)."""
+        smtp = self.settings.smtp_url is not None
+        queued = await approvals.start_waiting(self.claim, self.index, smtp=smtp)
+        if queued is None:
+            raise LeaseLost
+        try:
+            await approvals.enqueue(self.redis, queued, self.claim.id)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            logger.warning("execution %s: could not queue what its wait needs; the reconciler "
+                           "will", self.claim.id)  # fmt: skip
         logger.info("execution %s waits for approval", self.claim.id)
         return RunOutcome("pending_approval")
 

@@ -9,9 +9,9 @@ from uuid import UUID
 
 from arq import Retry
 
-from web.domain import idempotency, queue, recovery
+from web.domain import approvals, idempotency, queue, recovery
 from web.domain.errors import is_unavailable
-from worker import delivery, engine
+from worker import delivery, engine, notify
 
 logger = logging.getLogger("flowgate.jobs")
 
@@ -58,7 +58,16 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
 async def reconcile(ctx: dict[str, Any]) -> dict[str, Any]:
     """One reconciler pass (worker/reconciler.py runs it every few seconds): queue again what
     nothing is doing, and say what was really queued."""
-    requeued = await recovery.requeue_stalled(ctx["redis"], ctx["settings"].stalled_after_seconds)
+    settings = ctx["settings"]
+    requeued = await recovery.requeue_stalled(
+        ctx["redis"], settings.stalled_after_seconds, smtp=settings.smtp_url is not None
+    )
+    if requeued.timed_out:
+        logger.warning(
+            "reconciler timed out %d execution(s) past their approval deadline: %s",
+            len(requeued.timed_out),
+            ", ".join(str(e) for e in requeued.timed_out[:20]),
+        )
     if requeued.executions or requeued.webhook_events:
         logger.warning(
             "reconciler queued %d execution(s) and %d webhook event(s) again: %s",
@@ -78,3 +87,49 @@ async def purge_idempotency_answers(ctx: dict[str, Any]) -> dict[str, Any]:
     if removed:
         logger.info("purged %d expired idempotency answer(s)", removed)
     return {"removed": removed}
+
+
+async def send_notification(ctx: dict[str, Any], notification_id: str) -> dict[str, Any]:
+    """One attempt at a reviewer notification (worker/notify.py), retried as it says."""
+    try:
+        outcome = await notify.send(ctx["http"], UUID(notification_id), ctx["settings"])
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        raise _retry_later(ctx) from exc
+    if outcome.retry_in is not None:
+        raise Retry(defer=outcome.retry_in)
+    return {"notification_id": notification_id, "outcome": outcome.state}
+
+
+async def approval_deadline(ctx: dict[str, Any], execution_id: str) -> dict[str, Any]:
+    """At an execution's approval deadline: time it out unless it was decided (one
+    transaction with the row lock an approval takes: exactly one of them wins)."""
+    uid = UUID(execution_id)
+    try:
+        queued = await approvals.time_out(uid, smtp=ctx["settings"].smtp_url is not None)
+        if isinstance(queued, approvals.Queued):
+            await approvals.enqueue(ctx["redis"], queued, uid)
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        raise _retry_later(ctx) from exc
+    if isinstance(queued, float):
+        raise Retry(defer=queued + 0.05)  # the job came early (clocks): look again at the deadline
+    if queued is not None:
+        logger.info("execution %s: approval timed out, cancelled", execution_id)
+    return {"execution_id": execution_id, "timed_out": queued is not None}
+
+
+async def approval_reminder(ctx: dict[str, Any], execution_id: str) -> dict[str, Any]:
+    """`remindBefore` the deadline: tell the approvers again if it still waits."""
+    uid = UUID(execution_id)
+    try:
+        queued = await approvals.remind(uid, smtp=ctx["settings"].smtp_url is not None)
+        if queued is not None:
+            await approvals.enqueue(ctx["redis"], queued, uid)
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        raise _retry_later(ctx) from exc
+    return {"execution_id": execution_id, "reminded": queued is not None}

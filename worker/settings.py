@@ -84,9 +84,32 @@ def functions() -> list[Function]:
 
 
 def delivery_functions() -> list[Function]:
-    """The deliveries' loop's job."""
+    """The deliveries' loop's jobs: webhooks, reviewer notifications, approval deadlines and
+    reminders (none of them may take a run's slot)."""
     settings = get_settings()
+    tries = len(jobs.TRANSIENT_RETRY_DELAYS) + 2
     return [
+        func(
+            jobs.send_notification,
+            name=queue.SEND_NOTIFICATION,
+            keep_result=0,
+            timeout=settings.notification_timeout_seconds + 20,
+            max_tries=len(settings.notification_retry_delays) + tries,
+        ),
+        func(
+            jobs.approval_deadline,
+            name=queue.APPROVAL_DEADLINE,
+            keep_result=0,
+            timeout=60,
+            max_tries=tries + 5,
+        ),
+        func(
+            jobs.approval_reminder,
+            name=queue.APPROVAL_REMINDER,
+            keep_result=0,
+            timeout=60,
+            max_tries=tries,
+        ),
         func(
             jobs.deliver_webhook,
             name=queue.DELIVER_WEBHOOK,

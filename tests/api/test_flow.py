@@ -94,6 +94,11 @@ async def test_run_pauses_for_approval_with_the_spec_pending_approval_body(
                 "description": "Please review the AI-generated content",
                 "allowBulkApproval": True,
                 "requireComment": False,
+                # Added beside the contract (maker-checker, deadlines).
+                "approvalsRequired": 1,
+                "approvalsReceived": 0,
+                "approvalProgress": "0 of 1 approvals",
+                "approvalDeadline": None,
             },
             "displayFields": [
                 "customerId",

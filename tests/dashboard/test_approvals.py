@@ -33,7 +33,7 @@ async def test_the_queue_lists_waiting_executions_oldest_first_with_counts(
 
     html = (await reviewer_client.get("/dashboard/approvals")).text
 
-    assert "2 executions, oldest first" in html
+    assert "2 executions, soonest deadline first, then oldest" in html
     assert html.index(first) < html.index(second)
     assert '<td class="num">4</td>' in html
     assert '<span class="bad">1</span>' in html  # one row failing compliance

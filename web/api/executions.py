@@ -21,6 +21,7 @@ from web.api.schemas import (
     ApprovalData,
     ApprovalMetadata,
     ApproveRequest,
+    ApproveResponse,
     DecisionRequest,
     DecisionResponse,
     ExecuteRequest,
@@ -107,11 +108,28 @@ def _started(started: executions.StartedExecution) -> ExecuteResponse:
     )
 
 
-def _approved(execution_id: UUID) -> DecisionResponse:
-    return DecisionResponse(
-        execution_id=str(execution_id),
+def _approved(outcome: approvals.ApprovalOutcome) -> ApproveResponse:
+    """The spec's answer; with more than one approver needed, where the approvals stand."""
+    if outcome.required == 1:
+        return ApproveResponse(
+            execution_id=str(outcome.execution_id),
+            status="approved",
+            message="Execution approved and will continue",
+        )
+    progress = f"{outcome.received} of {outcome.required} approvals"
+    message = (
+        f"Execution approved and will continue ({progress})"
+        if outcome.final
+        else f"Approval recorded ({progress}): the execution waits for "
+        f"{outcome.required - outcome.received} more"
+    )
+    return ApproveResponse(
+        execution_id=str(outcome.execution_id),
         status="approved",
-        message="Execution approved and will continue",
+        message=message,
+        approval_status="approved" if outcome.final else "pending",
+        approvals_received=outcome.received,
+        approvals_required=outcome.required,
     )
 
 
@@ -293,6 +311,10 @@ class PublicExecutionsController(Controller):
                     description=rules.description,
                     allow_bulk_approval=rules.allow_bulk_approval,
                     require_comment=rules.require_comment,
+                    approvals_required=rules.required_approvals,
+                    approvals_received=pending.approvals_received,
+                    approval_progress=pending.progress,
+                    approval_deadline=clock.iso(pending.approval_deadline),
                 ),
                 display_fields=rules.display_fields,
             ),
@@ -311,7 +333,7 @@ class PublicExecutionsController(Controller):
         request: Request[Any, Any, Any],
         execution_id: FromPath[str],
         data: JSONBody[ApproveRequest | None] = None,
-    ) -> DecisionResponse:
+    ) -> ApproveResponse:
         api_key = auth.api_key_of(request)
         uid = executions.parse_execution_id(execution_id)
         choices = [
@@ -326,16 +348,16 @@ class PublicExecutionsController(Controller):
             )
             for row in (data.rows or [] if data else [])
         ]
-        await approvals.approve_execution(
+        outcome = await approvals.approve_execution(
             auth.scripts_of(request),
             uid,
-            f"api_key:{api_key.name}",
+            approvals.Approver.api_key(api_key.id, api_key.name),
             data.comment if data else None,
             api_key_id=api_key.id,
             once=await _once(request, HTTP_200_OK, _approved),
             choices=choices,
         )
-        return _approved(uid)
+        return _approved(outcome)
 
     @post(
         "/executions/{execution_id:str}/reject",
@@ -355,7 +377,7 @@ class PublicExecutionsController(Controller):
         await approvals.reject_execution(
             auth.scripts_of(request),
             uid,
-            f"api_key:{api_key.name}",
+            approvals.Approver.api_key(api_key.id, api_key.name),
             data.comment if data else None,
             api_key_id=api_key.id,
             once=await _once(request, HTTP_200_OK, _rejected),

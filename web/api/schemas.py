@@ -68,6 +68,11 @@ class ApprovalMetadata(msgspec.Struct, rename="camel"):
     description: str
     allow_bulk_approval: bool
     require_comment: bool
+    # Added beside the contract (maker-checker, deadlines): "1 of 2 approvals".
+    approvals_required: int = 1
+    approvals_received: int = 0
+    approval_progress: str = "0 of 1 approvals"
+    approval_deadline: str | None = None
 
 
 class ApprovalData(msgspec.Struct, rename="camel"):
@@ -110,6 +115,16 @@ class DecisionResponse(msgspec.Struct, rename="camel"):
     execution_id: str
     status: str
     message: str
+
+
+class ApproveResponse(DecisionResponse, rename="camel", omit_defaults=True):
+    """The spec's approve answer; added beside it, only when the workflow needs more than one
+    approver: where the approvals stand after this one (approvalStatus stays `pending` until
+    the last)."""
+
+    approval_status: str | None = None
+    approvals_received: int | None = None
+    approvals_required: int | None = None
 
 
 class ErrorBody(msgspec.Struct, rename="camel"):

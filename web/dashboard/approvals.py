@@ -30,7 +30,15 @@ BASE = "/dashboard/approvals"
 ROW_ERROR = "approvals_row_error"
 
 
-def _review_context(execution: executions.ExecutionDetail, rows: list[RowView]) -> dict[str, Any]:
+def _approver(request: Request[Any, Any, Any]) -> approvals.Approver:
+    return approvals.Approver.user(current_user(request))
+
+
+def _review_context(
+    execution: executions.ExecutionDetail,
+    rows: list[RowView],
+    received: list[approvals.ApprovalProgress] | None = None,
+) -> dict[str, Any]:
     rules = approvals.approval_rules(execution.definition)
     # The message and its compliance status have columns of their own.
     fields = [
@@ -45,6 +53,7 @@ def _review_context(execution: executions.ExecutionDetail, rows: list[RowView]) 
         "fields": fields,
         "rules": rules,
         "waiting": execution.status == ExecutionStatus.PENDING_APPROVAL,
+        "received": received or [],
         "counts": {
             "approved": sum(1 for r in decided if r.decision == "approved"),
             "rejected": sum(1 for r in decided if r.decision == "rejected"),
@@ -69,7 +78,8 @@ class ApprovalsController(Controller):
 
     @get("/")
     async def queue_page(self, request: Request[Any, Any, Any]) -> Template:
-        return page(request, "approvals/queue.html", waiting=await approvals.list_waiting())
+        waiting = await approvals.list_waiting(_approver(request))
+        return page(request, "approvals/queue.html", waiting=waiting)
 
     @get("/{execution_id:uuid}")
     async def review(
@@ -79,13 +89,16 @@ class ApprovalsController(Controller):
         editing: FromQuery[UUID | None] = None,
     ) -> Template:
         execution = await executions.get_detail(execution_id)
+        # Outside the approverGroups the execution is not for this reviewer to see: 403.
+        rules = approvals.approval_rules(execution.definition)
+        approvals.check_may_decide(rules, _approver(request))
         rows = await executions.list_rows(execution_id)
         return page(
             request,
             "approvals/review.html",
             editing=editing,
             row_errors=_pop_row_error(request),
-            **_review_context(execution, rows),
+            **_review_context(execution, rows, await approvals.approvals_received(execution_id)),
         )
 
     async def _row_response(
@@ -143,7 +156,7 @@ class ApprovalsController(Controller):
             row_id,
             str(form.get("decision", "")),
             str(form.get("seen", "")),
-            current_user(request).email,
+            _approver(request),
         )
         # A decision other than the form's two buttons is a bad request, not a row's problem.
         return await self._row_action(request, execution_id, row_id, action, (Conflict,))
@@ -166,7 +179,7 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         action = approvals.edit_row(
-            execution_id, row_id, str(form.get("content", "")), current_user(request).email
+            execution_id, row_id, str(form.get("content", "")), _approver(request)
         )
         return await self._row_action(
             request, execution_id, row_id, action, (Conflict, InvalidInput), editing_on_error=True
@@ -178,7 +191,7 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         decision = str(form.get("decision", ""))
-        count = await approvals.decide_all_rows(execution_id, decision, current_user(request).email)
+        count = await approvals.decide_all_rows(execution_id, decision, _approver(request))
         flash(request, f"{count} rows {decision}", category="success")
         return back_to(request, f"{BASE}/{execution_id}")
 
@@ -193,7 +206,17 @@ class ApprovalsController(Controller):
         as with the public API's approve) and resume the run."""
         form = await request.form()
         comment = str(form.get("comment", "")).strip() or None
-        await approvals.approve_execution(arq, execution_id, current_user(request).email, comment)
+        # A refusal (the same approver twice, self-approval, outside the approverGroups) is the
+        # error page with its message, 409 or 403, as every refused decision here.
+        outcome = await approvals.approve_execution(arq, execution_id, _approver(request), comment)
+        if not outcome.final:
+            flash(
+                request,
+                f"Your approval is recorded ({outcome.received} of {outcome.required} "
+                "approvals): the execution waits for another approver",
+                category="success",
+            )
+            return back_to(request, f"{BASE}/{execution_id}")
         flash(request, "Approved: the approved rows are being sent", category="success")
         return back_to(request, f"/dashboard/executions/{execution_id}")
 
@@ -206,7 +229,7 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         comment = str(form.get("comment", "")).strip() or None
-        await approvals.reject_execution(arq, execution_id, current_user(request).email, comment)
+        await approvals.reject_execution(arq, execution_id, _approver(request), comment)
         flash(
             request, "Rejected: the execution is cancelled and nothing is sent", category="success"
         )

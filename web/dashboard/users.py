@@ -99,6 +99,18 @@ class UsersController(Controller):
             return await self._changed(request, user_id, "", exc)
         return await self._changed(request, user_id, f"Role changed to {role}", None)
 
+    @post("/{user_id:uuid}/groups")
+    async def change_groups(
+        self, request: Request[Any, Any, Any], user_id: FromPath[UUID]
+    ) -> Response[Any]:
+        text = str((await request.form()).get("groups", ""))
+        try:
+            groups = await users.set_groups(user_id, text)
+        except DomainError as exc:
+            return await self._changed(request, user_id, "", exc)
+        done = f"Approver groups: {', '.join(groups)}" if groups else "Approver groups cleared"
+        return await self._changed(request, user_id, done, None)
+
     @post("/{user_id:uuid}/deactivate")
     async def deactivate(
         self, request: Request[Any, Any, Any], user_id: FromPath[UUID]

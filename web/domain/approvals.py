@@ -13,20 +13,32 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import ClassVar, Protocol
 from uuid import UUID
 
 import msgspec
 from redis.asyncio import Redis
 
-from web.domain import clock, compliance, executions, idempotency, pool, queue, webhooks
-from web.domain.errors import Conflict, InvalidInput, NotFound
+from web.domain import (
+    clock,
+    compliance,
+    durations,
+    executions,
+    idempotency,
+    notifications,
+    pool,
+    queue,
+    webhooks,
+)
+from web.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
 from web.domain.statuses import ExecutionStatus, RowDecision
-from web.domain.tables import Execution, ExecutionRow
+from web.domain.tables import ApprovalSubmission, Execution, ExecutionRow
 from web.domain.types import Definition, ReadModel, RowData, StepSettings, from_row
+from web.domain.users import SignedInUser
 from web.domain.workflows import approval_settings, step_settings
 
 REJECTED_REASON = "Rejected by reviewer"
@@ -43,17 +55,85 @@ class ApprovalRules(msgspec.Struct, frozen=True):
     display_fields: list[str]  # empty: every field of each row
     allow_bulk_approval: bool
     require_comment: bool
+    # Maker-checker: distinct approvers needed; may a row's editor complete the approval;
+    # the groups whose members (and admins) see and decide it (empty: every reviewer).
+    required_approvals: int = 1
+    allow_self_approval: bool = True
+    approver_groups: tuple[str, ...] = ()
+    # Deadlines as written in the workflow file ("48h"), None without.
+    timeout: str | None = None
+    remind_before: str | None = None
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        return durations.parse(self.timeout).total_seconds() if self.timeout else None
+
+    @property
+    def remind_before_seconds(self) -> float | None:
+        return durations.parse(self.remind_before).total_seconds() if self.remind_before else None
 
 
 def approval_rules(definition: Definition) -> ApprovalRules:
     settings = approval_settings(definition)
+    required = int(settings.get("requiredApprovals") or 1)
     return ApprovalRules(
         title=settings.get("title", "Review"),
         description=settings.get("description", ""),
         display_fields=list(settings.get("displayFields") or []),
         allow_bulk_approval=bool(settings.get("allowBulkApproval", True)),
         require_comment=bool(settings.get("requireComment", False)),
+        required_approvals=required,
+        allow_self_approval=bool(settings.get("allowSelfApproval", required == 1)),
+        approver_groups=tuple(settings.get("approverGroups") or ()),
+        timeout=settings.get("timeout"),
+        remind_before=settings.get("remindBefore"),
     )
+
+
+@dataclass(frozen=True)
+class Approver:
+    """Who decides: a dashboard user (with their groups) or an API key (one approver, in no
+    group). `key` tells approvers apart (`user:<id>`, `api_key:<id>`); `label` is what the
+    rows and the execution record as decided_by / edited_by (an email, `api_key:<name>`)."""
+
+    key: str
+    label: str
+    groups: tuple[str, ...] = ()
+    is_admin: bool = False
+
+    @classmethod
+    def user(cls, user: SignedInUser) -> Approver:
+        return cls(f"user:{user.id}", user.email, tuple(user.groups), user.is_admin)
+
+    @classmethod
+    def api_key(cls, key_id: UUID, name: str) -> Approver:
+        return cls(f"api_key:{key_id}", f"api_key:{name}")
+
+    @property
+    def is_api_key(self) -> bool:
+        return self.key.startswith("api_key:")
+
+    def may_decide(self, rules: ApprovalRules) -> bool:
+        if not rules.approver_groups or self.is_admin:
+            return True
+        return bool(set(self.groups) & set(rules.approver_groups))
+
+
+def check_may_decide(rules: ApprovalRules, approver: Approver) -> None:
+    """Forbidden unless the approver is in the step's approverGroups (or an admin)."""
+    if approver.may_decide(rules):
+        return
+    groups = ", ".join(rules.approver_groups)
+    if approver.is_api_key:
+        raise Forbidden(
+            f"Only members of the approver groups {groups} can decide this execution: "
+            "an API key is in no group"
+        )
+    raise Forbidden(f"Only members of the approver groups {groups} (and admins) can decide this "
+                    "execution")  # fmt: skip
+
+
+TIMED_OUT = "Approval timed out after {}"  # the execution's error and every row's reason
 
 
 def shown_fields(rules: ApprovalRules, rows: list[RowData]) -> list[str]:
@@ -94,75 +174,182 @@ class RowChoice(msgspec.Struct, frozen=True, kw_only=True):
     content: str | None = None
 
 
+@dataclass(frozen=True)
+class ApprovalOutcome:
+    """What one approval came to: `final` when it was the last one needed (the run resumes)."""
+
+    execution_id: UUID
+    received: int
+    required: int
+
+    @property
+    def final(self) -> bool:
+        return self.received >= self.required
+
+
 async def approve_execution(
     redis: ScriptClient | Redis,
     execution_id: UUID,
-    decided_by: str,
+    approver: Approver,
     comment: str | None,
     *,
     api_key_id: UUID | None = None,
-    once: idempotency.Once[UUID] | None = None,
+    once: idempotency.Once[ApprovalOutcome] | None = None,
     choices: Sequence[RowChoice] = (),
-) -> None:
-    """Approve (rows in `choices` as they say, other undecided rows approved) and queue the run
-    from its next step, all in one transaction. NotFound (also for another key's execution,
-    given `api_key_id`), InvalidInput for a missing required comment or a choice that does not
-    fit (naming it: nothing is decided), Conflict unless pending approval. With `once` (an
-    Idempotency-Key) the answer is stored in the decision's transaction, or replayed."""
+) -> ApprovalOutcome:
+    """One approver's approval (rows in `choices` as they say). The last one of the step's
+    `requiredApprovals` distinct approvers also approves every undecided row and queues the
+    run from its next step; an earlier one is recorded and the execution keeps waiting. One
+    transaction with the execution's row locked, so an approval and the deadline never both
+    win. NotFound (also for another key's execution, given `api_key_id`), InvalidInput for a
+    missing required comment or a choice that does not fit (naming it: nothing is decided),
+    Forbidden outside the approverGroups or for an editor completing it without
+    allowSelfApproval, Conflict unless pending approval, past the deadline, or for an
+    approver who approved already. With `once` (an Idempotency-Key) the answer is stored in
+    the decision's transaction, or replayed."""
     definition = await _definition(execution_id, api_key_id)
-    _check_comment(approval_rules(definition), comment)
+    rules = approval_rules(definition)
+    _check_comment(rules, comment)
     _check_choices(choices)
-    step, attempt = await _approve(execution_id, comment, decided_by, once, choices, definition)
-    await queue.enqueue_run(redis, execution_id, step, attempt)  # after the commit
+    outcome, resume = await _approve(execution_id, comment, approver, once, choices, definition)
+    if resume is not None:
+        await queue.enqueue_run(redis, execution_id, *resume)  # after the commit
+    return outcome
 
 
 async def reject_execution(
     redis: ScriptClient | Redis,
     execution_id: UUID,
-    decided_by: str,
+    approver: Approver,
     comment: str | None,
     *,
     api_key_id: UUID | None = None,
     once: idempotency.Once[UUID] | None = None,
 ) -> None:
-    """Reject and stop; raises (and replays) as `approve_execution` does."""
-    _check_comment(approval_rules(await _definition(execution_id, api_key_id)), comment)
-    for event_id in await _reject(execution_id, comment, decided_by, once):
+    """Reject and stop (any one approver may); raises (and replays) as `approve_execution`."""
+    rules = approval_rules(await _definition(execution_id, api_key_id))
+    _check_comment(rules, comment)
+    check_may_decide(rules, approver)
+    for event_id in await _reject(execution_id, comment, approver.label, once):
         await queue.enqueue_webhook(redis, event_id)  # after the commit
+
+
+class _Waiting(ReadModel, frozen=True):
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("definition",)
+
+    status: str
+    overdue: bool
+    approval_decided_by: str | None
+    definition: Definition
+
+
+async def _lock_waiting(execution_id: UUID) -> _Waiting:
+    """Inside a transaction: the execution, locked FOR UPDATE (the deadline's time_out takes
+    the same lock), if it waits for approval and its deadline has not passed; else NotFound
+    or Conflict saying why."""
+    rows = await Execution.raw(
+        "SELECT status, approval_decided_by, definition, "
+        "  COALESCE(approval_deadline <= now(), false) AS overdue "
+        "FROM execution WHERE id = {} FOR UPDATE",
+        execution_id,
+    )
+    if not rows:
+        raise NotFound(executions.EXECUTION_NOT_FOUND)
+    row = from_row(rows[0], _Waiting)
+    if row.status != ExecutionStatus.PENDING_APPROVAL:
+        raise executions.not_in_status(ExecutionStatus.PENDING_APPROVAL, row.status)
+    if row.overdue:
+        raise Conflict("The approval deadline has passed: the execution is being cancelled")
+    return row
 
 
 async def _approve(
     execution_id: UUID,
     comment: str | None,
-    decided_by: str,
-    once: idempotency.Once[UUID] | None,
+    approver: Approver,
+    once: idempotency.Once[ApprovalOutcome] | None,
     choices: Sequence[RowChoice] = (),
     definition: Definition | None = None,
-) -> tuple[int, int]:
-    """Approve; returns the step index the run resumes at and its run attempt (for the job id).
-    Conflict unless pending approval."""
+) -> tuple[ApprovalOutcome, tuple[int, int] | None]:
+    """One approval; with the last one needed, also the step index the run resumes at and
+    its run attempt (for the job id)."""
     async with pool.engine().transaction() as transaction:
         await idempotency.begin(transaction.connection, once)
-        rows = await Execution.raw(
-            "UPDATE execution SET status = 'running', approval_status = 'approved', "
-            "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
-            "  updated_at = now() "
-            "WHERE id = {} AND status = 'pending_approval' RETURNING current_step, run_attempt",
-            comment,
-            decided_by,
-            execution_id,
+        waiting = await _lock_waiting(execution_id)
+        rules = approval_rules(waiting.definition)
+        check_may_decide(rules, approver)
+        earlier = await ApprovalSubmission.raw(
+            "SELECT approver FROM approval_submission WHERE execution = {}", execution_id
         )
-        if not rows:
-            await executions.require_status(execution_id, ExecutionStatus.PENDING_APPROVAL)
+        if any(row["approver"] == approver.key for row in earlier):
+            raise Conflict(
+                f"You have already approved this execution ({len(earlier)} of "
+                f"{rules.required_approvals} approvals): another approver must approve it"
+            )
+        outcome = ApprovalOutcome(execution_id, len(earlier) + 1, rules.required_approvals)
         if choices:
-            await _apply_choices(execution_id, choices, decided_by, definition or {})
-        await ExecutionRow.raw(
-            "UPDATE execution_row SET decision = 'approved' "
-            "WHERE execution = {} AND decision IS NULL",
-            execution_id,
+            await _apply_choices(execution_id, choices, approver.label, waiting.definition)
+        if outcome.final and not rules.allow_self_approval:
+            await _refuse_self_approval(execution_id, approver)
+        await ApprovalSubmission.insert(
+            ApprovalSubmission(
+                execution=execution_id,
+                approver=approver.key,
+                approver_label=approver.label,
+                comment=comment,
+            )
         )
-        await idempotency.finish(transaction.connection, once, execution_id)
+        resume = await _resume(execution_id, comment, approver.label) if outcome.final else None
+        await idempotency.finish(transaction.connection, once, outcome)
+    return outcome, resume
+
+
+async def _refuse_self_approval(execution_id: UUID, approver: Approver) -> None:
+    edited = await ExecutionRow.raw(
+        "SELECT position FROM execution_row WHERE execution = {} AND edited_by = {} "
+        "ORDER BY position LIMIT 1",
+        execution_id,
+        approver.label,
+    )
+    if edited:
+        raise Forbidden(
+            f"You edited the message of row {edited[0]['position']}: another approver must "
+            "complete this approval (the workflow does not allow self-approval)"
+        )
+
+
+async def _resume(execution_id: UUID, comment: str | None, decided_by: str) -> tuple[int, int]:
+    """The last approval: the execution runs on, every undecided row approved."""
+    rows = await Execution.raw(
+        "UPDATE execution SET status = 'running', approval_status = 'approved', "
+        "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
+        "  updated_at = now() "
+        "WHERE id = {} AND status = 'pending_approval' RETURNING current_step, run_attempt",
+        comment,
+        decided_by,
+        execution_id,
+    )
+    await ExecutionRow.raw(
+        "UPDATE execution_row SET decision = 'approved' WHERE execution = {} AND decision IS NULL",
+        execution_id,
+    )
     return int(rows[0]["current_step"]), int(rows[0]["run_attempt"])
+
+
+class ApprovalProgress(ReadModel, frozen=True):
+    """Who approved so far (maker-checker), for the review screen and pending-approval."""
+
+    approver_label: str
+    created_at: datetime
+
+
+async def approvals_received(execution_id: UUID) -> list[ApprovalProgress]:
+    rows = await ApprovalSubmission.raw(
+        "SELECT approver_label, created_at FROM approval_submission WHERE execution = {} "
+        "ORDER BY created_at",
+        execution_id,
+    )
+    return [from_row(row, ApprovalProgress) for row in rows]
 
 
 # The guarded UPDATE of a rejection, returning what its webhook event needs (a constant).
@@ -182,29 +369,165 @@ async def _reject(
     `execution.cancelled` webhook event recorded; returns the events to queue now."""
     async with pool.engine().transaction() as transaction:
         await idempotency.begin(transaction.connection, once)
-        rows = await Execution.raw(
-            REJECT_SQL,
-            comment,
-            decided_by,
-            execution_id,
-        )
-        if not rows:
-            await executions.require_status(execution_id, ExecutionStatus.PENDING_APPROVAL)
-        await ExecutionRow.raw(
-            "UPDATE execution_row SET decision = COALESCE(decision, 'rejected'), "
-            "  send_status = 'rejected', error = {} WHERE execution = {}",
-            REJECTED_REASON,
-            execution_id,
-        )
-        output = await executions.build_output(execution_id)
-        await Execution.raw(
-            "UPDATE execution SET output = {}::jsonb WHERE id = {}",
-            json.dumps(output),
-            execution_id,
-        )
-        events = await executions.record_event(webhooks.CANCELLED, rows[0])
+        await _lock_waiting(execution_id)
+        rows = await Execution.raw(REJECT_SQL, comment, decided_by, execution_id)
+        events = await _end_rows(execution_id, rows[0], REJECTED_REASON)
         await idempotency.finish(transaction.connection, once, execution_id)
     return events
+
+
+async def _end_rows(execution_id: UUID, execution: dict[str, object], reason: str) -> list[UUID]:
+    """After a rejection or a timeout: every row `rejected` with `reason`, the results written,
+    the `execution.cancelled` event recorded (returned to queue after the commit)."""
+    await ExecutionRow.raw(
+        "UPDATE execution_row SET decision = COALESCE(decision, 'rejected'), "
+        "  send_status = 'rejected', error = {} WHERE execution = {}",
+        reason,
+        execution_id,
+    )
+    output = await executions.build_output(execution_id)
+    await Execution.raw(
+        "UPDATE execution SET output = {}::jsonb WHERE id = {}", json.dumps(output), execution_id
+    )
+    return await executions.record_event(webhooks.CANCELLED, execution)
+
+
+# --- deadlines -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Queued:
+    """What a transaction recorded, for the caller to queue after its commit."""
+
+    events: list[UUID] = field(default_factory=list)
+    notifications: list[UUID] = field(default_factory=list)
+    deadline: datetime | None = None
+    remind_at: datetime | None = None
+
+
+async def enqueue(redis: ScriptClient | Redis, queued: Queued, execution_id: UUID) -> None:
+    """After the commit: the webhook events, notifications, deadline and reminder jobs."""
+    for event_id in queued.events:
+        await queue.enqueue_webhook(redis, event_id)
+    for notification_id in queued.notifications:
+        await queue.enqueue_notification(redis, notification_id)
+    if queued.deadline is not None:
+        await queue.enqueue_deadline(redis, execution_id, queued.deadline)
+    if queued.remind_at is not None:
+        await queue.enqueue_reminder(redis, execution_id, queued.remind_at)
+
+
+async def start_waiting(claim: executions.Claim, index: int, *, smtp: bool) -> Queued | None:
+    """The worker's run reached its approval step: `pending_approval` (approvalStatus
+    `pending`) with its deadline counted from now (the step's `timeout`), the
+    `execution.pending_approval` event and the approvers' notifications recorded, all in one
+    transaction. None if this worker no longer holds the run."""
+    rules = approval_rules(claim.definition)
+    async with pool.engine().transaction():
+        rows = await Execution.raw(
+            "UPDATE execution AS e SET "  # noqa: S608 (constant columns, values bound)
+            "  status = 'pending_approval', approval_status = 'pending', "
+            "  approval_deadline = now() + make_interval(secs => {}), "
+            "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
+            "WHERE id = {} AND lease_token = {} AND status = 'running' AND current_step = {} "
+            f"RETURNING e.approval_deadline, {executions.EVENT_COLUMNS}",
+            rules.timeout_seconds,
+            claim.id,
+            claim.token,
+            index,
+        )
+        if not rows:
+            return None
+        events = await executions.record_event(webhooks.PENDING_APPROVAL, rows[0])
+        sent = await notifications.record(
+            claim.id, claim.definition, notifications.Kind.WAITING, smtp=smtp
+        )
+    deadline: datetime | None = rows[0]["approval_deadline"]
+    remind = rules.remind_before_seconds
+    remind_at = deadline - timedelta(seconds=remind) if deadline and remind else None
+    return Queued(events, sent, deadline, remind_at)
+
+
+class _Overdue(ReadModel, frozen=True):
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("definition",)
+
+    definition: Definition
+    left: float | None
+
+
+async def time_out(execution_id: UUID, *, smtp: bool) -> Queued | float | None:
+    """The deadline job: an execution still waiting once its approval deadline passed ends
+    `cancelled`, approvalStatus `rejected`, error `Approval timed out after <timeout>`, every
+    row `rejected` with that reason, `execution.cancelled` and the approvers' notifications
+    recorded; one transaction holding the row lock an approval takes, so exactly one wins.
+    Returns what to queue, the seconds still left (the job came early), or None (decided)."""
+    async with pool.engine().transaction():
+        found = await Execution.raw(
+            "SELECT definition, EXTRACT(EPOCH FROM approval_deadline - now())::float AS left "
+            "FROM execution WHERE id = {} AND status = 'pending_approval' "
+            "  AND approval_deadline IS NOT NULL FOR UPDATE",
+            execution_id,
+        )
+        if not found:
+            return None
+        overdue = from_row(found[0], _Overdue)
+        if overdue.left is not None and overdue.left > 0:
+            return overdue.left
+        reason = TIMED_OUT.format(approval_rules(overdue.definition).timeout or "its deadline")
+        rows = await Execution.raw(
+            "UPDATE execution AS e SET "  # noqa: S608 (constant columns, values bound)
+            "  status = 'cancelled', approval_status = 'rejected', "
+            "  error = {}, approval_decided_by = 'system', approval_decided_at = now(), "
+            "  completed_at = now(), updated_at = now() "
+            f"WHERE id = {{}} RETURNING {executions.EVENT_COLUMNS}",
+            reason,
+            execution_id,
+        )
+        events = await _end_rows(execution_id, rows[0], reason)
+        # audit: execution.timed_out
+        sent = await notifications.record(
+            execution_id, overdue.definition, notifications.Kind.TIMED_OUT, smtp=smtp
+        )
+    return Queued(events, sent)
+
+
+async def expire_overdue(redis: ScriptClient | Redis, *, smtp: bool) -> list[UUID]:
+    """The reconciler's backstop: time out every execution whose approval deadline passed
+    (while every worker was down, or its job was lost with Redis); returns those ended."""
+    rows = await Execution.raw(
+        "SELECT id FROM execution WHERE status = 'pending_approval' "
+        "  AND approval_deadline <= now() ORDER BY approval_deadline LIMIT 1000"
+    )
+    ended = []
+    for row in rows:
+        queued = await time_out(row["id"], smtp=smtp)
+        if isinstance(queued, Queued):
+            await enqueue(redis, queued, row["id"])
+            ended.append(row["id"])
+    return ended
+
+
+async def remind(execution_id: UUID, *, smtp: bool) -> Queued | None:
+    """The reminder job: the approvers of an execution still waiting are told again (once)."""
+    async with pool.engine().transaction():
+        found = await Execution.raw(
+            "SELECT definition FROM execution WHERE id = {} AND status = 'pending_approval' "
+            "  AND approval_deadline > now() FOR UPDATE",
+            execution_id,
+        )
+        if not found:
+            return None
+        definition = from_row(found[0], _DefinitionRow).definition
+        sent = await notifications.record(
+            execution_id, definition, notifications.Kind.REMINDER, smtp=smtp
+        )
+    return Queued(notifications=sent)
+
+
+class _DefinitionRow(ReadModel, frozen=True):
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("definition",)
+
+    definition: Definition
 
 
 def _check_choices(choices: Sequence[RowChoice]) -> None:
@@ -340,6 +663,12 @@ async def _save_edit(row: _Editable, content: str, edited_by: str, rules: StepSe
 class PendingApproval(msgspec.Struct, frozen=True):
     rows: list[RowData]  # each row through the step's display fields
     rules: ApprovalRules
+    approvals_received: int = 0
+    approval_deadline: datetime | None = None
+
+    @property
+    def progress(self) -> str:
+        return f"{self.approvals_received} of {self.rules.required_approvals} approvals"
 
 
 async def pending_approval_data(execution: executions.ExecutionView) -> PendingApproval:
@@ -370,7 +699,17 @@ async def pending_approval_data(execution: executions.ExecutionView) -> PendingA
         # Added beside the contract: how a per-row decision addresses the row (RowChoice).
         entry["index"] = index
         shown.append(entry)
-    return PendingApproval(rows=shown, rules=rules)
+    progress = await Execution.raw(
+        "SELECT approval_deadline, (SELECT count(*) FROM approval_submission s "
+        "  WHERE s.execution = e.id) AS received FROM execution e WHERE e.id = {}",
+        execution.id,
+    )
+    return PendingApproval(
+        rows=shown,
+        rules=rules,
+        approvals_received=int(progress[0]["received"]) if progress else 0,
+        approval_deadline=progress[0]["approval_deadline"] if progress else None,
+    )
 
 
 class _ApprovalRow(ReadModel, frozen=True):
@@ -387,6 +726,8 @@ class _ApprovalRow(ReadModel, frozen=True):
 class WaitingExecution(ReadModel, frozen=True):
     """One entry of the approvals queue."""
 
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("definition",)
+
     id: UUID
     workflow: str
     created_at: datetime
@@ -395,21 +736,33 @@ class WaitingExecution(ReadModel, frozen=True):
     row_count: int
     failing: int  # rows that failed compliance
     decided: int
+    approvals: int  # approvals received so far (maker-checker)
+    approval_deadline: datetime | None
+    seconds_left: float | None
+    definition: Definition
+
+    @property
+    def required_approvals(self) -> int:
+        return approval_rules(self.definition).required_approvals
 
 
-async def list_waiting() -> list[WaitingExecution]:
-    """Executions waiting for approval, oldest first, with their row counts."""
+async def list_waiting(approver: Approver) -> list[WaitingExecution]:
+    """Executions waiting for approval that `approver` may decide (the approverGroups), the
+    soonest deadline first, those without one last (oldest first), with their row counts."""
     rows = await Execution.raw(
         "SELECT e.id, e.workflow, e.created_at, e.updated_at, k.name AS key_name, "
-        "  e.row_count, "
+        "  e.row_count, e.definition, e.approval_deadline, "
+        "  GREATEST(EXTRACT(EPOCH FROM e.approval_deadline - now()), 0)::float AS seconds_left, "
         "  COUNT(r.id) FILTER (WHERE r.compliance_status = 'failed') AS failing, "
-        "  COUNT(r.id) FILTER (WHERE r.decision IS NOT NULL) AS decided "
+        "  COUNT(r.id) FILTER (WHERE r.decision IS NOT NULL) AS decided, "
+        "  (SELECT count(*) FROM approval_submission s WHERE s.execution = e.id) AS approvals "
         "FROM execution e JOIN api_key k ON k.id = e.api_key "
         "LEFT JOIN execution_row r ON r.execution = e.id "
         "WHERE e.status = 'pending_approval' "
-        "GROUP BY e.id, k.name ORDER BY e.created_at"
+        "GROUP BY e.id, k.name ORDER BY e.approval_deadline NULLS LAST, e.created_at"
     )
-    return [from_row(row, WaitingExecution) for row in rows]
+    waiting = [from_row(row, WaitingExecution) for row in rows]
+    return [w for w in waiting if approver.may_decide(approval_rules(w.definition))]
 
 
 class _Pending(ReadModel, frozen=True):
@@ -456,13 +809,14 @@ def _check_decision(decision: str) -> RowDecision:
 
 
 async def decide_row(
-    execution_id: UUID, row_id: UUID, decision: str, seen: str | None, decided_by: str
+    execution_id: UUID, row_id: UUID, decision: str, seen: str | None, approver: Approver
 ) -> RowView:
     """Save one row's decision at once. `seen` is the decision the reviewer saw ("" for none):
     if someone else changed it meanwhile, Conflict instead of a silent overwrite."""
     checked = _check_decision(decision)
+    decided_by = approver.label
     async with pool.engine().transaction():
-        await _lock_pending(execution_id)
+        check_may_decide(approval_rules((await _lock_pending(execution_id)).definition), approver)
         current = await _row(execution_id, row_id)
         if (current.decision or "") != (seen or ""):
             who = current.decided_by or "another reviewer"
@@ -473,12 +827,14 @@ async def decide_row(
     return await _row(execution_id, row_id)
 
 
-async def decide_all_rows(execution_id: UUID, decision: str, decided_by: str) -> int:
+async def decide_all_rows(execution_id: UUID, decision: str, approver: Approver) -> int:
     """Bulk decision (only when the approval step allows it): every row gets `decision`.
     Returns how many rows were decided."""
     checked = _check_decision(decision)
+    decided_by = approver.label
     async with pool.engine().transaction():
         execution = await _lock_pending(execution_id)
+        check_may_decide(approval_rules(execution.definition), approver)
         if not approval_rules(execution.definition).allow_bulk_approval:
             raise Conflict("This workflow does not allow bulk approval")
         rows = await ExecutionRow.raw(
@@ -491,7 +847,7 @@ async def decide_all_rows(execution_id: UUID, decision: str, decided_by: str) ->
     return len(rows)
 
 
-async def edit_row(execution_id: UUID, row_id: UUID, content: str, edited_by: str) -> RowView:
+async def edit_row(execution_id: UUID, row_id: UUID, content: str, approver: Approver) -> RowView:
     """Replace a row's generated message before approval; the first original is kept and the
     new text is checked for compliance again with the workflow's own rules."""
     content = content.strip()
@@ -501,8 +857,9 @@ async def edit_row(execution_id: UUID, row_id: UUID, content: str, edited_by: st
         raise InvalidInput("The message contains a NUL character")
     async with pool.engine().transaction():
         execution = await _lock_pending(execution_id)
+        check_may_decide(approval_rules(execution.definition), approver)
         row = await _row(execution_id, row_id)
         await _save_edit(
-            row, content, edited_by, step_settings(execution.definition, "compliance_check")
+            row, content, approver.label, step_settings(execution.definition, "compliance_check")
         )
     return await _row(execution_id, row_id)

@@ -479,18 +479,6 @@ async def finish_step(claim: Claim, index: int, result: StepResult, lease_second
     return bool(rows)
 
 
-async def pause_for_approval(claim: Claim, index: int) -> list[UUID] | None:
-    return await _transition(
-        webhooks.PENDING_APPROVAL,
-        "UPDATE execution AS e SET status = 'pending_approval', approval_status = 'pending', "
-        "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
-        "WHERE id = {} AND lease_token = {} AND status = 'running' AND current_step = {}",
-        claim.id,
-        claim.token,
-        index,
-    )
-
-
 async def complete(claim: Claim) -> list[UUID] | None:
     output = await build_output(claim.id)
     return await _transition(
@@ -758,6 +746,7 @@ class ExecutionDetail(ReadModel, frozen=True):
     started_at: datetime
     completed_at: datetime | None
     updated_at: datetime
+    approval_deadline: datetime | None = None
 
 
 async def get_detail(execution_id: UUID) -> ExecutionDetail:

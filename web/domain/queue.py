@@ -16,6 +16,7 @@ that arq reads them back as its own.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from uuid import UUID
 
 from arq.connections import ArqRedis
@@ -27,8 +28,19 @@ from web.domain.script_client import Script, ScriptClient, run_script
 
 RUN_EXECUTION = "run_execution"
 DELIVER_WEBHOOK = "deliver_webhook"
+# Approval deadlines and reminders (deferred to their moment) and reviewer notifications: on
+# the deliveries' queue, so a slow mail server never takes a run's slot.
+APPROVAL_DEADLINE = "approval_deadline"
+APPROVAL_REMINDER = "approval_reminder"
+SEND_NOTIFICATION = "send_notification"
 
-JOB_NAMES = (RUN_EXECUTION, DELIVER_WEBHOOK)
+JOB_NAMES = (
+    RUN_EXECUTION,
+    DELIVER_WEBHOOK,
+    APPROVAL_DEADLINE,
+    APPROVAL_REMINDER,
+    SEND_NOTIFICATION,
+)
 
 # Webhook deliveries have an arq queue (and worker loop, worker/settings.py) of their own, so
 # slow receivers can never take the slots that workflow runs need. Runs use arq's default queue.
@@ -63,16 +75,21 @@ async def enqueue(
     job_id: str,
     *args: str,
     queue_name: str = RUN_QUEUE,
+    defer_until: datetime | None = None,
 ) -> bool:
     """Queue `function(*args)` on `queue_name` under `job_id`, unless that job is already
-    queued or has a result; True if it was queued now."""
+    queued or has a result; True if it was queued now. With `defer_until` the job runs at that
+    moment (arq's `_defer_until`: the queue's score is its time), not before."""
     enqueued_ms = round(time.time() * 1000)
+    score = enqueued_ms
+    if defer_until is not None:
+        score = max(enqueued_ms, round(defer_until.timestamp() * 1000))
     job = serialize_job(function, args, {}, None, enqueued_ms)
     queued = await run_script(
         redis,
         _ENQUEUE_SCRIPT,
         [job_key_prefix + job_id, result_key_prefix + job_id, queue_name],
-        [str(expires_extra_ms), job, str(enqueued_ms), job_id],
+        [str(score - enqueued_ms + expires_extra_ms), job, str(score), job_id],
     )
     return bool(queued)
 
@@ -101,4 +118,40 @@ async def enqueue_webhook(redis: ScriptClient | Redis, event_id: UUID) -> bool:
     deliveries' own queue; True if it was queued now."""
     return await enqueue(
         redis, DELIVER_WEBHOOK, webhook_job_id(event_id), str(event_id), queue_name=WEBHOOK_QUEUE
+    )
+
+
+async def enqueue_deadline(
+    redis: ScriptClient | Redis, execution_id: UUID, deadline: datetime
+) -> bool:
+    """The job that ends an execution whose approval `deadline` passed, run at that moment (once
+    per execution and deadline; the reconciler is the backstop)."""
+    job_id = f"{APPROVAL_DEADLINE}:{execution_id}:{round(deadline.timestamp())}"
+    return await enqueue(
+        redis, APPROVAL_DEADLINE, job_id, str(execution_id), queue_name=WEBHOOK_QUEUE,
+        defer_until=deadline,
+    )  # fmt: skip
+
+
+async def enqueue_reminder(redis: ScriptClient | Redis, execution_id: UUID, at: datetime) -> bool:
+    """The job that reminds the approvers (`remindBefore` the deadline), run at `at`."""
+    job_id = f"{APPROVAL_REMINDER}:{execution_id}:{round(at.timestamp())}"
+    return await enqueue(
+        redis, APPROVAL_REMINDER, job_id, str(execution_id), queue_name=WEBHOOK_QUEUE,
+        defer_until=at,
+    )  # fmt: skip
+
+
+def notification_job_id(notification_id: UUID) -> str:
+    return f"{SEND_NOTIFICATION}:{notification_id}"
+
+
+async def enqueue_notification(redis: ScriptClient | Redis, notification_id: UUID) -> bool:
+    """Queue the sending of one notification (once: the job id is the notification's)."""
+    return await enqueue(
+        redis,
+        SEND_NOTIFICATION,
+        notification_job_id(notification_id),
+        str(notification_id),
+        queue_name=WEBHOOK_QUEUE,
     )

@@ -17,19 +17,22 @@ reconcilers looking at once exactly one wins each row, and its job id is one arq
 runs an execution, so a job queued needlessly finds it held or done and ends.
 
 Webhook events still `pending` that have not been attempted for `stalled_after` seconds are
-queued again under their own deterministic id (a no-op while that job is queued or running).
+queued again under their own deterministic id (a no-op while that job is queued or running),
+and so are reviewer notifications. An execution whose approval deadline has passed is timed out
+here too (web.domain.approvals.expire_overdue): the backstop of its deferred job, so a deadline
+that passed while every worker was down is enforced by the first pass of the next one.
 Imports only web.domain.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
-from web.domain import queue
+from web.domain import approvals, notifications, queue
 from web.domain.tables import Execution, WebhookEvent
 
 # The reconciler's one query, served by the partial index execution_unfinished (created_at
@@ -62,6 +65,10 @@ class Requeued:
 
     executions: list[UUID]
     webhook_events: list[UUID]
+    # Executions whose approval deadline had passed, ended now (the deadline job's backstop),
+    # and notifications not sent yet, queued again.
+    timed_out: list[UUID] = field(default_factory=list)
+    notifications: list[UUID] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,7 @@ async def stalled_webhook_events(stalled_after: float) -> list[UUID]:
     return [row["id"] for row in rows]
 
 
-async def requeue_stalled(redis: ArqRedis, stalled_after: float) -> Requeued:
+async def requeue_stalled(redis: ArqRedis, stalled_after: float, *, smtp: bool = False) -> Requeued:
     """One pass: queue again what nothing is doing. Safe to run in any number of processes at
     once; returns what this pass queued."""
     stalled = await stalled_executions(stalled_after)
@@ -132,4 +139,10 @@ async def requeue_stalled(redis: ArqRedis, stalled_after: float) -> Requeued:
         for event_id in await stalled_webhook_events(stalled_after)
         if await queue.enqueue_webhook(redis, event_id)
     ]
-    return Requeued(executions, events)
+    timed_out = await approvals.expire_overdue(redis, smtp=smtp)
+    notes = [
+        notification_id
+        for notification_id in await notifications.stalled(stalled_after)
+        if await queue.enqueue_notification(redis, notification_id)
+    ]
+    return Requeued(executions, events, timed_out, notes)

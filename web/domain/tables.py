@@ -109,6 +109,50 @@ class Execution(Table, tablename="execution"):
     # Raised by a trigger whenever status or approval_status changes, which also notifies
     # web.domain.status_events in the same transaction: the id of GET /executions/:id/events.
     status_version = Integer(default=0)
+    # The approval step's `timeout` counted from entering pending_approval: at this moment the
+    # execution ends cancelled (web.domain.approvals.time_out). NULL: no deadline.
+    approval_deadline = Timestamptz(null=True, default=None)
+
+
+class ApprovalSubmission(Table, tablename="approval_submission"):
+    """One approver's approval of an execution (maker-checker: `requiredApprovals` distinct
+    approvers resume it). `approver` is `user:<id>` or `api_key:<id>`, unique per execution."""
+
+    id = UUID(primary_key=True)
+    execution = ForeignKey(references=Execution, null=False, index=True)
+    approver = Varchar(length=200)
+    approver_label = Varchar(length=400)  # the email or `api_key:<name>`, as decided_by
+    comment = Text(null=True, default=None)
+    created_at = Timestamptz(default=TimestamptzNow())
+    unique_execution_approver = Unique([execution, approver])
+
+
+class Notification(Table, tablename="notification"):
+    """One message to the approvers about an execution waiting for approval: `kind` is
+    waiting, reminder or timed_out; `channel` email (one per recipient) or slack. Written in
+    the transaction of what it reports, sent by a job of its own with retries."""
+
+    id = UUID(primary_key=True)
+    execution = ForeignKey(references=Execution, null=False, index=True)
+    kind = Varchar(length=16)
+    channel = Varchar(length=16)
+    recipient = Text()  # an email address or the Slack URL: never logged
+    status = Varchar(length=16, default="pending", index=True)  # pending, sent, failed
+    attempts = Integer(default=0)
+    created_at = Timestamptz(default=TimestamptzNow())
+    finished_at = Timestamptz(null=True, default=None)
+    unique_notification = Unique([execution, kind, channel, recipient])
+
+
+class NotificationAttempt(Table, tablename="notification_attempt"):
+    """One attempt to send a notification, whatever came of it."""
+
+    id = UUID(primary_key=True)
+    notification = ForeignKey(references=Notification, null=False, index=True)
+    attempt_number = Integer()
+    error = Text(null=True, default=None)
+    duration_ms = Integer(default=0)
+    created_at = Timestamptz(default=TimestamptzNow())
 
 
 class ExecutionRow(Table, tablename="execution_row"):
@@ -196,6 +240,8 @@ class User(Table, tablename="dashboard_user"):
     active = Boolean(default=True)
     created_at = Timestamptz(default=TimestamptzNow())
     last_login_at = Timestamptz(null=True, default=None)
+    # Approver groups (an approval step's `approverGroups`), set by an admin.
+    groups = Array(base_column=Varchar(length=64), default=list)
 
 
 class IdempotentRequest(Table, tablename="idempotent_request"):

@@ -72,6 +72,7 @@ class SignedInUser:
     id: UUID
     email: str
     role: Role
+    groups: tuple[str, ...] = ()  # approver groups (an approval step's approverGroups)
 
     @property
     def is_admin(self) -> bool:
@@ -87,9 +88,18 @@ class UserView(msgspec.Struct, frozen=True):
     active: bool
     created_at: datetime
     last_login_at: datetime | None
+    groups: list[str] = []
 
 
-_SHOWN = (User.id, User.email, User.role, User.active, User.created_at, User.last_login_at)
+_SHOWN = (
+    User.id,
+    User.email,
+    User.role,
+    User.active,
+    User.created_at,
+    User.last_login_at,
+    User.groups,
+)
 
 
 def _view(row: dict[str, Any]) -> UserView:
@@ -230,11 +240,13 @@ async def sign_in(
 
 async def get_active_user(user_id: UUID) -> SignedInUser | None:
     row = (
-        await User.select(User.id, User.email, User.role)
+        await User.select(User.id, User.email, User.role, User.groups)
         .where(User.id == user_id, User.active.eq(True))
         .first()
     )
-    return None if row is None else SignedInUser(row["id"], row["email"], Role(row["role"]))
+    if row is None:
+        return None
+    return SignedInUser(row["id"], row["email"], Role(row["role"]), tuple(row["groups"] or ()))
 
 
 async def list_users() -> list[UserView]:
@@ -283,6 +295,36 @@ async def change_role(acting: SignedInUser, user_id: UUID, role: str) -> None:
     if user_id == acting.id and _check_role(role) != acting.role:
         raise Forbidden(CANNOT_DEMOTE_SELF)
     await set_role(user_id, role)
+
+
+_GROUP = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def parse_groups(text: str) -> list[str]:
+    """Approver groups as an admin types them: names separated by commas or spaces, each 1 to
+    64 letters, digits, '_', '-' or '.' (as approverGroups in a workflow file). FieldError
+    naming the first that is not."""
+    names = [name for name in re.split(r"[,\s]+", text.strip()) if name]
+    for name in names:
+        if not _GROUP.fullmatch(name):
+            raise FieldError(
+                "groups",
+                f"{name[:70]!r} is not a group name: use letters, digits, '_', '-' or '.', "
+                "separated by commas",
+            )
+    if len(names) > 50:
+        raise FieldError("groups", "A user can be in at most 50 groups")
+    return sorted(set(names))
+
+
+async def set_groups(user_id: UUID, text: str) -> list[str]:
+    """Replace a user's approver groups (web.domain.approvals reads them at every decision);
+    returns them as stored. FieldError for a bad name, NotFound for an unknown user."""
+    groups = parse_groups(text)
+    updated = await User.update({User.groups: groups}).where(User.id == user_id).returning(User.id)
+    if not updated:
+        raise NotFound("User not found")
+    return groups
 
 
 def _sessions_after_key(user_id: UUID) -> str:

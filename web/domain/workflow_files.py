@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from web.domain import addresses
+from web.domain import addresses, durations
 from web.domain.errors import InvalidInput
 from web.domain.types import Definition
 
@@ -125,6 +125,21 @@ STEP_SETTINGS: dict[str, dict[str, Setting]] = {
         "allowBulkApproval": Setting("boolean"),
         "requireComment": Setting("boolean"),
         "displayFields": Setting("strings"),
+        # Maker-checker (web.domain.approvals): distinct approvers needed, whether an editor
+        # may complete the approval, the groups whose members (and admins) decide.
+        "requiredApprovals": Setting("integer", minimum=1, maximum=20),
+        "allowSelfApproval": Setting("boolean"),
+        "approverGroups": Setting("strings"),
+        # Deadlines (web.domain.durations): "48h", "30m", "20s", "1h30m".
+        "timeout": Setting("duration"),
+        "remindBefore": Setting("duration"),
+        "notifications": Setting(
+            "object",
+            fields={
+                "email": Setting("boolean"),
+                "slackWebhookUrl": Setting("url"),
+            },
+        ),
     },
     "send_message": {
         "provider": Setting("string", choices=tuple(MESSAGING_PROVIDERS)),
@@ -181,6 +196,13 @@ def _kind_problem(setting: Setting, value: Any) -> str | None:
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
     ):
         return "must be a map of header names to strings"
+    if kind == "duration":
+        if not isinstance(value, str):
+            return 'must be a duration such as "48h", "30m", "20s" or "1h30m"'
+        try:
+            durations.parse(value)
+        except ValueError as exc:
+            return str(exc)
     if kind == "object" and not isinstance(value, dict):
         return "must be an object"
     if kind == "list" and not isinstance(value, list):
@@ -246,7 +268,29 @@ def _step_problems(index: int, step: Any) -> list[str]:
             what = f"setting of the {provider} provider"
         else:
             what = None  # the provider's own problem says it all
-    return [*problems, *_check_fields(settings, schema, f"{path}.settings", what)]
+    problems += _check_fields(settings, schema, f"{path}.settings", what)
+    if kind == "approval" and not problems:
+        problems += _approval_problems(settings, f"{path}.settings")
+    return problems
+
+
+_GROUP = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _approval_problems(settings: Mapping[str, Any], path: str) -> list[str]:
+    """What the approval step's settings cannot mean together (each already of its kind)."""
+    problems = []
+    for index, group in enumerate(settings.get("approverGroups") or []):
+        if not _GROUP.fullmatch(group):
+            problems.append(
+                f"{path}.approverGroups[{index}]: must be 1 to 64 letters, digits, '_', '-' or '.'"
+            )
+    remind, timeout = settings.get("remindBefore"), settings.get("timeout")
+    if remind is not None and timeout is None:
+        problems.append(f"{path}.remindBefore: needs a timeout to remind before")
+    elif remind is not None and durations.parse(remind) >= durations.parse(str(timeout)):
+        problems.append(f"{path}.remindBefore: must be shorter than timeout ({timeout})")
+    return problems
 
 
 def definition_problems(definition: Any) -> list[str]:
@@ -304,6 +348,14 @@ def address_problems(definition: Definition, *, allow_private: bool) -> list[str
                 host = None
             if host and addresses.host_problem(host):
                 problems.append(f"steps[{index}].settings.{name}: {addresses.REFUSED}")
+        slack = (settings.get("notifications") or {}).get("slackWebhookUrl")
+        try:
+            host = urlsplit(slack).hostname if isinstance(slack, str) else None
+        except ValueError:
+            host = None
+        if host and addresses.host_problem(host):
+            path = f"steps[{index}].settings.notifications.slackWebhookUrl"
+            problems.append(f"{path}: {addresses.REFUSED}")
     return problems
 
 

@@ -1,0 +1,268 @@
+"""Reviewer notifications (issue 15, section 4): email through a real SMTP server on 127.0.0.1
+(aiosmtpd) and a Slack-compatible webhook (tests/receiver.py) when an execution starts waiting,
+`remindBefore` its deadline and when it timed out; retries, the log, and a dead mail server
+that never delays the run. Real server, arq workers, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import email
+import json
+import socket
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from typing import Any
+from uuid import UUID
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+
+from tests.factories import PUBLIC, auth, execution_row, rows, start
+from tests.receiver import Receiver
+from web.domain import clock, users
+from web.domain.tables import Notification, NotificationAttempt, SandboxMessage, User
+from web.domain.workflows import BFSI_TEMPLATE, save_workflow
+from web.settings import Settings, get_settings
+
+WORKFLOW_ID = "workflow_notified"
+PUBLIC_URL = "https://flowgate.bank.example"
+SENDER = "approvals@bank.example"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+class Inbox:
+    """aiosmtpd's handler: keeps every message; answers the first `fail` DATA with 451."""
+
+    def __init__(self, fail: int = 0) -> None:
+        self.messages: list[tuple[list[str], EmailMessage]] = []
+        self.fail = fail
+        self.refused = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.refused < self.fail:
+            self.refused += 1
+            return "451 4.3.0 Mailbox busy, try again later"
+        message = email.message_from_bytes(envelope.content, policy=default_policy)
+        assert isinstance(message, EmailMessage)
+        self.messages.append((list(envelope.rcpt_tos), message))
+        return "250 OK"
+
+    async def wait_for(self, count: int, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.messages) < count:
+            assert time.monotonic() < deadline, f"{len(self.messages)} of {count} emails"
+            await asyncio.sleep(0.02)
+
+
+def _smtp(inbox: Inbox) -> Iterator[tuple[Inbox, str]]:
+    port = _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield inbox, f"smtp://127.0.0.1:{port}"
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[tuple[Inbox, str]]:
+    yield from _smtp(Inbox())
+
+
+@pytest.fixture
+def flaky_smtp() -> Iterator[tuple[Inbox, str]]:
+    yield from _smtp(Inbox(fail=2))
+
+
+def _settings(smtp_url: str, **changes: Any) -> Settings:
+    values: dict[str, Any] = {
+        "smtp_url": smtp_url,
+        "smtp_from": SENDER,
+        "public_url": PUBLIC_URL,
+        "notification_retry_delays": (0.1, 0.2, 0.3),
+        "notification_timeout_seconds": 5.0,
+    }
+    return dataclasses.replace(get_settings(), **{**values, **changes})
+
+
+async def _workflow(**approval: Any) -> None:
+    definition = copy.deepcopy(BFSI_TEMPLATE)
+    definition["id"] = WORKFLOW_ID
+    definition["name"] = "Diwali card offers"
+    for step in definition["steps"]:
+        if step["type"] == "approval":
+            step["settings"].update(approval)
+    await save_workflow(definition)
+
+
+async def _approvers() -> None:
+    await users.create_user("lead@example.com", "a long password 1", "admin")
+    await users.create_user("checker@example.com", "a long password 2", "reviewer")
+    await users.create_user("gone@example.com", "a long password 3", "reviewer")
+    await User.update({User.active: False}).where(User.email == "gone@example.com")
+
+
+def _parts(message: EmailMessage) -> tuple[str, str]:
+    text = message.get_body(preferencelist=("plain",))
+    html = message.get_body(preferencelist=("html",))
+    assert text is not None and html is not None
+    return str(text.get_content()), str(html.get_content())
+
+
+async def test_approvers_are_told_by_email_and_slack_when_waiting_reminded_and_timed_out(
+    client: httpx.AsyncClient,
+    smtp: tuple[Inbox, str],
+    receiver: Receiver,
+    run_worker: Any,
+    api_key: str,
+    admin_client: httpx.AsyncClient,
+) -> None:
+    inbox, url = smtp
+    await _approvers()
+    await _workflow(
+        timeout="3s", remindBefore="2s", notifications={"slackWebhookUrl": receiver.url}
+    )
+    data = rows(3)
+    data[2]["phone"] = "555"  # fails compliance
+    execution_id = await start(client, api_key, workflow_id=WORKFLOW_ID, csv_data=data)
+
+    await run_worker(_settings(url))  # until the deadline job (3 s) and its notifications ran
+
+    await inbox.wait_for(9)  # waiting, reminder and timed out, to each of 3 approvers
+    stored = await execution_row(execution_id)
+    deadline = clock.iso(stored["approval_deadline"])
+    link = f"{PUBLIC_URL}/dashboard/approvals/{execution_id}"
+    by_subject: dict[str, list[list[str]]] = {}
+    for recipients, message in inbox.messages:
+        by_subject.setdefault(str(message["Subject"]), []).append(recipients)
+        assert message["From"] == SENDER
+        assert [str(message["To"])] == recipients
+        assert message["X-Flowgate-Execution-Id"] == execution_id
+        text, html = _parts(message)
+        assert "Workflow: Diwali card offers (workflow_notified)" in text
+        assert "Rows: 3" in text and "Failing compliance: 1" in text
+        assert f"Deadline: {deadline}" in text and f"Review: {link}" in text
+        assert f'<a href="{link}">Open the review screen</a>' in html
+        assert "<th align='left'>Failing compliance</th><td>1</td>" in html
+    everyone = [["admin@example.com"], ["checker@example.com"], ["lead@example.com"]]
+    assert {subject: sorted(to) for subject, to in by_subject.items()} == {
+        "Approval needed: Diwali card offers": everyone,
+        f"Reminder: approval due {deadline}: Diwali card offers": everyone,
+        "Approval timed out: Diwali card offers": everyone,
+    }
+    timed_out_text = _parts(next(m for _, m in inbox.messages if "timed out" in str(m["Subject"])))[
+        0
+    ]
+    assert "was cancelled: Approval timed out after 3s." in timed_out_text
+    slack = [r for r in receiver.requests if r.path == "/hooks"]
+    texts = [json.loads(r.body)["text"] for r in slack]
+    assert [t.split("\n")[0] for t in texts] == [
+        "Approval needed: Diwali card offers",
+        f"Reminder: approval due {deadline}: Diwali card offers",
+        "Approval timed out: Diwali card offers",
+    ]
+    assert all(f"Review: {link}" in t and "Rows: 3" in t for t in texts)
+    assert slack[0].headers["content-type"] == "application/json"
+    sent = await Notification.select(Notification.status).where(
+        Notification.execution == UUID(execution_id)
+    )
+    assert [n["status"] for n in sent] == ["sent"] * 12
+    page = (await admin_client.get(f"/dashboard/executions/{execution_id}")).text
+    assert "Reviewer notifications" in page
+    assert page.count('<tr class="notification">') == 12
+    assert "Slack webhook" in page and receiver.url not in page  # the URL is a secret
+
+
+async def test_only_members_of_the_approver_groups_are_emailed(
+    client: httpx.AsyncClient, smtp: tuple[Inbox, str], run_worker: Any, api_key: str
+) -> None:
+    inbox, url = smtp
+    await _approvers()
+    await users.create_user("risk@example.com", "a long password 4", "reviewer")
+    await User.update({User.groups: ["risk"]}).where(User.email == "risk@example.com")
+    await _workflow(approverGroups=["risk"])
+    await start(client, api_key, workflow_id=WORKFLOW_ID, csv_data=rows(1))
+
+    await run_worker(_settings(url))
+
+    await inbox.wait_for(1)
+    assert [to for to, _ in inbox.messages] == [["risk@example.com"]]
+
+
+async def test_a_failing_mail_server_is_retried_until_it_takes_the_message(
+    client: httpx.AsyncClient, flaky_smtp: tuple[Inbox, str], run_worker: Any, api_key: str
+) -> None:
+    inbox, url = flaky_smtp
+    await users.create_user("checker@example.com", "a long password 2", "reviewer")
+    await _workflow()
+    execution_id = await start(client, api_key, workflow_id=WORKFLOW_ID, csv_data=rows(1))
+
+    await run_worker(_settings(url))
+
+    await inbox.wait_for(1)
+    assert len(inbox.messages) == 1
+    note = await Notification.select().where(Notification.execution == UUID(execution_id)).first()
+    assert note is not None
+    assert (note["status"], note["attempts"], note["kind"]) == ("sent", 3, "waiting")
+    attempts = (
+        await NotificationAttempt.select(NotificationAttempt.error)
+        .where(NotificationAttempt.notification == note["id"])
+        .order_by(NotificationAttempt.attempt_number)
+    )
+    assert [a["error"] for a in attempts] == [
+        "SMTP 451: 4.3.0 Mailbox busy, try again later",
+        "SMTP 451: 4.3.0 Mailbox busy, try again later",
+        None,
+    ]
+
+
+async def test_a_dead_mail_server_never_delays_or_fails_the_run(
+    client: httpx.AsyncClient, run_worker: Any, api_key: str
+) -> None:
+    await users.create_user("checker@example.com", "a long password 2", "reviewer")
+    await _workflow()
+    silent = socket.socket()  # accepts connections and never says a word
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    url = f"smtp://127.0.0.1:{silent.getsockname()[1]}"
+    settings = _settings(url, notification_timeout_seconds=2.0, notification_retry_delays=(0.1,))
+    try:
+        started = time.monotonic()
+        execution_id = await start(client, api_key, workflow_id=WORKFLOW_ID, csv_data=rows(3))
+        worker = asyncio.create_task(run_worker(settings))
+        while (await execution_row(execution_id))["status"] != "pending_approval":
+            assert time.monotonic() - started < 10
+            await asyncio.sleep(0.02)
+        waited = time.monotonic() - started
+        approved = await client.post(
+            f"{PUBLIC}/executions/{execution_id}/approve", headers=auth(api_key)
+        )
+        assert approved.status_code == 200
+        while (await execution_row(execution_id))["status"] != "completed":
+            assert time.monotonic() - started < 10
+            await asyncio.sleep(0.02)
+        done = time.monotonic() - started
+        await worker
+    finally:
+        silent.close()
+
+    print(f"\ndead SMTP: pending_approval after {waited:.2f} s, completed after {done:.2f} s")
+    assert waited < 2.0  # one attempt alone hangs 2 s: the run never waited for it
+    assert await SandboxMessage.count() == 3
+    note = await Notification.select().where(Notification.execution == UUID(execution_id)).first()
+    assert note is not None and (note["status"], note["attempts"]) == ("failed", 2)
+    errors = await NotificationAttempt.select(NotificationAttempt.error).where(
+        NotificationAttempt.notification == note["id"]
+    )
+    assert [e["error"] for e in errors] == ["Timed out after 2 s"] * 2
