@@ -64,7 +64,8 @@ from web.settings import get_settings  # noqa: E402
 
 TABLES = (
     "api_key, api_key_usage, workflow, execution, execution_row, sandbox_message, "
-    "webhook_event, webhook_attempt, dashboard_user, idempotent_request"
+    "webhook_event, webhook_attempt, dashboard_user, idempotent_request, "
+    "whatsapp_notification, suppression"
 )
 
 

@@ -129,6 +129,22 @@ def _proxies(name: str, default: str) -> tuple[str, ...]:
     return entries
 
 
+def _keywords(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated words (`STOP,UNSUBSCRIBE`), kept upper-case without spaces: inbound
+    messages are compared the same way (web.domain.whatsapp_inbound)."""
+    value = _raw(name)
+    if value is None:
+        return default
+    words = tuple("".join(part.split()).upper() for part in value.split(",") if part.strip())
+    if not words:
+        raise SettingsError(name, "comma-separated keywords, e.g. 'STOP,UNSUBSCRIBE'", value)
+    return words
+
+
+def _optional(name: str) -> str | None:
+    return _raw(name)
+
+
 def secret_key_is_set() -> bool:
     return _raw("FLOWGATE_SECRET_KEY") is not None
 
@@ -240,6 +256,15 @@ class Settings:
     session_max_age_seconds: int
     # Sign-in attempts one client IP may make a minute before its 429s (any email, any result).
     sign_in_attempts_per_minute: int
+    # WhatsApp Cloud API webhooks (/webhooks/whatsapp): the verify token of Meta's handshake and
+    # the app secret that signs each notification; without them the endpoint refuses.
+    whatsapp_verify_token: str | None = None
+    whatsapp_app_secret: str | None = None
+    # Inbound texts that add the sender to the suppression list, or take it off again.
+    opt_out_keywords: tuple[str, ...] = ("STOP", "UNSUBSCRIBE")
+    opt_in_keywords: tuple[str, ...] = ("START",)
+    # `execution.delivery_updated` goes out at most once per this many seconds per execution.
+    delivery_webhook_interval_seconds: float = 60.0
 
 
 @lru_cache(maxsize=1)
@@ -277,4 +302,11 @@ def get_settings() -> Settings:
         cookie_secure=_bool("FLOWGATE_COOKIE_SECURE", False),
         session_max_age_seconds=_int("FLOWGATE_SESSION_MAX_AGE_SECONDS", 12 * 3600, minimum=1),
         sign_in_attempts_per_minute=_int("FLOWGATE_SIGN_IN_ATTEMPTS_PER_MINUTE", 30, minimum=1),
+        whatsapp_verify_token=_optional("FLOWGATE_WHATSAPP_VERIFY_TOKEN"),
+        whatsapp_app_secret=_optional("FLOWGATE_WHATSAPP_APP_SECRET"),
+        opt_out_keywords=_keywords("FLOWGATE_OPT_OUT_KEYWORDS", ("STOP", "UNSUBSCRIBE")),
+        opt_in_keywords=_keywords("FLOWGATE_OPT_IN_KEYWORDS", ("START",)),
+        delivery_webhook_interval_seconds=_float(
+            "FLOWGATE_DELIVERY_WEBHOOK_INTERVAL_SECONDS", 60.0, minimum=0.1
+        ),
     )

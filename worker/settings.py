@@ -84,9 +84,24 @@ def functions() -> list[Function]:
 
 
 def delivery_functions() -> list[Function]:
-    """The deliveries' loop's job."""
+    """The deliveries' loop's jobs: webhook deliveries, and inbound WhatsApp notifications and
+    the throttled delivery-count events (their own queue keeps them off the runs' slots)."""
     settings = get_settings()
     return [
+        func(
+            jobs.process_whatsapp_notification,
+            name=queue.PROCESS_WHATSAPP_NOTIFICATION,
+            keep_result=0,
+            timeout=120,
+            max_tries=len(jobs.TRANSIENT_RETRY_DELAYS) + 1,
+        ),
+        func(
+            jobs.notify_delivery_counts,
+            name=queue.NOTIFY_DELIVERY_COUNTS,
+            keep_result=0,
+            timeout=60,
+            max_tries=len(jobs.TRANSIENT_RETRY_DELAYS) + 1,
+        ),
         func(
             jobs.deliver_webhook,
             name=queue.DELIVER_WEBHOOK,

@@ -11,9 +11,11 @@ from web.domain.tables import (
     ExecutionRow,
     IdempotentRequest,
     SandboxMessage,
+    Suppression,
     User,
     WebhookAttempt,
     WebhookEvent,
+    WhatsAppNotification,
     Workflow,
 )
 
@@ -31,6 +33,8 @@ APP_CONFIG = AppConfig(
         WebhookAttempt,
         User,
         IdempotentRequest,
+        WhatsAppNotification,
+        Suppression,
     ],
     migration_dependencies=[],
     commands=[],

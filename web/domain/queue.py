@@ -27,8 +27,12 @@ from web.domain.script_client import Script, ScriptClient, run_script
 
 RUN_EXECUTION = "run_execution"
 DELIVER_WEBHOOK = "deliver_webhook"
+# Inbound WhatsApp notifications (statuses, messages), stored by POST /webhooks/whatsapp.
+PROCESS_WHATSAPP_NOTIFICATION = "process_whatsapp_notification"
+# A throttled execution.delivery_updated: look at the counts again when the interval is up.
+NOTIFY_DELIVERY_COUNTS = "notify_delivery_counts"
 
-JOB_NAMES = (RUN_EXECUTION, DELIVER_WEBHOOK)
+JOB_NAMES = (RUN_EXECUTION, DELIVER_WEBHOOK, PROCESS_WHATSAPP_NOTIFICATION, NOTIFY_DELIVERY_COUNTS)
 
 # Webhook deliveries have an arq queue (and worker loop, worker/settings.py) of their own, so
 # slow receivers can never take the slots that workflow runs need. Runs use arq's default queue.
@@ -63,16 +67,18 @@ async def enqueue(
     job_id: str,
     *args: str,
     queue_name: str = RUN_QUEUE,
+    defer_seconds: float = 0.0,
 ) -> bool:
-    """Queue `function(*args)` on `queue_name` under `job_id`, unless that job is already
-    queued or has a result; True if it was queued now."""
+    """Queue `function(*args)` on `queue_name` under `job_id` (to run `defer_seconds` from
+    now), unless that job is already queued or has a result; True if it was queued now."""
     enqueued_ms = round(time.time() * 1000)
+    run_at_ms = enqueued_ms + round(defer_seconds * 1000)
     job = serialize_job(function, args, {}, None, enqueued_ms)
     queued = await run_script(
         redis,
         _ENQUEUE_SCRIPT,
         [job_key_prefix + job_id, result_key_prefix + job_id, queue_name],
-        [str(expires_extra_ms), job, str(enqueued_ms), job_id],
+        [str(expires_extra_ms + run_at_ms - enqueued_ms), job, str(run_at_ms), job_id],
     )
     return bool(queued)
 
@@ -101,4 +107,31 @@ async def enqueue_webhook(redis: ScriptClient | Redis, event_id: UUID) -> bool:
     deliveries' own queue; True if it was queued now."""
     return await enqueue(
         redis, DELIVER_WEBHOOK, webhook_job_id(event_id), str(event_id), queue_name=WEBHOOK_QUEUE
+    )
+
+
+async def enqueue_notification(redis: ScriptClient | Redis, notification_id: UUID) -> bool:
+    """Queue the processing of one stored WhatsApp notification, on the webhooks' queue (never
+    the runs'): once per notification."""
+    return await enqueue(
+        redis,
+        PROCESS_WHATSAPP_NOTIFICATION,
+        f"{PROCESS_WHATSAPP_NOTIFICATION}:{notification_id}",
+        str(notification_id),
+        queue_name=WEBHOOK_QUEUE,
+    )
+
+
+async def enqueue_delivery_check(
+    redis: ScriptClient | Redis, execution_id: UUID, slot: int, defer_seconds: float
+) -> bool:
+    """Look at an execution's delivery counts again in `defer_seconds`: once per execution and
+    throttle slot (the time of the last event), so many statuses queue one job."""
+    return await enqueue(
+        redis,
+        NOTIFY_DELIVERY_COUNTS,
+        f"{NOTIFY_DELIVERY_COUNTS}:{execution_id}:{slot}",
+        str(execution_id),
+        queue_name=WEBHOOK_QUEUE,
+        defer_seconds=defer_seconds,
     )

@@ -18,18 +18,20 @@ runs an execution, so a job queued needlessly finds it held or done and ends.
 
 Webhook events still `pending` that have not been attempted for `stalled_after` seconds are
 queued again under their own deterministic id (a no-op while that job is queued or running).
+WhatsApp notifications stored but not processed for `stalled_after` seconds (their job lost
+with Redis) are queued again too; processing one twice is harmless (web.domain.whatsapp_inbound).
 Imports only web.domain.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
-from web.domain import queue
+from web.domain import queue, whatsapp_inbound
 from web.domain.tables import Execution, WebhookEvent
 
 # The reconciler's one query, served by the partial index execution_unfinished (created_at
@@ -62,6 +64,7 @@ class Requeued:
 
     executions: list[UUID]
     webhook_events: list[UUID]
+    notifications: list[UUID] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -132,4 +135,9 @@ async def requeue_stalled(redis: ArqRedis, stalled_after: float) -> Requeued:
         for event_id in await stalled_webhook_events(stalled_after)
         if await queue.enqueue_webhook(redis, event_id)
     ]
-    return Requeued(executions, events)
+    notifications = [
+        notification_id
+        for notification_id in await whatsapp_inbound.unprocessed(stalled_after)
+        if await queue.enqueue_notification(redis, notification_id)
+    ]
+    return Requeued(executions, events, notifications)
