@@ -233,3 +233,26 @@ async def test_factories_rows_phone_numbers_are_what_the_tests_expect() -> None:
     assert [row["phone"] for row in factories.rows(3)] == [
         "+918610500000", "+918610500001", "+918610500002",
     ]  # fmt: skip
+
+
+def test_keyword_settings_are_read_upper_case_and_a_list_of_nothing_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from web.settings import SettingsError, get_settings
+
+    monkeypatch.setenv("FLOWGATE_OPT_OUT_KEYWORDS", "stop, Un Subscribe ,ARRET")
+    get_settings.cache_clear()
+    try:
+        assert get_settings().opt_out_keywords == ("STOP", "UNSUBSCRIBE", "ARRET")
+        monkeypatch.setenv("FLOWGATE_OPT_IN_KEYWORDS", " , ")
+        get_settings.cache_clear()
+        with pytest.raises(SettingsError, match=r"^FLOWGATE_OPT_IN_KEYWORDS: expected"):
+            get_settings()
+        monkeypatch.setenv("FLOWGATE_OPT_IN_KEYWORDS", "START")
+        monkeypatch.setenv("FLOWGATE_DELIVERY_WEBHOOK_INTERVAL_SECONDS", "soon")
+        get_settings.cache_clear()
+        with pytest.raises(SettingsError, match=r"^FLOWGATE_DELIVERY_WEBHOOK_INTERVAL_SECONDS"):
+            get_settings()
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
