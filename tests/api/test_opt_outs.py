@@ -5,6 +5,7 @@ while the execution waits for approval (the fake WhatsApp server receives nothin
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -256,3 +257,43 @@ def test_keyword_settings_are_read_upper_case_and_a_list_of_nothing_is_refused(
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+async def test_an_opt_out_arriving_while_the_rows_go_out_stops_the_rows_not_sent_yet(
+    client: httpx.AsyncClient, run_worker: Any, api_key: str, whatsapp: FakeWhatsAppCloud
+) -> None:
+    from tests.fake_providers import Reply
+
+    workflow_id = await save(send=whatsapp_settings(whatsapp, concurrency=1))
+    execution_id = await start(client, api_key, csv_data=rows(3), workflow_id=workflow_id)
+    await run_worker(settings())
+    await approve(client, api_key, execution_id)
+    whatsapp.respond_with(Reply(delay=0.5))  # the first send is slow
+
+    async def opt_out_during_the_first_send() -> None:
+        await whatsapp.wait_for(1)
+        await suppressions.add("+918610500002", "STOP by SMS", suppressions.Source.CLI)
+
+    await asyncio.gather(run_worker(settings()), opt_out_during_the_first_send())
+
+    assert [r.json["to"] for r in whatsapp.requests] == ["918610500000", "918610500001"]
+    items = (await results(client, api_key, execution_id))["output"]["results"]
+    assert [(i["status"], i.get("reason")) for i in items] == [
+        ("sent", None), ("sent", None), ("skipped", "recipient opted out"),
+    ]  # fmt: skip
+
+
+async def test_a_notification_of_an_unexpected_shape_is_acknowledged_and_kept_with_its_error(
+    client: httpx.AsyncClient, run_worker: Any
+) -> None:
+    from web.domain.tables import WhatsAppNotification
+
+    odd = notification(messages=[{"from": "919876543210", "type": "text", "text": "STOP"}])
+    odd["entry"][0]["changes"][0]["value"]["statuses"] = "delivered"
+    for payload in (odd, {"entry": "nope"}, [1, 2]):
+        assert (await post_notification(client, payload)).status_code == 200  # type: ignore[arg-type]
+    await run_worker(settings())
+
+    stored = await WhatsAppNotification.select(WhatsAppNotification.processed_at)
+    assert len(stored) == 3 and all(row["processed_at"] is not None for row in stored)
+    assert await listed() == []

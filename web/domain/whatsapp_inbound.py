@@ -23,7 +23,7 @@ from uuid import UUID
 from redis.asyncio import Redis
 
 from web.domain import delivery_statuses, pool, queue, suppressions
-from web.domain.errors import DomainError, Forbidden, Unauthorized
+from web.domain.errors import DomainError, Forbidden, Unauthorized, is_unavailable
 from web.domain.script_client import ScriptClient
 from web.domain.tables import WhatsAppNotification
 
@@ -120,7 +120,8 @@ async def _message(
 ) -> None:
     if item.get("type") != "text":
         return
-    word = _keyword((item.get("text") or {}).get("body"))
+    text = item.get("text")
+    word = _keyword(text.get("body") if isinstance(text, dict) else None)
     phone = suppressions.recipient_key(item.get("from"))
     if phone is None or word not in (*opt_out, *opt_in):
         return
@@ -132,6 +133,10 @@ async def _message(
         if await suppressions.remove_if_listed(phone):
             done.opted_in += 1
             logger.info("opt-in by WhatsApp reply from %s", suppressions.mask(phone))
+
+
+def _items(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 async def process(
@@ -160,15 +165,20 @@ async def process(
         ]
     except (ValueError, AttributeError, TypeError):
         changes, error = [], "not a WhatsApp Cloud API notification"
-    for value in changes:
-        if not isinstance(value, dict):
-            continue
-        for item in value.get("statuses") or []:
-            if isinstance(item, dict):
+    try:
+        for value in changes:
+            if not isinstance(value, dict):
+                continue
+            for item in _items(value.get("statuses")):
                 await _status(item, done)
-        for item in value.get("messages") or []:
-            if isinstance(item, dict):
+            for item in _items(value.get("messages")):
                 await _message(item, opt_out, opt_in, done)
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise  # tried again later (the job's retry, or the reconciler)
+        # A shape we do not read: kept with its error, never retried in a loop.
+        error = f"could not process: {type(exc).__name__}"
+        logger.warning("WhatsApp notification %s: %s", notification_id, error)
     for execution_id in done.executions:
         await delivery_statuses.notify_counts(redis, execution_id, interval_seconds)
     await WhatsAppNotification.raw(

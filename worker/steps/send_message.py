@@ -98,6 +98,11 @@ async def _send_each_once(
         if ctx.out_of_time():
             late = True
             return None  # left unsent, for the step's next job
+        if await suppressions.suppressed_rows([(message.row_id, message.recipient)]):
+            # Opted out since the step started: checked again just before this send.
+            opted_out = SendResult(message.row_id, SendStatus.SKIPPED, None, suppressions.OPTED_OUT)
+            await _save([opted_out])
+            return opted_out
         if not await execution_rows.mark_sending(message.row_id):
             return None  # no longer unsent: another worker has it
         if stopping:
