@@ -366,3 +366,42 @@ async def test_delivery_updated_is_not_in_a_new_keys_default_events(receiver: Re
     assert row is not None
     assert "execution.delivery_updated" not in row["webhook_events"]
     assert "execution.completed" in row["webhook_events"]
+
+
+async def test_a_notification_whose_job_was_lost_is_queued_again_by_the_reconciler(
+    client: httpx.AsyncClient, run_worker: Any, redis: Any
+) -> None:
+    from web.domain import recovery
+
+    response = await post_notification(
+        client, notification(statuses=[status("wamid.lost", "read", "919876543210")])
+    )
+    assert response.status_code == 200
+    await redis.flushdb()  # Redis lost everything: the job is gone, the row is not
+    (stored,) = await WhatsAppNotification.select(WhatsAppNotification.id)
+
+    requeued = await recovery.requeue_stalled(redis, 0)
+    assert requeued.notifications == [stored["id"]]
+    await run_worker(settings())
+
+    (processed,) = await WhatsAppNotification.select(WhatsAppNotification.processed_at)
+    assert processed["processed_at"] is not None
+    assert (await recovery.requeue_stalled(redis, 0)).notifications == []
+
+
+async def test_opt_outs_and_statuses_log_no_phone_number_and_no_message_text(
+    client: httpx.AsyncClient, run_worker: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    payload = notification(
+        statuses=[status("wamid.HBgMOTE5ODc2NTQzMjEw", "failed", "919876543210")],
+        messages=[{"from": "919812345678", "id": "wamid.in", "timestamp": "1764650000",
+                   "type": "text", "text": {"body": "STOP"}}],
+    )  # fmt: skip
+    assert (await post_notification(client, payload)).status_code == 200
+    await run_worker(settings())
+
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "opt-out by WhatsApp reply" in text
+    for personal in ("919876543210", "919812345678", "wamid.HBgMOTE5ODc2NTQzMjEw", "Sheena"):
+        assert personal not in text
