@@ -405,3 +405,23 @@ async def test_opt_outs_and_statuses_log_no_phone_number_and_no_message_text(
     assert "opt-out by WhatsApp reply" in text
     for personal in ("919876543210", "919812345678", "wamid.HBgMOTE5ODc2NTQzMjEw", "Sheena"):
         assert personal not in text
+
+
+async def test_the_execution_page_shows_the_delivery_counts_and_each_rows_status(
+    client: httpx.AsyncClient,
+    run_worker: Any,
+    whatsapp: FakeWhatsAppCloud,
+    api_key: str,
+    admin_client: httpx.AsyncClient,
+) -> None:
+    execution_id, ids = await sent_run(client, run_worker, whatsapp, api_key, count=3)
+    a, b, _ = (ids[digits(i)] for i in range(3))
+    await deliver(client, run_worker, status(a, "read", digits(0)), status(b, "failed", digits(1)))
+
+    page = await admin_client.get(f"/dashboard/executions/{execution_id}")
+
+    assert page.status_code == 200
+    counts = page.text.split('id="delivery-counts"')[1].split("</p>")[0]
+    assert "<strong>0</strong> delivered" in counts and "<strong>1</strong> read" in counts
+    assert "<strong>1</strong> failed" in counts and "<strong>1</strong> accepted" in counts
+    assert "131026: Message undeliverable" in page.text
