@@ -123,3 +123,11 @@ async def purge_idempotency_answers(ctx: dict[str, Any]) -> dict[str, Any]:
     if removed:
         logger.info("purged %d expired idempotency answer(s)", removed)
     return {"removed": removed}
+
+
+async def purge_whatsapp_notifications(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Hourly: forget WhatsApp notifications processed a week ago."""
+    removed = await whatsapp_inbound.purge_processed()
+    if removed:
+        logger.info("purged %d processed WhatsApp notification(s)", removed)
+    return {"removed": removed}

@@ -119,6 +119,8 @@ class WorkerSettings:
     # Hourly: answers to Idempotency-Key requests past FLOWGATE_IDEMPOTENCY_TTL_SECONDS.
     cron_jobs = [
         cron(jobs.purge_idempotency_answers, minute=17, second=30, unique=True, timeout=300),
+        # Hourly: WhatsApp notifications processed more than a week ago.
+        cron(jobs.purge_whatsapp_notifications, minute=47, second=30, unique=True, timeout=300),
     ]
     # The reconciler is a loop of each worker's own (worker/reconciler.py), not an arq cron job.
     on_startup = start_worker

@@ -425,3 +425,21 @@ async def test_the_execution_page_shows_the_delivery_counts_and_each_rows_status
     assert "<strong>0</strong> delivered" in counts and "<strong>1</strong> read" in counts
     assert "<strong>1</strong> failed" in counts and "<strong>1</strong> accepted" in counts
     assert "131026: Message undeliverable" in page.text
+
+
+async def test_processed_notifications_are_purged_after_a_week_and_unprocessed_ones_kept(
+    client: httpx.AsyncClient,
+) -> None:
+    from web.domain import whatsapp_inbound
+    from web.domain.tables import WhatsAppNotification as Row
+
+    for _ in range(3):
+        assert (await post_notification(client, notification(statuses=[]))).status_code == 200
+    ids = [row["id"] for row in await Row.select(Row.id).order_by(Row.received_at)]
+    await Row.raw("UPDATE whatsapp_notification SET processed_at = now() - interval '8 days' "
+                  "WHERE id = {}", ids[0])  # fmt: skip
+    await Row.raw("UPDATE whatsapp_notification SET processed_at = now() - interval '6 days' "
+                  "WHERE id = {}", ids[1])  # fmt: skip
+
+    assert await whatsapp_inbound.purge_processed() == 1
+    assert sorted(row["id"] for row in await Row.select(Row.id)) == sorted(ids[1:])

@@ -197,3 +197,25 @@ async def unprocessed(older_than_seconds: float) -> list[UUID]:
         older_than_seconds,
     )
     return [row["id"] for row in rows]
+
+
+KEEP_PROCESSED_DAYS = 7
+
+
+async def purge_processed(days: int = KEEP_PROCESSED_DAYS, batch_size: int = 5_000) -> int:
+    """Forget notifications processed more than `days` ago (the worker's hourly cron), in
+    batches; how many were deleted. Their effects (statuses, opt-outs) stay."""
+    removed = 0
+    while True:
+        rows = await pool.fetch_rows(
+            "WITH gone AS (DELETE FROM whatsapp_notification WHERE id IN ("
+            "  SELECT id FROM whatsapp_notification "
+            "  WHERE processed_at < now() - make_interval(days => $1) LIMIT $2"
+            ") RETURNING 1) SELECT count(*) AS n FROM gone",
+            days,
+            batch_size,
+        )
+        done = int(rows[0]["n"])
+        removed += done
+        if done < batch_size:
+            return removed
