@@ -65,7 +65,7 @@ from web.settings import get_settings  # noqa: E402
 TABLES = (
     "api_key, api_key_usage, workflow, execution, execution_row, sandbox_message, "
     "webhook_event, webhook_attempt, dashboard_user, idempotent_request, approval_submission, "
-    "notification, notification_attempt"
+    "notification, notification_attempt, whatsapp_notification, suppression"
 )
 
 

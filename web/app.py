@@ -24,6 +24,7 @@ from litestar.template import TemplateConfig
 from web.api.errors import EXCEPTION_HANDLERS
 from web.api.executions import PublicExecutionsController
 from web.api.limit_headers import limit_headers_middleware
+from web.api.whatsapp import WhatsAppWebhookController
 from web.dashboard.auth import LoginRequired
 from web.dashboard.errors import error_page, redirect_to_login
 from web.dashboard.headers import harden_dashboard_answers
@@ -173,6 +174,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             public_api,
             dashboard_router(),
+            WhatsAppWebhookController,
             health,
             index,
             favicon,
@@ -184,7 +186,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             cookie_name=CSRF_COOKIE,
             cookie_secure=settings.cookie_secure,
             cookie_httponly=True,  # the pages carry the token; no script reads the cookie
-            exclude=["^/api/"],
+            exclude=["^/api/", "^/webhooks/"],
         ),
         before_send=[harden_dashboard_answers],
         plugins=[FlashPlugin(config=FlashConfig(template_config=template_config))],

@@ -1,4 +1,5 @@
-"""The `flowgate` command: serve, worker, migrate, keys, workflows, webhooks, users. Imports
+"""The `flowgate` command: serve, worker, migrate, keys, workflows, webhooks, users,
+suppressions. Imports
 the worker lazily (only the `worker` command needs it), so the CLI stays usable on a web-only
 host."""
 
@@ -21,7 +22,16 @@ import msgspec
 os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
 
 from web import services
-from web.domain import api_keys, queue, users, webhooks, workflow_files, workflows
+from web.domain import (
+    api_keys,
+    clock,
+    queue,
+    suppressions,
+    users,
+    webhooks,
+    workflow_files,
+    workflows,
+)
 from web.domain.errors import DomainError
 from web.settings import SettingsError, apply_dev_env, get_settings
 
@@ -316,6 +326,60 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+async def suppressions_add(args: argparse.Namespace) -> int:
+    phone = suppressions.normalise(args.phone)
+    added = await suppressions.add(phone, args.reason, suppressions.Source.CLI)
+    print(f"{'added' if added else 'already listed, reason updated:'} {phone}")
+    return 0
+
+
+async def suppressions_remove(args: argparse.Namespace) -> int:
+    await suppressions.remove(args.phone)
+    print(f"removed {suppressions.normalise(args.phone)}")
+    return 0
+
+
+async def suppressions_list(args: argparse.Namespace) -> int:
+    listed = await suppressions.list_suppressions(args.search or "", limit=1_000_000)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "phone": row.phone,
+                        "reason": row.reason,
+                        "source": row.source,
+                        "createdAt": clock.iso(row.created_at),
+                    }
+                    for row in listed
+                ]
+            )
+        )
+        return 0
+    if not listed:
+        print("The suppression list is empty")
+    for row in listed:
+        print(f"{row.phone:16}  {row.source:9}  {row.created_at.isoformat()}  {row.reason or ''}")
+    return 0
+
+
+async def suppressions_import(args: argparse.Namespace) -> int:
+    """`phone[,reason]` lines; bad lines are listed on stderr and do not stop the rest."""
+    try:
+        text = Path(args.file).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 1
+    report = await suppressions.import_csv(text)
+    for line, problem in report.bad_lines:
+        print(f"error: {args.file}:{line}: {problem}", file=sys.stderr)
+    print(
+        f"imported {report.added + report.updated} number(s): {report.added} added, "
+        f"{report.updated} already listed (reason updated); {len(report.bad_lines)} bad line(s)"
+    )
+    return 1 if report.bad_lines and not (report.added + report.updated) else 0
+
+
 def worker(_: argparse.Namespace) -> int:
     from worker.settings import run_workers
 
@@ -422,6 +486,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the password from standard input (default: generate one and print it once)",
     )
     p.set_defaults(async_handler=users_set_password)
+
+    opted = sub.add_parser(
+        "suppressions", help="the suppression list: numbers that opted out"
+    ).add_subparsers(dest="suppressions_command", required=True)
+    p = opted.add_parser("add", help="never message this number (E.164, e.g. +919876543210)")
+    p.add_argument("phone")
+    p.add_argument("--reason")
+    p.set_defaults(async_handler=suppressions_add)
+    p = opted.add_parser("remove", help="take a number off the list")
+    p.add_argument("phone")
+    p.set_defaults(async_handler=suppressions_remove)
+    p = opted.add_parser("list", help="list the numbers, newest first")
+    p.add_argument("--search", help="part of a number or reason")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(async_handler=suppressions_list)
+    p = opted.add_parser("import", help="add the numbers of a CSV file (header phone[,reason])")
+    p.add_argument("file")
+    p.set_defaults(async_handler=suppressions_import)
 
     p = sub.add_parser("dev-admin", help=argparse.SUPPRESS)
     p.set_defaults(async_handler=dev_admin)

@@ -131,6 +131,22 @@ def _proxies(name: str, default: str) -> tuple[str, ...]:
     return entries
 
 
+def _keywords(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated words (`STOP,UNSUBSCRIBE`), kept upper-case without spaces: inbound
+    messages are compared the same way (web.domain.whatsapp_inbound)."""
+    value = _raw(name)
+    if value is None:
+        return default
+    words = tuple("".join(part.split()).upper() for part in value.split(",") if part.strip())
+    if not words:
+        raise SettingsError(name, "comma-separated keywords, e.g. 'STOP,UNSUBSCRIBE'", value)
+    return words
+
+
+def _optional(name: str) -> str | None:
+    return _raw(name)
+
+
 def secret_key_is_set() -> bool:
     return _raw("FLOWGATE_SECRET_KEY") is not None
 
@@ -252,6 +268,15 @@ class Settings:
     public_url: str = "http://localhost:3001"
     notification_retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0)
     notification_timeout_seconds: float = 10.0
+    # WhatsApp Cloud API webhooks (/webhooks/whatsapp): the verify token of Meta's handshake and
+    # the app secret that signs each notification; without them the endpoint refuses.
+    whatsapp_verify_token: str | None = None
+    whatsapp_app_secret: str | None = None
+    # Inbound texts that add the sender to the suppression list, or take it off again.
+    opt_out_keywords: tuple[str, ...] = ("STOP", "UNSUBSCRIBE")
+    opt_in_keywords: tuple[str, ...] = ("START",)
+    # `execution.delivery_updated` goes out at most once per this many seconds per execution.
+    delivery_webhook_interval_seconds: float = 60.0
 
 
 SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
@@ -335,5 +360,12 @@ def get_settings() -> Settings:
         notification_retry_delays=_floats("FLOWGATE_NOTIFICATION_RETRY_DELAYS", (5.0, 30.0, 120.0)),
         notification_timeout_seconds=_float(
             "FLOWGATE_NOTIFICATION_TIMEOUT_SECONDS", 10.0, minimum=0.001
+        ),
+        whatsapp_verify_token=_optional("FLOWGATE_WHATSAPP_VERIFY_TOKEN"),
+        whatsapp_app_secret=_optional("FLOWGATE_WHATSAPP_APP_SECRET"),
+        opt_out_keywords=_keywords("FLOWGATE_OPT_OUT_KEYWORDS", ("STOP", "UNSUBSCRIBE")),
+        opt_in_keywords=_keywords("FLOWGATE_OPT_IN_KEYWORDS", ("START",)),
+        delivery_webhook_interval_seconds=_float(
+            "FLOWGATE_DELIVERY_WEBHOOK_INTERVAL_SECONDS", 60.0, minimum=0.1
         ),
     )

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from arq import Retry
 
-from web.domain import approvals, idempotency, queue, recovery
+from web.domain import approvals, delivery_statuses, idempotency, queue, recovery, whatsapp_inbound
 from web.domain.errors import is_unavailable
 from worker import delivery, engine, notify
 
@@ -55,6 +55,47 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
     return {"event_id": event_id, "outcome": outcome.state}
 
 
+async def process_whatsapp_notification(
+    ctx: dict[str, Any], notification_id: str
+) -> dict[str, Any]:
+    """One stored WhatsApp notification: its statuses and opt-outs (web.domain.whatsapp_inbound)."""
+    settings = ctx["settings"]
+    try:
+        done = await whatsapp_inbound.process(
+            ctx["redis"],
+            UUID(notification_id),
+            settings.opt_out_keywords,
+            settings.opt_in_keywords,
+            settings.delivery_webhook_interval_seconds,
+        )
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        raise _retry_later(ctx) from exc
+    if done is None:
+        return {"notification_id": notification_id, "outcome": "nothing to do"}
+    return {
+        "notification_id": notification_id,
+        "statuses": done.statuses,
+        "unknown": done.unknown,
+        "opted_out": done.opted_out,
+        "opted_in": done.opted_in,
+    }
+
+
+async def notify_delivery_counts(ctx: dict[str, Any], execution_id: str) -> dict[str, Any]:
+    """A throttled execution.delivery_updated, once its interval is up."""
+    try:
+        recorded = await delivery_statuses.notify_counts(
+            ctx["redis"], UUID(execution_id), ctx["settings"].delivery_webhook_interval_seconds
+        )
+    except Exception as exc:
+        if not is_unavailable(exc):
+            raise
+        raise _retry_later(ctx) from exc
+    return {"execution_id": execution_id, "recorded": recorded}
+
+
 async def reconcile(ctx: dict[str, Any]) -> dict[str, Any]:
     """One reconciler pass (worker/reconciler.py runs it every few seconds): queue again what
     nothing is doing, and say what was really queued."""
@@ -67,6 +108,11 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, Any]:
             "reconciler timed out %d execution(s) past their approval deadline: %s",
             len(requeued.timed_out),
             ", ".join(str(e) for e in requeued.timed_out[:20]),
+        )
+    if requeued.whatsapp_notifications:
+        logger.warning(
+            "reconciler queued %d WhatsApp notification(s) again",
+            len(requeued.whatsapp_notifications),
         )
     if requeued.executions or requeued.webhook_events:
         logger.warning(
@@ -133,3 +179,11 @@ async def approval_reminder(ctx: dict[str, Any], execution_id: str) -> dict[str,
             raise
         raise _retry_later(ctx) from exc
     return {"execution_id": execution_id, "reminded": queued is not None}
+
+
+async def purge_whatsapp_notifications(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Hourly: forget WhatsApp notifications processed a week ago."""
+    removed = await whatsapp_inbound.purge_processed()
+    if removed:
+        logger.info("purged %d processed WhatsApp notification(s)", removed)
+    return {"removed": removed}

@@ -85,7 +85,8 @@ def functions() -> list[Function]:
 
 def delivery_functions() -> list[Function]:
     """The deliveries' loop's jobs: webhooks, reviewer notifications, approval deadlines and
-    reminders (none of them may take a run's slot)."""
+    reminders, inbound WhatsApp notifications and the throttled delivery-count events (their
+    own queue keeps them all off the runs' slots)."""
     settings = get_settings()
     tries = len(jobs.TRANSIENT_RETRY_DELAYS) + 2
     return [
@@ -111,6 +112,20 @@ def delivery_functions() -> list[Function]:
             max_tries=tries,
         ),
         func(
+            jobs.process_whatsapp_notification,
+            name=queue.PROCESS_WHATSAPP_NOTIFICATION,
+            keep_result=0,
+            timeout=120,
+            max_tries=len(jobs.TRANSIENT_RETRY_DELAYS) + 1,
+        ),
+        func(
+            jobs.notify_delivery_counts,
+            name=queue.NOTIFY_DELIVERY_COUNTS,
+            keep_result=0,
+            timeout=60,
+            max_tries=len(jobs.TRANSIENT_RETRY_DELAYS) + 1,
+        ),
+        func(
             jobs.deliver_webhook,
             name=queue.DELIVER_WEBHOOK,
             keep_result=0,
@@ -127,6 +142,8 @@ class WorkerSettings:
     # Hourly: answers to Idempotency-Key requests past FLOWGATE_IDEMPOTENCY_TTL_SECONDS.
     cron_jobs = [
         cron(jobs.purge_idempotency_answers, minute=17, second=30, unique=True, timeout=300),
+        # Hourly: WhatsApp notifications processed more than a week ago.
+        cron(jobs.purge_whatsapp_notifications, minute=47, second=30, unique=True, timeout=300),
     ]
     # The reconciler is a loop of each worker's own (worker/reconciler.py), not an arq cron job.
     on_startup = start_worker

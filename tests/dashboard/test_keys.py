@@ -112,8 +112,9 @@ async def test_a_new_key_is_shown_once_and_works_against_the_public_api(
     form = await admin_client.get(f"{KEYS}/new")
     assert form.status_code == 200
     assert 'name="generate_secret" checked' in form.text
-    # The spec's four events and execution.cancelled (added beside it), all on by default.
-    assert form.text.count('name="webhook_events" value=') == 5
+    # The spec's four events and execution.cancelled (added beside it), all on by default;
+    # execution.delivery_updated offered, off by default.
+    assert form.text.count('name="webhook_events" value=') == 6
     assert form.text.count("checked> <code>execution.") == 5
 
     response = await follow(

@@ -167,6 +167,21 @@ def completed(execution_id: str, body: dict[str, Any], items: list[dict[str, Any
     }
 
 
+def completed_via_whatsapp(
+    execution_id: str, body: dict[str, Any], items: list[dict[str, Any]]
+) -> dict:
+    """As `completed`, for a run sent through whatsapp_cloud: its sent rows are `accepted`
+    (no delivery status has come yet) and the output counts them (README "WhatsApp webhook")."""
+    items = [{**item, "deliveryStatus": "accepted"} if item["status"] == "sent" else item
+             for item in items]  # fmt: skip
+    expected = completed(execution_id, body, items)
+    accepted = sum(1 for item in items if item["status"] == "sent")
+    expected["output"]["deliveryCounts"] = {
+        "accepted": accepted, "sent": 0, "delivered": 0, "read": 0, "failed": 0,
+    }  # fmt: skip
+    return expected
+
+
 async def run_through_approval(
     client: httpx.AsyncClient, api_key: str, run_worker: Any, data: list[dict[str, Any]]
 ) -> tuple[str, dict[str, Any]]:
@@ -210,7 +225,7 @@ async def test_a_bfsi_run_through_openai_compatible_and_whatsapp_cloud_ends_with
 
     body = await results(client, api_key, execution_id)
     message_ids = {to: message_id for to, _, message_id in whatsapp.sent}
-    assert body == completed(
+    assert body == completed_via_whatsapp(
         execution_id,
         body,
         [
@@ -384,7 +399,7 @@ async def test_a_row_the_llm_refuses_ends_failed_with_the_providers_error_and_th
         "Content generation failed: the provider answered 400: "
         "This model's maximum context length is 8192 tokens."
     )
-    assert body == completed(
+    assert body == completed_via_whatsapp(
         execution_id,
         body,
         [
@@ -423,7 +438,7 @@ async def test_a_number_whatsapp_refuses_fails_with_the_providers_message_and_th
     execution_id, body = await run_through_approval(client, api_key, run_worker, data)
 
     ids = {to: message_id for to, _, message_id in whatsapp.sent}
-    assert body == completed(
+    assert body == completed_via_whatsapp(
         execution_id,
         body,
         [
@@ -625,7 +640,7 @@ async def test_whatsapp_429_and_5xx_are_retried_honouring_retry_after_and_the_ro
     execution_id, body = await run_through_approval(client, api_key, run_worker, data)
 
     ((to, _, message_id),) = whatsapp.sent
-    assert body == completed(
+    assert body == completed_via_whatsapp(
         execution_id, body, [{"customerId": "CUST001", "status": "sent", "messageId": message_id}]
     )
     first, second, third = whatsapp.requests
@@ -712,7 +727,7 @@ async def test_a_rerun_after_a_worker_is_killed_mid_send_sends_no_row_twice(
     assert [r.json["to"] for r in whatsapp.requests] == [_digits(row) for row in data]
     ids = {to: message_id for to, _, message_id in whatsapp.sent}
     body = await results(client, api_key, execution_id)
-    assert body == completed(
+    assert body == completed_via_whatsapp(
         execution_id,
         body,
         [
@@ -1233,7 +1248,7 @@ async def test_a_whatsapp_500_after_accepting_is_not_resent_and_the_rows_deliver
     assert [r.json["to"] for r in whatsapp.requests].count(second) == 1
     assert second in [to for to, _, _ in whatsapp.sent]
     ids = {to: message_id for to, _, message_id in whatsapp.sent}
-    assert body == completed(
+    assert body == completed_via_whatsapp(
         execution_id,
         body,
         [
@@ -1285,7 +1300,7 @@ async def test_whatsapp_rate_limits_and_its_not_processed_503_are_retried_and_se
     execution_id, body = await run_through_approval(client, api_key, run_worker, data)
 
     ((_, _, message_id),) = whatsapp.sent
-    assert body == completed(
+    assert body == completed_via_whatsapp(
         execution_id, body, [{"customerId": "CUST001", "status": "sent", "messageId": message_id}]
     )
     assert len(whatsapp.requests) == 4

@@ -37,7 +37,15 @@ from web.api.schemas import (
     StatusResponse,
     error_responses,
 )
-from web.domain import approvals, clock, execution_pages, executions, idempotency, status_events
+from web.domain import (
+    approvals,
+    clock,
+    delivery_statuses,
+    execution_pages,
+    executions,
+    idempotency,
+    status_events,
+)
 from web.domain.errors import NotAcceptable
 from web.domain.limits import QuotaExceeded, QuotaState
 from web.domain.statuses import RowDecision
@@ -274,9 +282,11 @@ class PublicExecutionsController(Controller):
         self, request: Request[Any, Any, Any], execution_id: FromPath[str]
     ) -> ResultsResponse:
         execution = await executions.get_for_key(
-            execution_id, auth.api_key_of(request).id, with_output=True
+            execution_id, auth.api_key_of(request).id, with_output=True, with_definition=True
         )
         output = execution.output
+        if output is not None and delivery_statuses.tracked(execution.definition):
+            output = await delivery_statuses.with_delivery(execution.id, output)
         return ResultsResponse(
             id=str(execution.id),
             status=execution.status,

@@ -45,12 +45,31 @@ class ResultItem(msgspec.Struct, rename="camel"):
     message_id: str | None
     error: str | msgspec.UnsetType | None = msgspec.UNSET
     reason: str | msgspec.UnsetType | None = msgspec.UNSET
+    # Added beside the contract (issue 16), on rows sent through a provider that reports
+    # delivery (whatsapp_cloud): `accepted` until WhatsApp reports sent, delivered, read or
+    # failed; `deliveryError` ("131026: Message undeliverable") when it failed.
+    delivery_status: (
+        Literal["accepted", "sent", "delivered", "read", "failed"] | msgspec.UnsetType
+    ) = msgspec.UNSET
+    delivery_error: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class DeliveryCounts(msgspec.Struct):
+    """Sent rows by their latest delivery status."""
+
+    accepted: int
+    sent: int
+    delivered: int
+    read: int
+    failed: int
 
 
 class ResultsOutput(msgspec.Struct, rename="camel"):
     success_count: int
     failed_count: int
     results: list[ResultItem]
+    # Added beside the contract, with deliveryStatus (whatsapp_cloud sends only).
+    delivery_counts: DeliveryCounts | msgspec.UnsetType = msgspec.UNSET
 
 
 class ResultsResponse(msgspec.Struct, rename="camel"):

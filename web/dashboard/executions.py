@@ -14,7 +14,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
 from web.dashboard.auth import back_to, is_htmx, page, require_admin, require_user
-from web.domain import api_keys, executions, notifications, webhooks, workflows
+from web.domain import api_keys, delivery_statuses, executions, notifications, webhooks, workflows
 from web.domain.errors import InvalidInput
 from web.domain.statuses import ExecutionStatus
 
@@ -133,6 +133,11 @@ class ExecutionsController(Controller):
             rows=await executions.list_rows(execution_id),
             deliveries=await webhooks.list_deliveries(execution_id),
             notifications=await notifications.list_for_execution(execution_id),
+            delivery=(
+                await delivery_statuses.counts(execution_id)
+                if delivery_statuses.tracked(detail.definition)
+                else None
+            ),
         )
 
     @post("/{execution_id:uuid}/webhooks/{event_id:uuid}/redeliver", guards=[require_admin])

@@ -82,7 +82,7 @@ NEW_KEY_VALUES: dict[str, Any] = {
     "expires_at": "",
     "allowed_workflows": [],
     "webhook_url": "",
-    "webhook_events": list(api_keys.WEBHOOK_EVENTS),
+    "webhook_events": list(api_keys.DEFAULT_WEBHOOK_EVENTS),
     "generate_secret": True,
     "webhook_secret": api_keys.SecretChange.KEEP.value,
 }

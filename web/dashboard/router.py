@@ -9,6 +9,7 @@ from web.dashboard.approvals import ApprovalsController
 from web.dashboard.auth import AuthController
 from web.dashboard.executions import ExecutionsController
 from web.dashboard.keys import KeysController
+from web.dashboard.suppressions import SuppressionsController
 from web.dashboard.users import UsersController
 from web.dashboard.vary import after_request
 from web.dashboard.workflows import WorkflowsController
@@ -30,6 +31,7 @@ def dashboard_router() -> Router:
             KeysController,
             WorkflowsController,
             UsersController,
+            SuppressionsController,
         ],
         include_in_schema=False,
         after_request=after_request,

@@ -33,6 +33,7 @@ from web.settings import get_settings
 
 KEY_PATTERN = re.compile(r"[0-9a-f]{64}")
 WEBHOOK_EVENTS = webhooks.EVENTS
+DEFAULT_WEBHOOK_EVENTS = webhooks.DEFAULT_EVENTS  # what a key gets when it names none
 DEFAULT_MONTHLY_LIMIT = 1000
 INVALID_KEY = "Invalid API key"  # public-api.md, "401 Unauthorized"
 INT_MAX = 2**31 - 1  # the integer columns' ceiling
@@ -293,7 +294,9 @@ async def check_settings(settings: KeySettings) -> KeySettings:
         name=name,
         allowed_workflows=workflows,
         webhook_url=_check_webhook_url(settings.webhook_url),
-        webhook_events=_check_webhook_events(list(WEBHOOK_EVENTS) if events is None else events),
+        webhook_events=_check_webhook_events(
+            list(DEFAULT_WEBHOOK_EVENTS) if events is None else events
+        ),
     )
 
 

@@ -40,6 +40,9 @@ class RowView(ReadModel, frozen=True):
     message_id: str | None
     error: str | None
     sent_at: datetime | None
+    # What WhatsApp reported since (web.domain.delivery_statuses); None until a status arrives.
+    delivery_status: str | None = None
+    delivery_error: str | None = None
 
 
 @dataclass(frozen=True)

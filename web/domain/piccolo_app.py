@@ -14,9 +14,11 @@ from web.domain.tables import (
     Notification,
     NotificationAttempt,
     SandboxMessage,
+    Suppression,
     User,
     WebhookAttempt,
     WebhookEvent,
+    WhatsAppNotification,
     Workflow,
 )
 
@@ -37,6 +39,8 @@ APP_CONFIG = AppConfig(
         ApprovalSubmission,
         Notification,
         NotificationAttempt,
+        WhatsAppNotification,
+        Suppression,
     ],
     migration_dependencies=[],
     commands=[],

@@ -62,3 +62,9 @@ async def fetch_row(sql: str, *args: Any) -> dict[str, Any] | None:
     async with connection() as con:
         record = await con.fetchrow(sql, *args)
     return None if record is None else dict(record)
+
+
+async def fetch_rows(sql: str, *args: Any) -> list[dict[str, Any]]:
+    async with connection() as con:
+        records = await con.fetch(sql, *args)
+    return [dict(record) for record in records]

@@ -16,7 +16,7 @@ that arq reads them back as its own.
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from arq.connections import ArqRedis
@@ -33,6 +33,10 @@ DELIVER_WEBHOOK = "deliver_webhook"
 APPROVAL_DEADLINE = "approval_deadline"
 APPROVAL_REMINDER = "approval_reminder"
 SEND_NOTIFICATION = "send_notification"
+# Inbound WhatsApp notifications (statuses, messages), stored by POST /webhooks/whatsapp.
+PROCESS_WHATSAPP_NOTIFICATION = "process_whatsapp_notification"
+# A throttled execution.delivery_updated: look at the counts again when the interval is up.
+NOTIFY_DELIVERY_COUNTS = "notify_delivery_counts"
 
 JOB_NAMES = (
     RUN_EXECUTION,
@@ -40,6 +44,8 @@ JOB_NAMES = (
     APPROVAL_DEADLINE,
     APPROVAL_REMINDER,
     SEND_NOTIFICATION,
+    PROCESS_WHATSAPP_NOTIFICATION,
+    NOTIFY_DELIVERY_COUNTS,
 )
 
 # Webhook deliveries have an arq queue (and worker loop, worker/settings.py) of their own, so
@@ -154,4 +160,31 @@ async def enqueue_notification(redis: ScriptClient | Redis, notification_id: UUI
         notification_job_id(notification_id),
         str(notification_id),
         queue_name=WEBHOOK_QUEUE,
+    )
+
+
+async def enqueue_whatsapp_notification(redis: ScriptClient | Redis, notification_id: UUID) -> bool:
+    """Queue the processing of one stored WhatsApp notification, on the webhooks' queue (never
+    the runs'): once per notification."""
+    return await enqueue(
+        redis,
+        PROCESS_WHATSAPP_NOTIFICATION,
+        f"{PROCESS_WHATSAPP_NOTIFICATION}:{notification_id}",
+        str(notification_id),
+        queue_name=WEBHOOK_QUEUE,
+    )
+
+
+async def enqueue_delivery_check(
+    redis: ScriptClient | Redis, execution_id: UUID, slot: int, defer_seconds: float
+) -> bool:
+    """Look at an execution's delivery counts again in `defer_seconds`: once per execution and
+    throttle slot (the time of the last event), so many statuses queue one job."""
+    return await enqueue(
+        redis,
+        NOTIFY_DELIVERY_COUNTS,
+        f"{NOTIFY_DELIVERY_COUNTS}:{execution_id}:{slot}",
+        str(execution_id),
+        queue_name=WEBHOOK_QUEUE,
+        defer_until=datetime.now(UTC) + timedelta(seconds=defer_seconds),
     )

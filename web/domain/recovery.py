@@ -21,6 +21,8 @@ queued again under their own deterministic id (a no-op while that job is queued 
 and so are reviewer notifications. An execution whose approval deadline has passed is timed out
 here too (web.domain.approvals.expire_overdue): the backstop of its deferred job, so a deadline
 that passed while every worker was down is enforced by the first pass of the next one.
+WhatsApp notifications stored but not processed for `stalled_after` seconds (their job lost
+with Redis) are queued again too; processing one twice is harmless (web.domain.whatsapp_inbound).
 Imports only web.domain.
 """
 
@@ -32,7 +34,7 @@ from uuid import UUID
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
 
-from web.domain import approvals, notifications, queue
+from web.domain import approvals, notifications, queue, whatsapp_inbound
 from web.domain.tables import Execution, WebhookEvent
 
 # The reconciler's one query, served by the partial index execution_unfinished (created_at
@@ -66,9 +68,10 @@ class Requeued:
     executions: list[UUID]
     webhook_events: list[UUID]
     # Executions whose approval deadline had passed, ended now (the deadline job's backstop),
-    # and notifications not sent yet, queued again.
+    # reviewer notifications not sent yet, and stored WhatsApp notifications, queued again.
     timed_out: list[UUID] = field(default_factory=list)
     notifications: list[UUID] = field(default_factory=list)
+    whatsapp_notifications: list[UUID] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -145,4 +148,9 @@ async def requeue_stalled(redis: ArqRedis, stalled_after: float, *, smtp: bool =
         for notification_id in await notifications.stalled(stalled_after)
         if await queue.enqueue_notification(redis, notification_id)
     ]
-    return Requeued(executions, events, timed_out, notes)
+    inbound = [
+        notification_id
+        for notification_id in await whatsapp_inbound.unprocessed(stalled_after)
+        if await queue.enqueue_whatsapp_notification(redis, notification_id)
+    ]
+    return Requeued(executions, events, timed_out, notes, inbound)

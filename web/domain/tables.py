@@ -153,6 +153,10 @@ class NotificationAttempt(Table, tablename="notification_attempt"):
     error = Text(null=True, default=None)
     duration_ms = Integer(default=0)
     created_at = Timestamptz(default=TimestamptzNow())
+    # The delivery counts last told in an `execution.delivery_updated` webhook, and when: the
+    # event goes out at most once per FLOWGATE_DELIVERY_WEBHOOK_INTERVAL_SECONDS per execution.
+    delivery_notified_counts = JSONB(null=True, default=None)
+    delivery_notified_at = Timestamptz(null=True, default=None)
 
 
 class ExecutionRow(Table, tablename="execution_row"):
@@ -177,9 +181,15 @@ class ExecutionRow(Table, tablename="execution_row"):
     # Token usage of the content provider for this row ({prompt_tokens, completion_tokens, ...}).
     content_usage = JSONB(null=True, default=None)
     send_status = Varchar(length=16, null=True, default=None)
-    message_id = Varchar(length=200, null=True, default=None)
+    # Indexed: WhatsApp's status notifications find their row by it (web.domain.delivery_statuses).
+    message_id = Varchar(length=200, null=True, default=None, index=True)
     error = Text(null=True, default=None)
     sent_at = Timestamptz(null=True, default=None)
+    # The latest delivery status the provider reported for a sent row (sent, delivered, read,
+    # failed); NULL until one arrives. `delivery_error` is "<code>: <title>" when it failed.
+    delivery_status = Varchar(length=16, null=True, default=None)
+    delivery_error = Text(null=True, default=None)
+    delivery_updated_at = Timestamptz(null=True, default=None)
     unique_execution_position = Unique([execution, position])
 
 
@@ -257,3 +267,24 @@ class IdempotentRequest(Table, tablename="idempotent_request"):
     created_at = Timestamptz(default=TimestamptzNow())
     expires_at = Timestamptz(index=True)
     unique_key_per_api_key = Unique([api_key, key])
+
+
+class WhatsAppNotification(Table, tablename="whatsapp_notification"):
+    """One POST to /webhooks/whatsapp with a valid signature, stored as received (the raw body)
+    before it is acknowledged, and processed off the request path (web.domain.whatsapp_inbound)."""
+
+    id = UUID(primary_key=True)
+    body = Text()
+    received_at = Timestamptz(default=TimestamptzNow())
+    processed_at = Timestamptz(null=True, default=None, index=True)
+    error = Text(null=True, default=None)
+
+
+class Suppression(Table, tablename="suppression"):
+    """A phone number (E.164, normalised) that must never be messaged: an opt-out."""
+
+    id = UUID(primary_key=True)
+    phone = Varchar(length=16, unique=True, index=True)
+    reason = Text(null=True, default=None)
+    source = Varchar(length=16)  # inbound, cli, dashboard, import
+    created_at = Timestamptz(default=TimestamptzNow())

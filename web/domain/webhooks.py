@@ -37,7 +37,12 @@ PENDING_APPROVAL = "execution.pending_approval"
 # Added beside the contract: a run that ended without completing (rejected, cancelled). Keys
 # created from now on subscribe to it by default; existing keys keep the list they have.
 CANCELLED = "execution.cancelled"
-EVENTS = (STARTED, COMPLETED, FAILED, PENDING_APPROVAL, CANCELLED)
+# Added beside the contract (issue 16): the delivery counts of an execution's WhatsApp messages
+# changed (at most once a minute per execution, web.domain.delivery_statuses). Not in the
+# default set: a key subscribes to it explicitly.
+DELIVERY_UPDATED = "execution.delivery_updated"
+DEFAULT_EVENTS = (STARTED, COMPLETED, FAILED, PENDING_APPROVAL, CANCELLED)
+EVENTS = (*DEFAULT_EVENTS, DELIVERY_UPDATED)
 RESPONSE_BODY_LIMIT = 1024
 
 
@@ -80,6 +85,8 @@ class EventSource(ReadModel, frozen=True):
     output: ExecutionOutput | None
     error: str | None
     approval_status: str | None = None
+    # execution.delivery_updated: the counts it reports (web.domain.delivery_statuses).
+    delivery: dict[str, int] | None = None
 
 
 def build_payload(event: str, execution: EventSource) -> str:
@@ -101,6 +108,8 @@ def build_payload(event: str, execution: EventSource) -> str:
     if event == CANCELLED:
         data["approvalStatus"] = execution.approval_status
         data["error"] = execution.error
+    if event == DELIVERY_UPDATED:
+        data["delivery"] = execution.delivery or {}
     payload = {
         "event": event,
         "executionId": str(execution.id),

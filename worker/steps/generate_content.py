@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from web.domain import execution_rows
+from web.domain import execution_rows, executions, suppressions
 from web.domain.execution_rows import RowState
 from worker.concurrency import map_bounded
 from worker.providers.content import content_provider
@@ -70,6 +70,9 @@ async def run(ctx: StepContext) -> dict[str, Any]:
         provider = content_provider(ctx.step_settings, ProviderContext(ctx.http, ctx.execution_id))
     except ProviderConfigError as exc:
         raise StepError(str(exc)) from exc
+    # A recipient on the suppression list costs no generation: the row ends `skipped` now.
+    to_field = suppressions.send_field(await executions.get_definition(ctx.execution_id))
+    await suppressions.skip_opted_out(ctx.execution_id, to_field)
     rows = [
         r
         for r in await execution_rows.load(ctx.execution_id)
@@ -88,9 +91,12 @@ async def run(ctx: StepContext) -> dict[str, Any]:
 
 
 def _summary(rows: list[RowState]) -> dict[str, Any]:
-    failed = sum(1 for row in rows if row.generated_content is None and row.error)
+    opted_out = sum(1 for row in rows if row.error == suppressions.OPTED_OUT)
+    failed = sum(1 for row in rows if row.generated_content is None and row.error) - opted_out
     generated = sum(1 for row in rows if row.generated_content is not None)
     summary: dict[str, Any] = {"generated": generated, "failed": failed}
+    if opted_out:
+        summary["opted_out"] = opted_out
     usages = [row.content_usage for row in rows if row.content_usage]
     if usages:
         summary["usage"] = {

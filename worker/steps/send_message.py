@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from web.domain import execution_rows
+from web.domain import execution_rows, suppressions
 from web.domain.execution_rows import RowState
 from web.domain.statuses import ComplianceStatus, RowDecision, SendStatus
 from worker.concurrency import map_bounded
@@ -98,6 +98,11 @@ async def _send_each_once(
         if ctx.out_of_time():
             late = True
             return None  # left unsent, for the step's next job
+        if await suppressions.suppressed_rows([(message.row_id, message.recipient)]):
+            # Opted out since the step started: checked again just before this send.
+            opted_out = SendResult(message.row_id, SendStatus.SKIPPED, None, suppressions.OPTED_OUT)
+            await _save([opted_out])
+            return opted_out
         if not await execution_rows.mark_sending(message.row_id):
             return None  # no longer unsent: another worker has it
         if stopping:
@@ -147,6 +152,12 @@ async def run(ctx: StepContext) -> dict[str, Any]:
             to_send.append(
                 OutgoingMessage(row.id, recipient, row.generated_content or "", row.data)
             )
+    # Checked again just before sending: an opt-out that came while the run waited for its
+    # approval still stops the message (issue 16).
+    opted_out = set(await suppressions.suppressed_rows([(m.row_id, m.recipient) for m in to_send]))
+    if opted_out:
+        settled += [(m, SendStatus.SKIPPED, None, suppressions.OPTED_OUT) for m in opted_out]
+        to_send = [m for m in to_send if m.row_id not in opted_out]
     await execution_rows.save_send_results(settled)
 
     if provider.resend_safe:
