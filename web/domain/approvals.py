@@ -20,7 +20,16 @@ from uuid import UUID
 import msgspec
 from redis.asyncio import Redis
 
-from web.domain import clock, compliance, executions, idempotency, pool, queue, webhooks
+from web.domain import (
+    clock,
+    compliance,
+    executions,
+    idempotency,
+    list_pages,
+    pool,
+    queue,
+    webhooks,
+)
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
@@ -397,19 +406,63 @@ class WaitingExecution(ReadModel, frozen=True):
     decided: int
 
 
-async def list_waiting() -> list[WaitingExecution]:
-    """Executions waiting for approval, oldest first, with their row counts."""
-    rows = await Execution.raw(
-        "SELECT e.id, e.workflow, e.created_at, e.updated_at, k.name AS key_name, "
-        "  e.row_count, "
-        "  COUNT(r.id) FILTER (WHERE r.compliance_status = 'failed') AS failing, "
-        "  COUNT(r.id) FILTER (WHERE r.decision IS NOT NULL) AS decided "
-        "FROM execution e JOIN api_key k ON k.id = e.api_key "
-        "LEFT JOIN execution_row r ON r.execution = e.id "
-        "WHERE e.status = 'pending_approval' "
-        "GROUP BY e.id, k.name ORDER BY e.created_at"
+# The page's executions first (LIMIT n of the index on (status, created_at, id)), then their
+# counts: the failing rows from the partial index execution_row_failed, the decided ones from
+# each execution's own rows (unique_execution_position), never a join over every waiting run.
+_WAITING = """
+SELECT e.id, e.workflow, e.created_at, e.updated_at, k.name AS key_name, e.row_count,
+       (SELECT count(*) FROM execution_row r
+        WHERE r.execution = e.id AND r.compliance_status = 'failed') AS failing,
+       (SELECT count(*) FROM execution_row r
+        WHERE r.execution = e.id AND r.decision IS NOT NULL) AS decided
+FROM (SELECT id, workflow, created_at, updated_at, api_key, row_count FROM execution
+      WHERE status = 'pending_approval' {after}
+      ORDER BY created_at {direction}, id {direction} LIMIT $1) AS e
+JOIN api_key k ON k.id = e.api_key
+ORDER BY e.created_at, e.id
+"""
+_WAITING_FIRST = _WAITING.format(after="", direction="")
+_WAITING_NEWER = _WAITING.format(after="AND (created_at, id) > ($2, $3)", direction="")
+_WAITING_OLDER = _WAITING.format(after="AND (created_at, id) < ($2, $3)", direction="DESC")
+_WAITING_COUNT = (
+    "SELECT count(*) FROM (SELECT 1 FROM execution WHERE status = 'pending_approval' LIMIT $1) s"
+)
+
+
+async def list_waiting(
+    per_page: int,
+    older: list_pages.Position | None = None,
+    newer: list_pages.Position | None = None,
+) -> list_pages.Page[WaitingExecution]:
+    """Executions waiting for approval, oldest first, a page at a time with their row counts:
+    the first page, or the one just newer than `newer`, or just older than `older`."""
+    has_older = False
+    records = None
+    async with pool.connection() as connection:
+        if newer is not None:
+            found = await connection.fetch(_WAITING_NEWER, per_page + 1, newer.created_at, newer.id)
+            records, has_older = found[:per_page], True
+            has_newer = len(found) > per_page
+        elif older is not None:
+            found = await connection.fetch(_WAITING_OLDER, per_page + 1, older.created_at, older.id)
+            if len(found) > per_page:  # not yet back at the first page
+                records, has_older, has_newer = found[1:], True, True
+        if records is None:
+            found = await connection.fetch(_WAITING_FIRST, per_page + 1)
+            records, has_newer = found[:per_page], len(found) > per_page
+        counted = await connection.fetchval(_WAITING_COUNT, list_pages.COUNT_CAP + 1)
+    entries = [from_row(dict(record), WaitingExecution) for record in records]
+
+    def position(entry: WaitingExecution) -> list_pages.Position:
+        return list_pages.Position(created_at=entry.created_at, id=entry.id)
+
+    return list_pages.Page(
+        entries=entries,
+        # An empty page (what was newer than its link got decided meanwhile) still links back.
+        older=(position(entries[0]) if entries else newer) if has_older else None,
+        newer=position(entries[-1]) if entries and has_newer else None,
+        total=list_pages.CappedCount.of(int(counted)),
     )
-    return [from_row(row, WaitingExecution) for row in rows]
 
 
 class _Pending(ReadModel, frozen=True):
