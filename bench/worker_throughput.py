@@ -55,13 +55,13 @@ def _rows() -> list[dict[str, str]]:
     ]  # fmt: skip
 
 
-async def _drain(redis: Any) -> float:
+async def _drain(redis: Any, poll_delay: float = 0) -> float:
     started = time.perf_counter()
     worker = Worker(
         functions=functions(),
         redis_pool=redis,
         burst=True,
-        poll_delay=0,
+        poll_delay=poll_delay,
         handle_signals=False,
         on_startup=startup,
         on_shutdown=shutdown,
@@ -128,7 +128,9 @@ async def _drain_main() -> None:
     await start_pool(DB, min_size=2, max_size=20)
     redis = queue.connect(os.environ["REDIS_URL"], 5.0)
     start = time.time()
-    await _drain(redis)
+    # 50 ms like `flowgate worker` (README: workers poll every 50 ms): with 0, two idle
+    # workers would spin on Redis for the CPU the busy one needs.
+    await _drain(redis, poll_delay=0.05)
     end = time.time()
     await redis.aclose()
     await DB.close_connection_pool()
