@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -211,3 +212,31 @@ def test_a_position_survives_its_link() -> None:
         created_at=list_pages._EPOCH + timedelta(days=20_000, microseconds=7), id=uuid4()
     )
     assert list_pages.decode_position(position.encode(), "older") == position
+
+
+async def test_the_queue_page_links_to_newer_and_older_waiting_executions(
+    reviewer_client: Any,
+) -> None:
+    await seed_large.seed(os.environ["DATABASE_URL"], 400, 2, log=False)
+    waiting = [
+        str(r["id"])
+        for r in await _fetch(
+            "SELECT id FROM execution WHERE status = 'pending_approval' ORDER BY created_at, id"
+        )
+    ]
+    assert len(waiting) == 57
+
+    first = (await reviewer_client.get("/dashboard/approvals")).text
+    newer = re.search(r'<a rel="next" href="\?(newer=[0-9]+_[0-9a-f]{32})">Newer →</a>', first)
+    assert newer and "← Older" not in first and "57 executions, oldest first" in first
+    second = (await reviewer_client.get("/dashboard/approvals?" + newer[1])).text
+    older = re.search(r'<a rel="prev" href="\?(older=[0-9]+_[0-9a-f]{32})">← Older</a>', second)
+    assert older and "Newer →" not in second
+    back = (await reviewer_client.get("/dashboard/approvals?" + older[1])).text
+
+    review = r'href="/dashboard/approvals/([0-9a-f-]{36})"'
+    assert re.findall(review, first) == waiting[:50]
+    assert re.findall(review, second) == waiting[50:]
+    assert re.findall(review, back) == waiting[:50]
+    bad = await reviewer_client.get("/dashboard/approvals?older=yesterday")
+    assert bad.status_code == 400 and "older must be a link from this page" in bad.text
