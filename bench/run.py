@@ -56,6 +56,8 @@ WRITE_TARGET = 0.50
 SSE_P99_TARGET_MS = 250.0  # issue #14: a status change reaches its stream's client
 IDEM_TARGET = 0.90  # issue #14: an Idempotency-Key costs at most a tenth of execute's rate
 WORKER_ROWS_TARGET = 2000
+WORKER_BASELINE_TARGET = 0.5  # issue #17: the worker against bare asyncpg's same writes
+TWO_WORKERS_TARGET = 1.6  # issue #17: on a machine with at least 2 free cores
 WEBHOOK_P99_TARGET_MS = 250
 
 CITIES = ["Mumbai", "Delhi", "Bengaluru", "Chennai", "Pune", "Kolkata", "Hyderabad"]
@@ -355,7 +357,8 @@ class Wrk:
     warmup: int
     key: str
     body_file: Path
-    redis: Redis
+    redis: Any  # flushdb() before each measurement
+    extra_headers: tuple[str, ...] = ()  # e.g. a dashboard session's Cookie (figure 9)
 
     def _run(
         self, url: str, connections: int, seconds: int, post: bool, script_name: str | None = None
@@ -364,7 +367,10 @@ class Wrk:
         threads = str(min(self.threads, connections))
         cmd = [self.path, "-t", threads, "-c", str(connections), "-d", f"{seconds}s"]
         cmd += ["--timeout", "10s", "-s", str(script)]
-        cmd += ["-H", f"Authorization: Bearer {self.key}", url]
+        cmd += ["-H", f"Authorization: Bearer {self.key}"]
+        for header in self.extra_headers:
+            cmd += ["-H", header]
+        cmd.append(url)
         env = {
             **os.environ,
             "BENCH_BODY_FILE": str(self.body_file),
@@ -530,6 +536,29 @@ def script_rows(env: dict[str, str]) -> list[dict[str, Any]]:
             "details": worker,
         }
     )
+    rows.append(
+        {
+            **empty,
+            "figure": "5a worker / bare-asyncpg baseline, rows/s",
+            "rps": worker["rows_per_s"],
+            "baseline_rps": worker["baseline_rows_per_s"],
+            "ratio": worker["ratio_to_baseline"],
+            "target": WORKER_BASELINE_TARGET,
+            "ok": worker["ratio_to_baseline"] >= WORKER_BASELINE_TARGET,
+        }
+    )
+    rows.append(
+        {
+            **empty,
+            "figure": f"5b two workers / one, rows/s ({worker['cpus']} cpus, "
+            f"others {worker['workers_other_cpu_percent']:.0f}% cpu)",
+            "rps": worker["workers_2_rows_per_s"],
+            "baseline_rps": worker["workers_1_rows_per_s"],
+            "ratio": worker["two_workers_ratio"],
+            "target": TWO_WORKERS_TARGET,
+            "ok": worker["two_workers_ratio"] >= TWO_WORKERS_TARGET,
+        }
+    )
     log("webhook latency: 500 events to a receiver on 127.0.0.1")
     hooks = json.loads(
         _last_line(
@@ -577,6 +606,16 @@ def script_rows(env: dict[str, str]) -> list[dict[str, Any]]:
     return rows
 
 
+def large_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Figure 9 (bench/large_tables.py): its rows and its details."""
+    log("large tables: the pages on 100,000 executions / 10,000,000 rows against 400 executions")
+    cmd = [sys.executable, str(BENCH / "large_tables.py"), "--duration", str(args.duration)]
+    cmd += ["--warmup", str(args.warmup)]
+    done = run(cmd, capture_output=False, stdout=subprocess.PIPE, check=True, env=os.environ)
+    result = json.loads(_last_line(done.stdout))
+    return result["figures"], result
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -602,6 +641,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--database", default=env("BENCH_DATABASE", "flowgate_bench"))
     p.add_argument("--redis-db", type=int, default=int(env("BENCH_REDIS_DB", "13")))
     p.add_argument("--strict", action="store_true", help="exit 1 when a figure misses its target")
+    p.add_argument(
+        "--only",
+        choices=["large"],
+        help="large: only figure 9 (the pages on 100,000 executions / 10,000,000 rows)",
+    )
+    p.add_argument(
+        "--skip-large", action="store_true", help="every figure but 9 (no large database)"
+    )
     return p.parse_args(argv)
 
 
@@ -779,8 +826,34 @@ def measure_all(
     return rows, m
 
 
+def main_large(args: argparse.Namespace) -> int:
+    """`--only large`: figure 9 alone, its table, its JSON (bench/results/large-<time>.json)."""
+    rows, details = large_rows(args)
+    print()
+    print(format_table(rows))
+    print()
+    busy = max(
+        max(m["empty"]["other_cpu_percent"], m["large"]["other_cpu_percent"])
+        for m in details["measurements"].values()
+    )
+    if busy >= BUSY_PERCENT:
+        print(
+            f"note: other work on this machine used up to {busy:.0f}% of its CPUs during "
+            "a measurement: the figures are noisier than usual (see other_cpu_percent)"
+        )
+    now = datetime.now(UTC)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamped = RESULTS / f"large-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    stamped.write_text(json.dumps({"machine": {"cpus": os.cpu_count()}, **details}, indent=2))
+    print(f"wrote {stamped.relative_to(ROOT)}")
+    missed = [row["figure"] for row in rows if row["ok"] is False]
+    return 1 if missed and args.strict else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.only == "large":
+        return main_large(args)
     counts = [int(c) for c in args.connections.split(",") if c.strip()]
     started = time.monotonic()
     load_at_start = load_average()
@@ -808,6 +881,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             rows, m = measure_all(args, w, srv, paths, counts)
         rows += script_rows(setup.env)
+        large: dict[str, Any] | None = None
+        if not args.skip_large:
+            large_figures, large = large_rows(args)
+            rows += large_figures
 
         now = datetime.now(UTC)
         report = {
@@ -848,6 +925,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "figures": rows,
             "measurements": {key: asdict(value) for key, value in m.items()},
+            "large_tables": large,
         }
         print()
         print(format_table(rows))

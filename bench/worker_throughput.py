@@ -1,5 +1,14 @@
 """Worker throughput: rows per second through generate -> compliance -> send (sandbox) with one
-worker, for 50 executions of 100 rows approved through the API (issue 7, figure 3).
+worker, for 50 executions of 100 rows approved through the API (figure 5), and as ratios in the
+same run (issue #17):
+
+- against a bare-asyncpg baseline doing the same PostgreSQL writes for the same rows (claim,
+  read the rows, write the generated content, record the step, write compliance, record the
+  step, pause; then claim, read, insert the sandbox messages, write the send results, complete),
+  20 executions at a time like the worker's max_jobs (target >= 0.5);
+- two worker processes against one (each `--drain` in a process of its own, timed from the
+  first worker's start to the last one's end, imports excluded; target >= 1.6 on a machine with
+  at least 2 free cores: this one has `cpus` in all, and `other_cpu_percent` says how busy).
 
 Runs in one process: the public API under an ASGI client to start and approve, and one real arq
 worker (burst mode) to run. Needs DATABASE_URL (a database of its own; it is truncated) and
@@ -15,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,13 +55,13 @@ def _rows() -> list[dict[str, str]]:
     ]  # fmt: skip
 
 
-async def _drain(redis: Any) -> float:
+async def _drain(redis: Any, poll_delay: float = 0) -> float:
     started = time.perf_counter()
     worker = Worker(
         functions=functions(),
         redis_pool=redis,
         burst=True,
-        poll_delay=0,
+        poll_delay=poll_delay,
         handle_signals=False,
         on_startup=startup,
         on_shutdown=shutdown,
@@ -64,7 +74,143 @@ async def _drain(redis: Any) -> float:
     return time.perf_counter() - started
 
 
-async def main(profile: bool) -> dict[str, Any]:
+def _cpu_ticks() -> tuple[int, int]:
+    """(all CPU ticks, idle ticks) of the machine, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(x) for x in stat.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]
+
+
+def _own_ticks() -> int:
+    """CPU ticks of this process and its children (the drain workers)."""
+    t = os.times()
+    return int((t.user + t.system + t.children_user + t.children_system) * os.sysconf("SC_CLK_TCK"))
+
+
+async def _start_all(client: httpx.AsyncClient, headers: dict[str, str]) -> list[str]:
+    ids = []
+    for _ in range(EXECUTIONS):
+        response = await client.post(
+            f"{PUBLIC}/agents/workflow_bfsi_marketing_template/execute",
+            json={"input": {"csvData": _rows()}},
+            headers=headers,
+        )
+        ids.append(response.json()["executionId"])
+    return ids
+
+
+async def _approve_all(client: httpx.AsyncClient, headers: dict[str, str], ids: list[str]) -> None:
+    for execution_id in ids:
+        approved = await client.post(f"{PUBLIC}/executions/{execution_id}/approve", headers=headers)
+        assert approved.status_code == 200, approved.text
+
+
+def _drain_processes(count: int) -> float:
+    """Seconds from the first of `count` worker processes starting to drain to the last one
+    finishing (each prints its own start and end, wall clock)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--drain"], stdout=subprocess.PIPE, text=True, env=os.environ
+        )
+        for _ in range(count)
+    ]
+    spans = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out
+        spans.append(json.loads(out.strip().splitlines()[-1]))
+    return max(s["end"] for s in spans) - min(s["start"] for s in spans)
+
+
+async def _drain_main() -> None:
+    from piccolo_conf import DB
+
+    await start_pool(DB, min_size=2, max_size=20)
+    redis = queue.connect(os.environ["REDIS_URL"], 5.0)
+    start = time.time()
+    # 50 ms like `flowgate worker` (README: workers poll every 50 ms): with 0, two idle
+    # workers would spin on Redis for the CPU the busy one needs.
+    await _drain(redis, poll_delay=0.05)
+    end = time.time()
+    await redis.aclose()
+    await DB.close_connection_pool()
+    print(json.dumps({"start": start, "end": end}))
+
+
+# The baseline: what the worker writes for an execution, in bare asyncpg, nothing else.
+_CLAIM = (
+    "UPDATE execution SET status = 'running', lease_token = gen_random_uuid(), "
+    "lease_expires_at = now() + interval '60 seconds', updated_at = now() WHERE id = $1 "
+    "RETURNING definition"
+)
+_ROWS = "SELECT id, data FROM execution_row WHERE execution = $1 ORDER BY position"
+_STEP = (
+    "UPDATE execution SET current_step = current_step + 1, "
+    "step_results = step_results || jsonb_build_array($2::jsonb), updated_at = now() WHERE id = $1"
+)
+_CONTENT = (
+    "UPDATE execution_row AS r SET generated_content = v.content, content_usage = v.usage::jsonb "
+    "FROM unnest($1::uuid[], $2::text[], $3::text[]) AS v(id, content, usage) WHERE r.id = v.id"
+)
+_COMPLIANCE = (
+    "UPDATE execution_row AS r SET compliance_status = v.status, compliance_reasons = '[]' "
+    "FROM unnest($1::uuid[], $2::text[]) AS v(id, status) WHERE r.id = v.id"
+)
+_PAUSE = (
+    "UPDATE execution SET status = 'pending_approval', approval_status = 'pending', "
+    "lease_token = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = $1"
+)
+_SANDBOX = (
+    "INSERT INTO sandbox_message (id, execution_row, channel, recipient, body, message_id, "
+    "created_at) SELECT gen_random_uuid(), v.id, 'whatsapp', v.recipient, v.body, "
+    "'whatsapp_msg_' || replace(gen_random_uuid()::text, '-', ''), now() "
+    "FROM unnest($1::uuid[], $2::text[], $3::text[]) AS v(id, recipient, body) "
+    "ON CONFLICT (execution_row) DO NOTHING"
+)
+_SENT = (
+    "UPDATE execution_row AS r SET send_status = 'sent', message_id = 'm' || r.id, "
+    "sent_at = now() FROM unnest($1::uuid[]) AS v(id) WHERE r.id = v.id"
+)
+_COMPLETE = (
+    "UPDATE execution SET status = 'completed', output = $2::jsonb, completed_at = now(), "
+    "lease_token = NULL, lease_expires_at = NULL, updated_at = now() WHERE id = $1"
+)
+
+
+async def _baseline(dsn: str, ids: list[str], phase: str) -> float:
+    import asyncpg
+    from uuid import UUID
+
+    connections = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
+    gate = asyncio.Semaphore(20)
+
+    async def one(execution_id: UUID) -> None:
+        async with gate, connections.acquire() as con:
+            await con.fetchval(_CLAIM, execution_id)
+            rows = await con.fetch(_ROWS, execution_id)
+            row_ids = [r["id"] for r in rows]
+            if phase == "generate":
+                contents = [f"Hi {json.loads(r['data'])['name']}, an offer for you" for r in rows]
+                usage = ['{"prompt_tokens": 10, "completion_tokens": 10}'] * len(rows)
+                await con.execute(_CONTENT, row_ids, contents, usage)
+                await con.execute(_STEP, execution_id, '{"index": 0}')
+                await con.execute(_COMPLIANCE, row_ids, ["passed"] * len(rows))
+                await con.execute(_STEP, execution_id, '{"index": 1}')
+                await con.execute(_PAUSE, execution_id)
+            else:
+                phones = [json.loads(r["data"])["phone"] for r in rows]
+                await con.execute(_SANDBOX, row_ids, phones, ["message"] * len(rows))
+                await con.execute(_SENT, row_ids)
+                await con.execute(_COMPLETE, execution_id, '{"summary": {}}')
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(UUID(i)) for i in ids))
+    took = time.perf_counter() - started
+    await connections.close()
+    return took
+
+
+async def main(profile: bool, ratios: bool = True) -> dict[str, Any]:
     from piccolo_conf import DB
 
     await start_pool(DB, min_size=2, max_size=20)
@@ -122,6 +268,33 @@ async def main(profile: bool) -> dict[str, Any]:
                 await client.get(f"{PUBLIC}/executions/{execution_id}/status", headers=headers)
             ).json()
             done += status["status"] == "completed"
+        extra: dict[str, Any] = {}
+        if ratios:
+            # The bare-asyncpg baseline on 50 more executions (approved in SQL, untimed).
+            base_ids = await _start_all(client, headers)
+            await redis.flushdb()  # their run jobs: the baseline does the work instead
+            dsn = os.environ["DATABASE_URL"]
+            b1 = await _baseline(dsn, base_ids, "generate")
+            await DB.run_ddl(
+                "UPDATE execution SET status = 'running', approval_status = 'approved' "
+                "WHERE status = 'pending_approval'"
+            )
+            b2 = await _baseline(dsn, base_ids, "send")
+            extra["baseline_rows_per_s"] = round(EXECUTIONS * ROWS / (b1 + b2), 1)
+            # One worker process, then two, each on 50 new executions.
+            machine_before, own_before = _cpu_ticks(), _own_ticks()
+            for count in (1, 2):
+                proc_ids = await _start_all(client, headers)
+                t1 = _drain_processes(count)
+                await _approve_all(client, headers, proc_ids)
+                t2 = _drain_processes(count)
+                extra[f"workers_{count}_rows_per_s"] = round(EXECUTIONS * ROWS / (t1 + t2), 1)
+            machine_after, own_after = _cpu_ticks(), _own_ticks()
+            total = machine_after[0] - machine_before[0]
+            busy = total - (machine_after[1] - machine_before[1])
+            # This process and its workers; PostgreSQL and Redis count as "others" here.
+            others = max(busy - (own_after - own_before), 0)
+            extra["workers_other_cpu_percent"] = round(100 * others / max(total, 1), 1)
     await redis.aclose()
     await DB.close_connection_pool()
     total_rows = EXECUTIONS * ROWS
@@ -132,7 +305,14 @@ async def main(profile: bool) -> dict[str, Any]:
         "generate_and_check_s": round(first, 3),
         "send_s": round(second, 3),
         "rows_per_s": round(total_rows / (first + second), 1),
+        "cpus": os.cpu_count(),
+        **extra,
     }
+    if ratios:
+        result["ratio_to_baseline"] = round(result["rows_per_s"] / extra["baseline_rows_per_s"], 3)
+        result["two_workers_ratio"] = round(
+            extra["workers_2_rows_per_s"] / extra["workers_1_rows_per_s"], 3
+        )
     if profiler:
         out = Path(__file__).resolve().parent / "results" / "worker_profile.txt"
         out.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
@@ -143,4 +323,10 @@ async def main(profile: bool) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", action="store_true")
-    print(json.dumps(asyncio.run(main(parser.parse_args().profile))))
+    parser.add_argument("--no-ratios", action="store_true", help="figure 5's rows/s alone")
+    parser.add_argument("--drain", action="store_true", help=argparse.SUPPRESS)  # a worker
+    args = parser.parse_args()
+    if args.drain:
+        asyncio.run(_drain_main())
+    else:
+        print(json.dumps(asyncio.run(main(args.profile, not args.no_ratios))))

@@ -78,10 +78,11 @@ async def test_static_paths_that_name_no_file_are_404_naming_no_path(
 
 
 BAD_LIST_PARAMETERS = [
-    ("page_number=99999999999999999999", "Page numbers go from 1 to 1,000,000"),
-    ("page_number=9223372036854775807", "Page numbers go from 1 to 1,000,000"),
-    ("page_number=1000001", "Page numbers go from 1 to 1,000,000"),
-    ("page_number=abc", "Validation failed for GET"),
+    ("older=abc", "older must be a link from this page"),
+    ("newer=1_xyz", "newer must be a link from this page"),
+    ("older=99999999999999999999_" + "0" * 32, "older must be a link from this page"),
+    ("older=-99999999999999999_" + "0" * 32, "older must be a link from this page"),
+    ("newer=1_" + "0" * 32 + "%00", "newer must be a link from this page"),
     ("created_to=10000-01-01", "To must be a date like 2025-10-23"),
     ("created_from=9999-12-32", "From must be a date like 2025-10-23"),
     ("created_from=0000-01-01", "From must be a date like 2025-10-23"),
@@ -109,7 +110,7 @@ async def test_bad_list_parameters_are_a_400_page_not_a_500(live_admin: SignedIn
         assert message in partial.text
 
 
-async def test_extreme_dates_and_page_numbers_that_mean_something_are_answered(
+async def test_extreme_dates_and_positions_that_mean_something_are_answered(
     live_admin: SignedIn,
 ) -> None:
     secret = (await factories.create_key()).secret
@@ -130,10 +131,11 @@ async def test_extreme_dates_and_page_numbers_that_mean_something_are_answered(
     assert await listed("created_from=0001-01-01") == (200, True)
     assert await listed("created_to=0001-01-01") == (200, False)
     assert await listed("created_from=0001-01-01&created_to=9999-12-31") == (200, True)
-    # Pages before the first are the first; pages past the last are empty.
-    assert await listed("page_number=0") == (200, True)
-    assert await listed("page_number=-99999999999999999999") == (200, True)
-    assert await listed("page_number=1000000") == (200, False)
+    # Newer than anything there is: the first page; older than anything there is: empty.
+    assert await listed("newer=1_" + "0" * 32) == (200, True)
+    assert await listed("newer=99999999999999999_" + "f" * 32) == (200, True)
+    assert await listed("older=1_" + "0" * 32) == (200, False)
+    assert await listed("older=99999999999999999_" + "f" * 32) == (200, True)
 
 
 @get("/dashboard/test-failure", include_in_schema=False)

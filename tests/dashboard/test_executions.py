@@ -8,9 +8,11 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+import pytest
 
 from tests.factories import PUBLIC, auth, create_key, post_form, rows, start
 from tests.receiver import Receiver
+from web.domain import list_pages
 from web.domain.executions import ExecutionListEntry
 from web.domain.tables import Execution, WebhookAttempt, WebhookEvent
 
@@ -60,19 +62,32 @@ async def test_filters_narrow_the_list(
     assert a in htmx.text and b in htmx.text and c not in htmx.text
 
 
-async def test_the_list_is_paginated(
-    client: httpx.AsyncClient, admin_client: httpx.AsyncClient
+LINK = r'href="/dashboard/executions/([0-9a-f-]{36})"'
+
+
+async def test_the_list_pages_by_older_and_newer_links_with_a_capped_count(
+    client: httpx.AsyncClient, admin_client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = (await create_key()).secret
-    for _ in range(51):
-        await start(client, secret, csv_data=rows(1))
+    started = [await start(client, secret, csv_data=rows(1)) for _ in range(51)]
 
     first = (await admin_client.get("/dashboard/executions")).text
-    second = (await admin_client.get("/dashboard/executions?page_number=2")).text
+    older = re.search(r'<a rel="next" href="\?([^"]*)">Older →</a>', first)
+    assert older and "Newer" not in first and "51 in all" in first
+    second = (
+        await admin_client.get("/dashboard/executions?" + older[1].replace("&amp;", "&"))
+    ).text
+    newer = re.search(r'<a rel="prev" href="\?([^"]*)">← Newer</a>', second)
+    assert newer and "Older →" not in second
+    back = (await admin_client.get("/dashboard/executions?" + newer[1].replace("&amp;", "&"))).text
 
-    assert "Page 1 of 2" in first and "Older →" in first
-    assert len(re.findall(r'href="/dashboard/executions/[0-9a-f-]{36}"', first)) == 50
-    assert len(re.findall(r'href="/dashboard/executions/[0-9a-f-]{36}"', second)) == 1
+    assert re.findall(LINK, first) == list(reversed(started))[:50]
+    assert re.findall(LINK, second) == [started[0]]
+    assert re.findall(LINK, back) == re.findall(LINK, first)
+    # Past 10,000 matches the page stops counting (list_pages.COUNT_CAP, made small here).
+    monkeypatch.setattr(list_pages, "COUNT_CAP", 50)
+    capped = (await admin_client.get("/dashboard/executions")).text
+    assert "50+ in all" in capped
 
 
 async def test_the_status_badge_stops_polling_once_the_run_is_not_live(
@@ -244,9 +259,9 @@ def test_pagination_links_url_encode_the_filters(app: Any) -> None:
         "created_to": "",
     }
     html = app.template_engine.get_template("executions/_table.html").render(
-        rows=[entry], live=(), total=120, page_number=2, pages=3, filters=filters
+        rows=[entry], live=(), newer="1_aa", older="2_bb", filters=filters
     )
 
     query = "status=a%26b%3Dc&amp;workflow=two+words&amp;api_key=&amp;created_from=2026-01-01"
-    assert f'href="?{query}&amp;created_to=&amp;page_number=1"' in html
-    assert f'href="?{query}&amp;created_to=&amp;page_number=3"' in html
+    assert f'href="?{query}&amp;created_to=&amp;newer=1_aa"' in html
+    assert f'href="?{query}&amp;created_to=&amp;older=2_bb"' in html

@@ -241,7 +241,8 @@ def test_the_routes_and_their_parameters_are_found() -> None:
         "api_key": str,
         "created_from": str,
         "created_to": str,
-        "page_number": int,
+        "older": str,
+        "newer": str,
     }
     assert by_path["/dashboard/approvals/{execution_id:uuid}"].query_params == {"editing": UUID}
     assert "/dashboard/workflows/{workflow_id:str}" in by_path

@@ -20,12 +20,13 @@ from litestar.plugins.flash import flash
 from litestar.response import Template
 
 from web.dashboard.auth import back_to, current_user, is_htmx, page, require_user
-from web.domain import approvals, executions
+from web.domain import approvals, executions, list_pages
 from web.domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.statuses import ExecutionStatus
 
 BASE = "/dashboard/approvals"
+PER_PAGE = 50
 # The session key of a row action's error after a plain form post: [row id, message].
 ROW_ERROR = "approvals_row_error"
 
@@ -77,9 +78,26 @@ class ApprovalsController(Controller):
     include_in_schema = False
 
     @get("/")
-    async def queue_page(self, request: Request[Any, Any, Any]) -> Template:
-        waiting = await approvals.list_waiting(_approver(request))
-        return page(request, "approvals/queue.html", waiting=waiting)
+    async def queue_page(
+        self,
+        request: Request[Any, Any, Any],
+        older: FromQuery[str | None] = None,
+        newer: FromQuery[str | None] = None,
+    ) -> Template:
+        listed = await approvals.list_waiting(
+            _approver(request),
+            PER_PAGE,
+            older=list_pages.decode_position(older, "older"),
+            newer=list_pages.decode_position(newer, "newer"),
+        )
+        return page(
+            request,
+            "approvals/queue.html",
+            waiting=listed.entries,
+            total=listed.total,
+            older=listed.older.encode() if listed.older else None,
+            newer=listed.newer.encode() if listed.newer else None,
+        )
 
     @get("/{execution_id:uuid}")
     async def review(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -14,7 +13,15 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
 from web.dashboard.auth import back_to, is_htmx, page, require_admin, require_user
-from web.domain import api_keys, delivery_statuses, executions, notifications, webhooks, workflows
+from web.domain import (
+    api_keys,
+    delivery_statuses,
+    executions,
+    list_pages,
+    notifications,
+    webhooks,
+    workflows,
+)
 from web.domain.errors import InvalidInput
 from web.domain.statuses import ExecutionStatus
 
@@ -59,7 +66,8 @@ class ExecutionsController(Controller):
         api_key: FromQuery[str | None] = None,
         created_from: FromQuery[str | None] = None,
         created_to: FromQuery[str | None] = None,
-        page_number: FromQuery[int] = 1,
+        older: FromQuery[str | None] = None,
+        newer: FromQuery[str | None] = None,
     ) -> Template:
         filters = executions.ExecutionFilters(
             status=status or None,
@@ -68,14 +76,18 @@ class ExecutionsController(Controller):
             created_from=_date(created_from, "From"),
             created_before=_day_after(_date(created_to, "To")),
         )
-        page_number = max(page_number, 1)
-        rows, total = await executions.list_executions(filters, page_number, PER_PAGE)
+        listed = await executions.list_executions(
+            filters,
+            PER_PAGE,
+            older=list_pages.decode_position(older, "older"),
+            newer=list_pages.decode_position(newer, "newer"),
+        )
         context: dict[str, Any] = {
-            "rows": rows,
+            "rows": listed.entries,
             "live": LIVE,
-            "total": total,
-            "page_number": page_number,
-            "pages": max(math.ceil(total / PER_PAGE), 1),
+            "total": listed.total,
+            "older": listed.older.encode() if listed.older else None,
+            "newer": listed.newer.encode() if listed.newer else None,
             "filters": {
                 "status": status or "",
                 "workflow": workflow or "",

@@ -27,6 +27,7 @@ from web.domain import (
     durations,
     executions,
     idempotency,
+    list_pages,
     notifications,
     pool,
     queue,
@@ -738,6 +739,7 @@ class WaitingExecution(ReadModel, frozen=True):
     decided: int
     approvals: int  # approvals received so far (maker-checker)
     approval_deadline: datetime | None
+    queue_at: datetime  # its place in the queue: the deadline, else the start 1,000 years on
     seconds_left: float | None
     definition: Definition
 
@@ -746,23 +748,93 @@ class WaitingExecution(ReadModel, frozen=True):
         return approval_rules(self.definition).required_approvals
 
 
-async def list_waiting(approver: Approver) -> list[WaitingExecution]:
+# The queue's order: the soonest deadline first, those without one after every deadline, oldest
+# first (`queue_at`: the deadline, or the start 1,000 years on). A page is the next LIMIT n of
+# the waiting executions in that order after (or before) a link's (queue_at, id): a few hundred
+# index entries of execution_status_created (status = 'pending_approval'), never a join over
+# every waiting run's rows; the counts come per execution of the page (the partial index
+# execution_row_failed, unique_execution_position). Only what the approver may decide: their
+# groups against the approval step's approverGroups (admins and empty lists: everything).
+_QUEUE_AT = "COALESCE(approval_deadline, created_at + interval '1000 years')"
+_WAITING = """
+SELECT e.id, e.workflow, e.created_at, e.updated_at, k.name AS key_name, e.row_count,
+       e.definition, e.approval_deadline, e.queue_at,
+       GREATEST(EXTRACT(EPOCH FROM e.approval_deadline - now()), 0)::float AS seconds_left,
+       (SELECT count(*) FROM execution_row r
+        WHERE r.execution = e.id AND r.compliance_status = 'failed') AS failing,
+       (SELECT count(*) FROM execution_row r
+        WHERE r.execution = e.id AND r.decision IS NOT NULL) AS decided,
+       (SELECT count(*) FROM approval_submission s WHERE s.execution = e.id) AS approvals
+FROM (SELECT id, workflow, created_at, updated_at, api_key, row_count, definition,
+             approval_deadline, {queue_at} AS queue_at
+      FROM execution
+      WHERE status = 'pending_approval' AND {may_decide} {after}
+      ORDER BY {queue_at} {direction}, id {direction} LIMIT $1) AS e
+JOIN api_key k ON k.id = e.api_key
+ORDER BY e.queue_at, e.id
+"""
+_MAY_DECIDE = """($2 OR (SELECT g IS NULL OR jsonb_typeof(g) <> 'array' OR jsonb_array_length(g) = 0
+       OR g ?| $3::text[]
+     FROM jsonb_path_query_first(definition,
+       '$.steps[*] ? (@.type == "approval").settings.approverGroups') AS g))"""
+_WAITING_FIRST = _WAITING.format(queue_at=_QUEUE_AT, may_decide=_MAY_DECIDE, after="", direction="")
+_WAITING_NEWER = _WAITING.format(
+    queue_at=_QUEUE_AT, may_decide=_MAY_DECIDE, after=f"AND ({_QUEUE_AT}, id) > ($4, $5)",
+    direction="",
+)  # fmt: skip
+_WAITING_OLDER = _WAITING.format(
+    queue_at=_QUEUE_AT, may_decide=_MAY_DECIDE, after=f"AND ({_QUEUE_AT}, id) < ($4, $5)",
+    direction="DESC",
+)  # fmt: skip
+_WAITING_COUNT = (
+    "SELECT count(*) FROM (SELECT 1 FROM execution "  # noqa: S608 (constant parts only)
+    f"WHERE status = 'pending_approval' AND {_MAY_DECIDE} LIMIT $1) s"
+)
+
+
+async def list_waiting(
+    approver: Approver,
+    per_page: int,
+    older: list_pages.Position | None = None,
+    newer: list_pages.Position | None = None,
+) -> list_pages.Page[WaitingExecution]:
     """Executions waiting for approval that `approver` may decide (the approverGroups), the
-    soonest deadline first, those without one last (oldest first), with their row counts."""
-    rows = await Execution.raw(
-        "SELECT e.id, e.workflow, e.created_at, e.updated_at, k.name AS key_name, "
-        "  e.row_count, e.definition, e.approval_deadline, "
-        "  GREATEST(EXTRACT(EPOCH FROM e.approval_deadline - now()), 0)::float AS seconds_left, "
-        "  COUNT(r.id) FILTER (WHERE r.compliance_status = 'failed') AS failing, "
-        "  COUNT(r.id) FILTER (WHERE r.decision IS NOT NULL) AS decided, "
-        "  (SELECT count(*) FROM approval_submission s WHERE s.execution = e.id) AS approvals "
-        "FROM execution e JOIN api_key k ON k.id = e.api_key "
-        "LEFT JOIN execution_row r ON r.execution = e.id "
-        "WHERE e.status = 'pending_approval' "
-        "GROUP BY e.id, k.name ORDER BY e.approval_deadline NULLS LAST, e.created_at"
+    soonest deadline first, those without one last (oldest first), a page at a time with their
+    row counts: the first page, or the one just after `newer`, or just before `older` (a
+    position's `created_at` is the entry's place in that order, `queue_at`)."""
+    groups = list(approver.groups)
+    has_older = False
+    records = None
+    async with pool.connection() as connection:
+        scope = (approver.is_admin, groups)
+        if newer is not None:
+            found = await connection.fetch(
+                _WAITING_NEWER, per_page + 1, *scope, newer.created_at, newer.id
+            )
+            records, has_older = found[:per_page], True
+            has_newer = len(found) > per_page
+        elif older is not None:
+            found = await connection.fetch(
+                _WAITING_OLDER, per_page + 1, *scope, older.created_at, older.id
+            )
+            if len(found) > per_page:  # not yet back at the first page
+                records, has_older, has_newer = found[1:], True, True
+        if records is None:
+            found = await connection.fetch(_WAITING_FIRST, per_page + 1, *scope)
+            records, has_newer = found[:per_page], len(found) > per_page
+        counted = await connection.fetchval(_WAITING_COUNT, list_pages.COUNT_CAP + 1, *scope)
+    entries = [from_row(dict(record), WaitingExecution) for record in records]
+
+    def position(entry: WaitingExecution) -> list_pages.Position:
+        return list_pages.Position(created_at=entry.queue_at, id=entry.id)
+
+    return list_pages.Page(
+        entries=entries,
+        # An empty page (what was after its link got decided meanwhile) still links back.
+        older=(position(entries[0]) if entries else newer) if has_older else None,
+        newer=position(entries[-1]) if entries and has_newer else None,
+        total=list_pages.CappedCount.of(int(counted)),
     )
-    waiting = [from_row(row, WaitingExecution) for row in rows]
-    return [w for w in waiting if approver.may_decide(approval_rules(w.definition))]
 
 
 class _Pending(ReadModel, frozen=True):

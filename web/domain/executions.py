@@ -18,7 +18,7 @@ import msgspec
 from asyncpg.exceptions import CheckViolationError
 from redis.asyncio import Redis
 
-from web.domain import clock, idempotency, limits, pool, queue, webhooks
+from web.domain import clock, idempotency, limits, list_pages, pool, queue, webhooks
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
@@ -674,49 +674,100 @@ class ExecutionListEntry(ReadModel, frozen=True):
     completed_at: datetime | None
 
 
-# The dashboard's pages go this far (50 million executions at 50 a page); past it the offset
-# would overflow PostgreSQL's bigint.
-MAX_PAGE = 1_000_000
+_LIST_COLUMNS = (
+    "e.id, e.workflow, k.name AS key_name, e.status, e.approval_status, e.row_count, "
+    "e.created_at, e.completed_at"
+)
 
 
 async def list_executions(
-    filters: ExecutionFilters, page: int, per_page: int
-) -> tuple[list[ExecutionListEntry], int]:
-    """One page of executions, newest first, and how many match in all. InvalidInput for a
-    page outside 1..MAX_PAGE."""
-    if not 1 <= page <= MAX_PAGE:
-        raise InvalidInput(f"Page numbers go from 1 to {MAX_PAGE:,}")
-    conditions = []
+    filters: ExecutionFilters,
+    per_page: int,
+    older: list_pages.Position | None = None,
+    newer: list_pages.Position | None = None,
+) -> list_pages.Page[ExecutionListEntry]:
+    """One page of executions, newest first: the first, or the one just older than `older`, or
+    just newer than `newer`; with the positions of its older/newer links and how many match
+    (capped at list_pages.COUNT_CAP). Every filter and page is LIMIT n entries of one index
+    (execution_created_id, _status_created, _workflow_created, _api_key_created)."""
+    conditions: list[str] = []
+    args: list[object] = []
+
+    def condition(sql: str, *values: object) -> None:
+        args.extend(values)
+        conditions.append(
+            sql.format(*(f"${len(args) - len(values) + i + 1}" for i in range(len(values))))
+        )
+
     if filters.status:
-        conditions.append(Execution.status == filters.status)
+        condition("e.status = {}", filters.status)
     if filters.workflow:
-        conditions.append(Execution.workflow == filters.workflow)
+        condition("e.workflow = {}", filters.workflow)
     if filters.api_key:
-        conditions.append(Execution.api_key == filters.api_key)
+        condition("e.api_key = {}", filters.api_key)
     if filters.created_from:
-        conditions.append(Execution.created_at >= filters.created_from)
+        condition("e.created_at >= {}", filters.created_from)
     if filters.created_before:
-        conditions.append(Execution.created_at < filters.created_before)
-    query = Execution.select(
-        Execution.id,
-        Execution.workflow,
-        Execution.api_key.name.as_alias("key_name"),
-        Execution.status,
-        Execution.approval_status,
-        Execution.row_count,
-        Execution.created_at,
-        Execution.completed_at,
+        condition("e.created_at < {}", filters.created_before)
+    base = list(conditions)
+    base_args = list(args)
+
+    def where(extra: str | None = None) -> str:
+        parts = base + ([extra] if extra else [])
+        return ("WHERE " + " AND ".join(parts)) if parts else ""
+
+    n = len(base_args)
+    # Only the fixed conditions above are joined in; every value is a $n parameter.
+    newer_sql = (
+        f"SELECT {_LIST_COLUMNS} FROM execution e JOIN api_key k ON k.id = e.api_key "  # noqa: S608
+        f"{where(f'(e.created_at, e.id) > (${n + 1}, ${n + 2})')} "
+        f"ORDER BY e.created_at, e.id LIMIT ${n + 3}"
     )
-    count = Execution.count()
-    if conditions:
-        query = query.where(*conditions)
-        count = count.where(*conditions)
-    rows = (
-        await query.order_by(Execution.created_at, ascending=False)
-        .limit(per_page)
-        .offset((page - 1) * per_page)
+    older_sql = (
+        f"SELECT {_LIST_COLUMNS} FROM execution e JOIN api_key k ON k.id = e.api_key "  # noqa: S608
+        f"{where(f'(e.created_at, e.id) < (${n + 1}, ${n + 2})')} "
+        f"ORDER BY e.created_at DESC, e.id DESC LIMIT ${n + 3}"
     )
-    return [from_row(row, ExecutionListEntry) for row in rows], int(await count)
+    first_sql = (
+        f"SELECT {_LIST_COLUMNS} FROM execution e JOIN api_key k ON k.id = e.api_key "  # noqa: S608
+        f"{where()} ORDER BY e.created_at DESC, e.id DESC LIMIT ${n + 1}"
+    )
+    count_sql = f"SELECT count(*) FROM (SELECT 1 FROM execution e {where()} LIMIT ${n + 1}) AS s"  # noqa: S608
+    async with pool.connection() as connection:
+        records = None
+        has_newer = older_exists = False
+        if newer is not None:
+            found = await connection.fetch(
+                newer_sql, *base_args, newer.created_at, newer.id, per_page + 1
+            )
+            if len(found) > per_page:  # not yet back at the first page
+                records = list(reversed(found[:per_page]))
+                has_newer = True
+                older_exists = True
+        elif older is not None:
+            found = await connection.fetch(
+                older_sql, *base_args, older.created_at, older.id, per_page + 1
+            )
+            records = found[:per_page]
+            has_newer = True
+            older_exists = len(found) > per_page
+        if records is None:
+            found = await connection.fetch(first_sql, *base_args, per_page + 1)
+            records = found[:per_page]
+            older_exists = len(found) > per_page
+        counted = await connection.fetchval(count_sql, *base_args, list_pages.COUNT_CAP + 1)
+    entries = [from_row(dict(record), ExecutionListEntry) for record in records]
+    return list_pages.Page(
+        entries=entries,
+        older=_position(entries[-1]) if entries and older_exists else None,
+        # An empty page (what was older than its link got deleted meanwhile) still links back.
+        newer=(_position(entries[0]) if entries else older) if has_newer else None,
+        total=list_pages.CappedCount.of(int(counted)),
+    )
+
+
+def _position(entry: ExecutionListEntry) -> list_pages.Position:
+    return list_pages.Position(created_at=entry.created_at, id=entry.id)
 
 
 class ExecutionDetail(ReadModel, frozen=True):
