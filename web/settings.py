@@ -129,6 +129,23 @@ def _proxies(name: str, default: str) -> tuple[str, ...]:
     return entries
 
 
+def _optional_port(name: str) -> int | None:
+    """A TCP port, or None when unset."""
+    if _raw(name) is None:
+        return None
+    return _int(name, 0, minimum=1, maximum=65535)
+
+
+def _host(name: str, default: str) -> str:
+    """An IP address to listen on (`127.0.0.1`, `0.0.0.0`, `::`)."""
+    value = _raw(name) or default
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise SettingsError(name, "an IP address such as 127.0.0.1 or 0.0.0.0", value) from None
+    return value
+
+
 def secret_key_is_set() -> bool:
     return _raw("FLOWGATE_SECRET_KEY") is not None
 
@@ -240,6 +257,13 @@ class Settings:
     session_max_age_seconds: int
     # Sign-in attempts one client IP may make a minute before its 429s (any email, any result).
     sign_in_attempts_per_minute: int
+    # Metrics (web.domain.metrics): the bearer token /metrics and the workers' endpoints want
+    # (None: no endpoint, 404); the port and address of each worker's endpoint (None: none);
+    # where `flowgate serve` keeps its processes' values (None: a new temporary directory).
+    metrics_token: str | None = None
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "127.0.0.1"
+    metrics_dir: str | None = None
 
 
 @lru_cache(maxsize=1)
@@ -277,4 +301,8 @@ def get_settings() -> Settings:
         cookie_secure=_bool("FLOWGATE_COOKIE_SECURE", False),
         session_max_age_seconds=_int("FLOWGATE_SESSION_MAX_AGE_SECONDS", 12 * 3600, minimum=1),
         sign_in_attempts_per_minute=_int("FLOWGATE_SIGN_IN_ATTEMPTS_PER_MINUTE", 30, minimum=1),
+        metrics_token=_raw("FLOWGATE_METRICS_TOKEN"),
+        worker_metrics_port=_optional_port("FLOWGATE_WORKER_METRICS_PORT"),
+        worker_metrics_host=_host("FLOWGATE_WORKER_METRICS_HOST", "127.0.0.1"),
+        metrics_dir=_raw("FLOWGATE_METRICS_DIR"),
     )

@@ -36,7 +36,15 @@ from web.api.schemas import (
     StatusResponse,
     error_responses,
 )
-from web.domain import approvals, clock, execution_pages, executions, idempotency, status_events
+from web.domain import (
+    approvals,
+    clock,
+    execution_pages,
+    executions,
+    idempotency,
+    metrics,
+    status_events,
+)
 from web.domain.errors import NotAcceptable
 from web.domain.limits import QuotaExceeded, QuotaState
 from web.domain.statuses import RowDecision
@@ -163,6 +171,7 @@ class PublicExecutionsController(Controller):
             )
         except QuotaExceeded as exc:
             report(exc.quota)
+            metrics.refused("quota")
             raise
         return _started(started)
 

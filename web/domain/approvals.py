@@ -20,7 +20,7 @@ from uuid import UUID
 import msgspec
 from redis.asyncio import Redis
 
-from web.domain import clock, compliance, executions, idempotency, pool, queue, webhooks
+from web.domain import clock, compliance, executions, idempotency, metrics, pool, queue, webhooks
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
@@ -114,6 +114,7 @@ async def approve_execution(
     _check_choices(choices)
     step, attempt = await _approve(execution_id, comment, decided_by, once, choices, definition)
     await queue.enqueue_run(redis, execution_id, step, attempt)  # after the commit
+    await metrics.approval_decided(execution_id, "approved")
 
 
 async def reject_execution(
@@ -129,6 +130,7 @@ async def reject_execution(
     _check_comment(approval_rules(await _definition(execution_id, api_key_id)), comment)
     for event_id in await _reject(execution_id, comment, decided_by, once):
         await queue.enqueue_webhook(redis, event_id)  # after the commit
+    await metrics.approval_decided(execution_id, "rejected")
 
 
 async def _approve(
@@ -204,6 +206,7 @@ async def _reject(
         )
         events = await executions.record_event(webhooks.CANCELLED, rows[0])
         await idempotency.finish(transaction.connection, once, execution_id)
+    metrics.execution_ended(rows[0], output)
     return events
 
 
