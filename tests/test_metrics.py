@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from litestar import Litestar
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import factories
@@ -312,3 +313,52 @@ async def test_a_real_run_is_counted_by_two_web_processes_and_the_worker(
     personal += [row["name"] for row in rows]
     for text in [*web_texts, worker_text]:
         assert_no_unbounded_labels(text, personal)
+
+
+# --- what the web process counts (in this process: values read before and after) -----------
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_rate_limit_and_quota_refusals_are_counted_by_reason(
+    client: httpx.AsyncClient,
+) -> None:
+    limited = await factories.create_key(rate_limit_burst=1, rate_limit_refill_per_second=0.001)
+    capped = await factories.create_key(monthly_limit=1)
+    before = {r: sample("flowgate_refusals_total", reason=r) for r in ("rate_limit", "quota")}
+
+    assert (await factories.execute(client, limited.secret)).status_code == 202
+    assert (await factories.execute(client, limited.secret)).status_code == 429
+    assert (await factories.execute(client, capped.secret)).status_code == 202
+    assert (await factories.execute(client, capped.secret)).status_code == 403
+
+    assert sample("flowgate_refusals_total", reason="rate_limit") == before["rate_limit"] + 1
+    assert sample("flowgate_refusals_total", reason="quota") == before["quota"] + 1
+
+
+async def test_a_rejection_counts_the_wait_the_cancelled_execution_and_its_rejected_rows(
+    client: httpx.AsyncClient, api_key: str, run_worker: factories.WorkerRunner
+) -> None:
+    labels = {"workflow": BFSI}
+    started = sample("flowgate_executions_started_total", **labels)
+    cancelled = sample("flowgate_executions_finished_total", **labels, status="cancelled")
+    rejected_rows = sample("flowgate_rows_finished_total", **labels, status="rejected")
+    waits = sample("flowgate_approval_wait_seconds_count", **labels, decision="rejected")
+    execution_id = await factories.start(client, api_key, csv_data=factories.rows(4))
+    await run_worker()
+
+    answer = await client.post(
+        f"{PUBLIC}/executions/{execution_id}/reject",
+        json={"comment": "not now"},
+        headers=factories.auth(api_key),
+    )
+
+    assert answer.status_code == 200, answer.text
+    assert sample("flowgate_executions_started_total", **labels) == started + 1
+    finished = sample("flowgate_executions_finished_total", **labels, status="cancelled")
+    assert finished == cancelled + 1
+    assert sample("flowgate_rows_finished_total", **labels, status="rejected") == rejected_rows + 4
+    waited = sample("flowgate_approval_wait_seconds_count", **labels, decision="rejected")
+    assert waited == waits + 1

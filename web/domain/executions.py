@@ -206,8 +206,8 @@ async def start_execution(
     quota = limits.QuotaState(limit=key.monthly_limit, used=used, resets_at=resets_at)
     if on_counted is not None:
         on_counted(quota)
+    metrics.execution_started(workflow.id)  # stored: it runs even if this enqueue fails
     await queue.enqueue_run(redis, execution_id)  # after the commit: the worker finds the rows
-    metrics.execution_started(workflow.id)
     return StartedExecution(
         id=execution_id, status=ExecutionStatus.PENDING, started_at=started_at, quota=quota
     )

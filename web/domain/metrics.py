@@ -176,14 +176,18 @@ def execution_ended(row: Mapping[str, Any], output: Any = None) -> None:
 
 
 async def approval_decided(execution_id: UUID, decision: str) -> None:
-    """After a decision committed: how long the execution waited for it."""
+    """After a decision committed: how long the execution waited for it. The decision stands
+    whatever happens here: a failed read only leaves this one out."""
     from web.domain.tables import Execution
 
-    rows = await Execution.raw(
-        "SELECT workflow, EXTRACT(EPOCH FROM approval_decided_at - approval_requested_at) "
-        "AS waited FROM execution WHERE id = {} AND approval_requested_at IS NOT NULL",
-        execution_id,
-    )
+    try:
+        rows = await Execution.raw(
+            "SELECT workflow, EXTRACT(EPOCH FROM approval_decided_at - approval_requested_at) "
+            "AS waited FROM execution WHERE id = {} AND approval_requested_at IS NOT NULL",
+            execution_id,
+        )
+    except Exception:  # PostgreSQL gone after the commit: the answer must still be the decision's
+        return
     if rows and rows[0]["waited"] is not None:
         APPROVAL_WAIT.labels(str(rows[0]["workflow"]), decision).observe(float(rows[0]["waited"]))
 
