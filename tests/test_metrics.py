@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -24,8 +25,10 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import factories
+from tests.fake_providers import FakeChatCompletions, FakeWhatsAppCloud
 from tests.live_server import LiveServer, free_port
 from tests.receiver import Receiver
+from tests.worker import test_providers as providers
 from web.app import create_app
 from web.settings import get_settings
 
@@ -362,3 +365,79 @@ async def test_a_rejection_counts_the_wait_the_cancelled_execution_and_its_rejec
     assert sample("flowgate_rows_finished_total", **labels, status="rejected") == rejected_rows + 4
     waited = sample("flowgate_approval_wait_seconds_count", **labels, decision="rejected")
     assert waited == waits + 1
+
+
+@pytest.fixture
+def llm(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeChatCompletions]:
+    key = "sk-test-" + secrets.token_urlsafe(24)
+    monkeypatch.setenv(providers.LLM_KEY_ENV, key)
+    server = FakeChatCompletions(key)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def whatsapp(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWhatsAppCloud]:
+    token = "EAAG" + secrets.token_urlsafe(32)
+    monkeypatch.setenv(providers.WHATSAPP_TOKEN_ENV, token)
+    server = FakeWhatsAppCloud(token)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_llm_tokens_and_real_provider_calls_are_counted(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: factories.WorkerRunner,
+    llm: FakeChatCompletions,
+    whatsapp: FakeWhatsAppCloud,
+) -> None:
+    await providers.save(providers.llm_settings(llm), providers.whatsapp_settings(whatsapp))
+    tokens = {t: sample("flowgate_llm_tokens_total", provider="openai_compatible", type=t)
+              for t in ("prompt", "completion")}  # fmt: skip
+    generated = sample(
+        "flowgate_provider_calls_total",
+        provider="openai_compatible", operation="generate", outcome="ok",
+    )  # fmt: skip
+    sent = sample(
+        "flowgate_provider_calls_total", provider="whatsapp_cloud", operation="send", outcome="sent"
+    )
+    timed = sample(
+        "flowgate_provider_call_duration_seconds_count", provider="whatsapp_cloud", operation="send"
+    )
+
+    execution_id, body = await providers.run_through_approval(
+        client, api_key, run_worker, factories.rows(3)
+    )
+
+    assert [r["status"] for r in body["output"]["results"]] == ["sent"] * 3
+    usages = [row["content_usage"] for row in await factories.row_states(execution_id)]
+    for kind in ("prompt", "completion"):
+        expected = tokens[kind] + sum(u[f"{kind}_tokens"] for u in usages)
+        assert expected > tokens[kind]
+        assert sample("flowgate_llm_tokens_total", provider="openai_compatible", type=kind) == (
+            expected
+        )
+    assert sample(
+        "flowgate_provider_calls_total",
+        provider="openai_compatible", operation="generate", outcome="ok",
+    ) == generated + 3  # fmt: skip
+    assert (
+        sample(
+            "flowgate_provider_calls_total",
+            provider="whatsapp_cloud",
+            operation="send",
+            outcome="sent",
+        )
+        == sent + 3
+    )
+    assert (
+        sample(
+            "flowgate_provider_call_duration_seconds_count",
+            provider="whatsapp_cloud",
+            operation="send",
+        )
+        == timed + 3
+    )
