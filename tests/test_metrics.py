@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -96,15 +97,17 @@ async def test_metrics_without_the_right_bearer_token_is_401(
 
 
 async def test_the_right_token_gets_the_exposition_with_queue_depths(
-    token_client: httpx.AsyncClient,
+    token_client: httpx.AsyncClient, api_key: str
 ) -> None:
+    await factories.start(token_client, api_key)  # its job waits: no worker runs here
     response = await token_client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     samples = parse(response.text)
+    assert value(samples, "flowgate_queue_jobs", queue="arq:queue", state="ready") == 1
+    assert value(samples, "flowgate_queue_jobs", queue="arq:queue:webhooks", state="ready") == 0
     for queue in ("arq:queue", "arq:queue:webhooks"):
-        assert value(samples, "flowgate_queue_jobs", queue=queue, state="ready") == 0
         assert (
             "flowgate_queue_jobs",
             frozenset({"queue": queue, "state": "deferred"}.items()),
@@ -124,6 +127,24 @@ def test_a_worker_refuses_the_web_servers_multiprocess_directory(tmp_path: Path)
     assert result.returncode == 1
     assert "PROMETHEUS_MULTIPROC_DIR is set: unset it for flowgate worker" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_worker_whose_metrics_port_is_taken_stops_saying_so() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "web.cli", "worker"],
+            env={**os.environ, "FLOWGATE_WORKER_METRICS_PORT": str(port)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert result.returncode == 1
+    assert f"FLOWGATE_WORKER_METRICS_PORT: cannot listen on 127.0.0.1:{port}" in result.stderr
 
 
 # --- a real run, scraped ------------------------------------------------------------------
