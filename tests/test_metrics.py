@@ -184,13 +184,6 @@ class Worker:
             self.process.wait()
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    hooks = Receiver().start()
-    yield hooks
-    hooks.stop()
-
-
 UUID_OR_HEX = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-|[0-9a-f]{16,}", re.IGNORECASE)
 PHONE = re.compile(r"\+?\d{7,}")
 
@@ -462,3 +455,27 @@ async def test_llm_tokens_and_real_provider_calls_are_counted(
         )
         == timed + 3
     )
+
+
+async def test_failed_webhook_attempts_and_their_retried_jobs_are_counted_by_outcome(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: factories.WorkerRunner
+) -> None:
+    key = await factories.create_key(webhook_url=receiver.url)
+    receiver.respond_with(500, 503)  # execution.started fails twice, then gets through
+    before = {
+        outcome: sample("flowgate_webhook_attempts_total", outcome=outcome)
+        for outcome in ("http_error", "delivered")
+    }
+    retries = sample("flowgate_jobs_total", job="deliver_webhook", outcome="retry")
+
+    await factories.start(client, key.secret)
+    await run_worker()
+
+    await receiver.wait_for(4)  # started x3, pending_approval
+    assert sample("flowgate_webhook_attempts_total", outcome="http_error") == (
+        before["http_error"] + 2
+    )
+    assert sample("flowgate_webhook_attempts_total", outcome="delivered") == (
+        before["delivered"] + 2
+    )
+    assert sample("flowgate_jobs_total", job="deliver_webhook", outcome="retry") == retries + 2
