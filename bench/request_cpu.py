@@ -9,6 +9,7 @@ figure, so read it for proportions).
 
     make bench-cpu
     make bench-cpu BENCH_ARGS="--requests 5000 --profile execute"
+    make bench-cpu BENCH_ARGS=--served   # as `flowgate serve` runs it (metrics, proxy headers)
 """
 
 from __future__ import annotations
@@ -111,9 +112,12 @@ async def profile(app: App, request: Request, count: int, sort: str) -> None:
 async def main(args: argparse.Namespace, key: str, body: bytes) -> dict[str, Any]:
     import baseline_app
 
-    from web.app import create_app
+    from web.app import create_app, create_served_app
 
-    ours, baseline = create_app(), baseline_app.create_app()
+    # --served: the app as `flowgate serve` runs it (proxy headers, request metrics in
+    # prometheus-client's multiprocess mode, PROMETHEUS_MULTIPROC_DIR set below).
+    ours = create_served_app() if args.served else create_app()
+    baseline = baseline_app.create_app()
     await started(ours)
     await started(baseline)
     json_headers = {"Content-Type": "application/json", "Content-Length": str(len(body))}
@@ -166,6 +170,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=100)
     p.add_argument("--database", default="flowgate_bench_cpu")
     p.add_argument("--redis-db", type=int, default=12)
+    p.add_argument("--served", action="store_true", help="the app as flowgate serve runs it")
     return p.parse_args(argv)
 
 
@@ -178,4 +183,6 @@ if __name__ == "__main__":
         os.environ.update(setup.env)
         os.environ.setdefault("FLOWGATE_LOG_LEVEL", "WARNING")
         os.environ.setdefault("FLOWGATE_SECRET_KEY", "bench")
+        if arguments.served:  # before web (and prometheus-client) is imported
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(folder))
         print(json.dumps(asyncio.run(main(arguments, setup.key, body_bytes))))

@@ -21,8 +21,9 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, server: str = "granian", **env: str) -> None:
+    def __init__(self, server: str = "granian", workers: int = 1, **env: str) -> None:
         self.server = server
+        self.workers = workers
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
@@ -32,12 +33,12 @@ class LiveServer:
     def start(self) -> LiveServer:
         command = [sys.executable, "-m", "web.cli", "serve", "--port", str(self.port)]
         self.process = subprocess.Popen(
-            [*command, "--server", self.server],
+            [*command, "--server", self.server, "--workers", str(self.workers)],
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a loaded machine: spawning workers takes a while
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.process.stderr.read().decode()  # type: ignore[union-attr]
             try:

@@ -51,6 +51,9 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         ("FLOWGATE_PUBLIC_URL", "flowgate.example.com", "an http:// or https:// URL"),
         ("FLOWGATE_NOTIFICATION_RETRY_DELAYS", "5,soon", "comma-separated numbers"),
         ("FLOWGATE_NOTIFICATION_TIMEOUT_SECONDS", "0", "a number of at least 0.001"),
+        ("FLOWGATE_WORKER_METRICS_PORT", "0", "an integer from 1 to 65535"),
+        ("FLOWGATE_WORKER_METRICS_PORT", "http", "an integer from 1 to 65535"),
+        ("FLOWGATE_WORKER_METRICS_HOST", "localhost", "an IP address such as 127.0.0.1"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(

@@ -37,6 +37,7 @@ from web.domain.pool import start_pool
 from web.domain.script_client import ScriptClient
 from web.forwarded import TrustedProxies, with_proxy_headers
 from web.logs import configure_logging
+from web.metrics import metrics_endpoint, with_request_metrics
 from web.settings import Settings, get_settings, secret_key_is_set
 from web.static_files import static_files_router
 
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             dashboard_router(),
             WhatsAppWebhookController,
             health,
+            metrics_endpoint,
             index,
             favicon,
             static_files_router(ROOT / "static"),
@@ -217,6 +219,7 @@ def create_served_app() -> Any:
     """The app as `flowgate serve` runs it, under granian or uvicorn: the client address and
     scheme come from X-Forwarded-For / X-Forwarded-Proto when the peer is a trusted proxy
     (FORWARDED_ALLOW_IPS, default 127.0.0.1), and only a valid IP address is taken
-    (web.forwarded)."""
+    (web.forwarded). Every request is counted and timed by its route (web.metrics)."""
     settings = get_settings()
-    return with_proxy_headers(create_app(settings), TrustedProxies(settings.forwarded_allow_ips))
+    app = with_request_metrics(create_app(settings))
+    return with_proxy_headers(app, TrustedProxies(settings.forwarded_allow_ips))

@@ -8,10 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
+import shutil
 import sys
+import tempfile
 import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -293,8 +297,42 @@ GRACEFUL_SHUTDOWN_SECONDS = 10
 
 def serve(args: argparse.Namespace) -> int:
     """The web server: granian by default (README "Performance", figure 4), uvicorn on request.
-    Both finish the requests in flight on SIGTERM (for up to 10 s) before they stop."""
-    port = args.port or get_settings().port
+    Both finish the requests in flight on SIGTERM (for up to 10 s) before they stop. Worker
+    processes share their metrics through a directory (prometheus-client's multiprocess mode);
+    uvicorn with one worker runs the app in this process, which keeps them in memory."""
+    settings = get_settings()
+    port = args.port or settings.port
+    in_process = args.server == "uvicorn" and args.workers == 1
+    with metrics_dir(settings.metrics_dir, enabled=not in_process):
+        _serve(args, port)
+    return 0
+
+
+@contextmanager
+def metrics_dir(chosen: str | None, *, enabled: bool) -> Iterator[None]:
+    """PROMETHEUS_MULTIPROC_DIR for the server's worker processes, which write their values to
+    files there; a scrape of any of them sums them all. FLOWGATE_METRICS_DIR when set (the value
+    files of earlier runs are removed first: their processes are gone), else a new temporary
+    directory, removed when the server stops."""
+    if not enabled:
+        yield
+        return
+    owned = chosen is None
+    path = Path(tempfile.mkdtemp(prefix="flowgate-metrics-")) if owned else Path(str(chosen))
+    if not owned:
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        if owned:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace, port: int) -> None:
     if args.server == "uvicorn":
         import uvicorn
 
@@ -308,11 +346,14 @@ def serve(args: argparse.Namespace) -> int:
             log_level="warning",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
-        return 0
+        return
     from granian import Granian
     from granian.constants import Interfaces
     from granian.log import LogLevels
 
+    # Fresh interpreters, not forks of this one: prometheus-client picks its multiprocess mode
+    # when it is imported, which this process did before PROMETHEUS_MULTIPROC_DIR was set.
+    multiprocessing.set_start_method("spawn", force=True)
     Granian(
         "web.app:create_served_app",
         factory=True,
@@ -323,7 +364,6 @@ def serve(args: argparse.Namespace) -> int:
         log_level=LogLevels.warning,
         workers_kill_timeout=GRACEFUL_SHUTDOWN_SECONDS,
     ).serve()
-    return 0
 
 
 async def suppressions_add(args: argparse.Namespace) -> int:
@@ -381,6 +421,14 @@ async def suppressions_import(args: argparse.Namespace) -> int:
 
 
 def worker(_: argparse.Namespace) -> int:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Its values would land among the web processes' and be summed into their /metrics.
+        print(
+            "PROMETHEUS_MULTIPROC_DIR is set: unset it for flowgate worker (its metrics are its "
+            "own, on FLOWGATE_WORKER_METRICS_PORT; flowgate serve sets the directory itself)",
+            file=sys.stderr,
+        )
+        return 1
     from worker.settings import run_workers
 
     run_workers()  # the runs' loop and the webhook deliveries' loop

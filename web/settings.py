@@ -147,6 +147,23 @@ def _optional(name: str) -> str | None:
     return _raw(name)
 
 
+def _optional_port(name: str) -> int | None:
+    """A TCP port, or None when unset."""
+    if _raw(name) is None:
+        return None
+    return _int(name, 0, minimum=1, maximum=65535)
+
+
+def _host(name: str, default: str) -> str:
+    """An IP address to listen on (`127.0.0.1`, `0.0.0.0`, `::`)."""
+    value = _raw(name) or default
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise SettingsError(name, "an IP address such as 127.0.0.1 or 0.0.0.0", value) from None
+    return value
+
+
 def secret_key_is_set() -> bool:
     return _raw("FLOWGATE_SECRET_KEY") is not None
 
@@ -205,6 +222,45 @@ def apply_dev_env(environ: MutableMapping[str, str] | None = None) -> Path | Non
             env[name] = value
     get_settings.cache_clear()
     return path
+
+
+SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
+
+
+def _smtp_url(name: str) -> str | None:
+    """`smtp://host[:port]`, `smtp+starttls://[user@]host[:port]` or `smtps://…`; None if unset."""
+    value = _raw(name)
+    if value is None:
+        return None
+    expected = "an smtp://, smtp+starttls:// or smtps:// URL with a host"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - a port that is not a number raises ValueError here
+    except ValueError:
+        raise SettingsError(name, expected, value) from None
+    if parts.scheme not in SMTP_SCHEMES or not parts.hostname or parts.password:
+        # A password in the URL would be logged wherever the URL is: FLOWGATE_SMTP_PASSWORD.
+        raise SettingsError(name, expected + " (the password in FLOWGATE_SMTP_PASSWORD)", value)
+    return value
+
+
+def _http_url(name: str, default: str) -> str:
+    value = _raw(name)
+    if value is None:
+        return default
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(name, "an http:// or https:// URL", value)
+    return value.rstrip("/")
+
+
+def _email(name: str, default: str) -> str:
+    value = _raw(name)
+    if value is None:
+        return default
+    if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
+        raise SettingsError(name, "an email address (name@example.com)", value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -277,45 +333,13 @@ class Settings:
     opt_in_keywords: tuple[str, ...] = ("START",)
     # `execution.delivery_updated` goes out at most once per this many seconds per execution.
     delivery_webhook_interval_seconds: float = 60.0
-
-
-SMTP_SCHEMES = ("smtp", "smtp+starttls", "smtps")
-
-
-def _smtp_url(name: str) -> str | None:
-    """`smtp://host[:port]`, `smtp+starttls://[user@]host[:port]` or `smtps://…`; None if unset."""
-    value = _raw(name)
-    if value is None:
-        return None
-    expected = "an smtp://, smtp+starttls:// or smtps:// URL with a host"
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - a port that is not a number raises ValueError here
-    except ValueError:
-        raise SettingsError(name, expected, value) from None
-    if parts.scheme not in SMTP_SCHEMES or not parts.hostname or parts.password:
-        # A password in the URL would be logged wherever the URL is: FLOWGATE_SMTP_PASSWORD.
-        raise SettingsError(name, expected + " (the password in FLOWGATE_SMTP_PASSWORD)", value)
-    return value
-
-
-def _http_url(name: str, default: str) -> str:
-    value = _raw(name)
-    if value is None:
-        return default
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise SettingsError(name, "an http:// or https:// URL", value)
-    return value.rstrip("/")
-
-
-def _email(name: str, default: str) -> str:
-    value = _raw(name)
-    if value is None:
-        return default
-    if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", value):
-        raise SettingsError(name, "an email address (name@example.com)", value)
-    return value
+    # Metrics (web.domain.metrics): the bearer token /metrics and the workers' endpoints want
+    # (None: no endpoint, 404); the port and address of each worker's endpoint (None: none);
+    # where `flowgate serve` keeps its processes' values (None: a new temporary directory).
+    metrics_token: str | None = None
+    worker_metrics_port: int | None = None
+    worker_metrics_host: str = "127.0.0.1"
+    metrics_dir: str | None = None
 
 
 @lru_cache(maxsize=1)
@@ -368,4 +392,8 @@ def get_settings() -> Settings:
         delivery_webhook_interval_seconds=_float(
             "FLOWGATE_DELIVERY_WEBHOOK_INTERVAL_SECONDS", 60.0, minimum=0.1
         ),
+        metrics_token=_raw("FLOWGATE_METRICS_TOKEN"),
+        worker_metrics_port=_optional_port("FLOWGATE_WORKER_METRICS_PORT"),
+        worker_metrics_host=_host("FLOWGATE_WORKER_METRICS_HOST", "127.0.0.1"),
+        metrics_dir=_raw("FLOWGATE_METRICS_DIR"),
     )

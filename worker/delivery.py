@@ -15,7 +15,7 @@ from uuid import UUID
 
 import httpx
 
-from web.domain import webhooks
+from web.domain import metrics, webhooks
 from web.domain.webhooks import AttemptResult, Delivery
 from web.settings import Settings
 from worker import outbound
@@ -57,7 +57,9 @@ async def _attempt(
     url = delivery.url or ""
     started = time.monotonic()
     status, error, body = await _post(http, delivery, url, settings)
-    elapsed = int((time.monotonic() - started) * 1000)
+    seconds = time.monotonic() - started
+    metrics.webhook_attempt(status, error, seconds)
+    elapsed = int(seconds * 1000)
     return AttemptResult(url, status, elapsed, error, body)
 
 

@@ -12,6 +12,7 @@ from arq import Retry
 from web.domain import approvals, delivery_statuses, idempotency, queue, recovery, whatsapp_inbound
 from web.domain.errors import is_unavailable
 from worker import delivery, engine, notify
+from worker.metrics import observed_job
 
 logger = logging.getLogger("flowgate.jobs")
 
@@ -25,6 +26,7 @@ def _retry_later(ctx: dict[str, Any]) -> Retry:
     return Retry(defer=delays[min(ctx["job_try"], len(delays)) - 1])
 
 
+@observed_job
 async def run_execution(ctx: dict[str, Any], execution_id: str) -> dict[str, Any]:
     try:
         outcome = await engine.run_execution(
@@ -41,6 +43,7 @@ async def run_execution(ctx: dict[str, Any], execution_id: str) -> dict[str, Any
     return {"execution_id": execution_id, "outcome": outcome.state}
 
 
+@observed_job
 async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
     try:
         outcome = await delivery.deliver(ctx["http"], UUID(event_id), ctx["settings"])
@@ -96,6 +99,7 @@ async def notify_delivery_counts(ctx: dict[str, Any], execution_id: str) -> dict
     return {"execution_id": execution_id, "recorded": recorded}
 
 
+@observed_job
 async def reconcile(ctx: dict[str, Any]) -> dict[str, Any]:
     """One reconciler pass (worker/reconciler.py runs it every few seconds): queue again what
     nothing is doing, and say what was really queued."""
@@ -127,6 +131,7 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@observed_job
 async def purge_idempotency_answers(ctx: dict[str, Any]) -> dict[str, Any]:
     """Hourly: forget the answers to Idempotency-Key requests whose time is up."""
     removed = await idempotency.purge_expired()

@@ -23,6 +23,7 @@ from web.domain.pool import start_pool
 from web.logs import configure_logging
 from web.settings import Settings, get_settings
 from worker import jobs, outbound, reconciler
+from worker.metrics import Endpoint
 
 
 async def _open(ctx: dict[str, Any], allow_private: Callable[[Settings], bool]) -> None:
@@ -183,7 +184,13 @@ def run_workers() -> None:
 async def _run_workers() -> None:
     from piccolo_conf import DB
 
-    configure_logging(get_settings().log_level)
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    # This process's metrics on its own port (FLOWGATE_WORKER_METRICS_PORT), if one is set.
+    redis = queue.connect(settings.redis_url, settings.redis_timeout_seconds)
+    endpoint = Endpoint(settings, redis) if settings.worker_metrics_port else None
+    if endpoint is not None:
+        endpoint.start()
     await start_pool(DB, min_size=2, max_size=10)
     # arq installs its signal handlers per Worker, and a second Worker would replace the
     # first's: this process handles the signals and tells both.
@@ -209,6 +216,9 @@ async def _run_workers() -> None:
         for worker in workers:
             await worker.close()
         await DB.close_connection_pool()
+        if endpoint is not None:
+            await endpoint.stop()
+        await redis.aclose()
     for task in loops:
         error = None if task.cancelled() else task.exception()
         if error is not None:

@@ -18,7 +18,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from web.domain import api_keys, limits, workflows
+from web.domain import api_keys, limits, metrics, workflows
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Forbidden, TooManyRequests, Unauthorized
 from web.domain.script_client import ScriptClient
@@ -46,6 +46,7 @@ async def require_api_key(connection: Connection, _: BaseRouteHandler) -> None:
                 redis, ip, settings.auth_failures_per_minute
             )
             if blocked_ms:
+                metrics.refused("auth_failures")
                 raise TooManyRequests(
                     limits.TOO_MANY_FAILED_AUTHENTICATIONS, max(-(-blocked_ms // 1000), 1)
                 ) from None
@@ -60,11 +61,13 @@ async def require_api_key(connection: Connection, _: BaseRouteHandler) -> None:
             reason = key.unusable_reason()
             bucket = await _take_token(redis, key, reason, ip, settings)
         if bucket.ip_blocked_ms:
+            metrics.refused("auth_failures")
             raise TooManyRequests(limits.TOO_MANY_FAILED_AUTHENTICATIONS, bucket.retry_after)
         connection.state.rate_limit = bucket
         if reason:
             raise Forbidden(reason)
         if not bucket.allowed:
+            metrics.refused("rate_limit")
             raise TooManyRequests(limits.RATE_LIMIT_EXCEEDED, bucket.retry_after)
     elif reason:
         raise Forbidden(reason)

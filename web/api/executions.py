@@ -44,6 +44,7 @@ from web.domain import (
     execution_pages,
     executions,
     idempotency,
+    metrics,
     status_events,
 )
 from web.domain.errors import NotAcceptable
@@ -189,6 +190,7 @@ class PublicExecutionsController(Controller):
             )
         except QuotaExceeded as exc:
             report(exc.quota)
+            metrics.refused("quota")
             raise
         return _started(started)
 

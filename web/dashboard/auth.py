@@ -17,7 +17,7 @@ from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_303_SEE_OTHER
 
 from web.dashboard import sessions
-from web.domain import users
+from web.domain import metrics, users
 from web.domain.errors import TooManyRequests, Unauthorized
 from web.domain.users import SignedInUser
 from web.settings import Settings
@@ -118,6 +118,7 @@ class AuthController(Controller):
                 request, "auth/login.html", status, next=target, email=email, error=exc.message
             )
             if isinstance(exc, TooManyRequests):
+                metrics.refused("sign_in")
                 response.headers["Retry-After"] = str(exc.retry_after)
             return response
         await sessions.start(request, user)  # a new id, never the one the browser sent

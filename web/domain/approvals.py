@@ -28,6 +28,7 @@ from web.domain import (
     executions,
     idempotency,
     list_pages,
+    metrics,
     notifications,
     pool,
     queue,
@@ -38,7 +39,14 @@ from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
 from web.domain.statuses import ExecutionStatus, RowDecision
 from web.domain.tables import ApprovalSubmission, Execution, ExecutionRow
-from web.domain.types import Definition, ReadModel, RowData, StepSettings, from_row
+from web.domain.types import (
+    Definition,
+    ExecutionOutput,
+    ReadModel,
+    RowData,
+    StepSettings,
+    from_row,
+)
 from web.domain.users import SignedInUser
 from web.domain.workflows import approval_settings, step_settings
 
@@ -215,6 +223,7 @@ async def approve_execution(
     outcome, resume = await _approve(execution_id, comment, approver, once, choices, definition)
     if resume is not None:
         await queue.enqueue_run(redis, execution_id, *resume)  # after the commit
+        await metrics.approval_decided(execution_id, "approved")
     return outcome
 
 
@@ -233,6 +242,7 @@ async def reject_execution(
     check_may_decide(rules, approver)
     for event_id in await _reject(execution_id, comment, approver.label, once):
         await queue.enqueue_webhook(redis, event_id)  # after the commit
+    await metrics.approval_decided(execution_id, "rejected")
 
 
 class _Waiting(ReadModel, frozen=True):
@@ -372,14 +382,18 @@ async def _reject(
         await idempotency.begin(transaction.connection, once)
         await _lock_waiting(execution_id)
         rows = await Execution.raw(REJECT_SQL, comment, decided_by, execution_id)
-        events = await _end_rows(execution_id, rows[0], REJECTED_REASON)
+        events, output = await _end_rows(execution_id, rows[0], REJECTED_REASON)
         await idempotency.finish(transaction.connection, once, execution_id)
+    metrics.execution_ended(rows[0], output)  # after the commit
     return events
 
 
-async def _end_rows(execution_id: UUID, execution: dict[str, object], reason: str) -> list[UUID]:
+async def _end_rows(
+    execution_id: UUID, execution: dict[str, object], reason: str
+) -> tuple[list[UUID], ExecutionOutput]:
     """After a rejection or a timeout: every row `rejected` with `reason`, the results written,
-    the `execution.cancelled` event recorded (returned to queue after the commit)."""
+    the `execution.cancelled` event recorded; the events (to queue after the commit) and the
+    results."""
     await ExecutionRow.raw(
         "UPDATE execution_row SET decision = COALESCE(decision, 'rejected'), "
         "  send_status = 'rejected', error = {} WHERE execution = {}",
@@ -390,7 +404,7 @@ async def _end_rows(execution_id: UUID, execution: dict[str, object], reason: st
     await Execution.raw(
         "UPDATE execution SET output = {}::jsonb WHERE id = {}", json.dumps(output), execution_id
     )
-    return await executions.record_event(webhooks.CANCELLED, execution)
+    return await executions.record_event(webhooks.CANCELLED, execution), output
 
 
 # --- deadlines -----------------------------------------------------------------------------
@@ -428,6 +442,7 @@ async def start_waiting(claim: executions.Claim, index: int, *, smtp: bool) -> Q
         rows = await Execution.raw(
             "UPDATE execution AS e SET "  # noqa: S608 (constant columns, values bound)
             "  status = 'pending_approval', approval_status = 'pending', "
+            "  approval_requested_at = now(), "
             "  approval_deadline = now() + make_interval(secs => {}), "
             "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
             "WHERE id = {} AND lease_token = {} AND status = 'running' AND current_step = {} "
@@ -484,11 +499,12 @@ async def time_out(execution_id: UUID, *, smtp: bool) -> Queued | float | None:
             reason,
             execution_id,
         )
-        events = await _end_rows(execution_id, rows[0], reason)
+        events, output = await _end_rows(execution_id, rows[0], reason)
         # audit: execution.timed_out
         sent = await notifications.record(
             execution_id, overdue.definition, notifications.Kind.TIMED_OUT, smtp=smtp
         )
+    metrics.execution_ended(rows[0], output)  # after the commit
     return Queued(events, sent)
 
 

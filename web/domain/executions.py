@@ -18,7 +18,7 @@ import msgspec
 from asyncpg.exceptions import CheckViolationError
 from redis.asyncio import Redis
 
-from web.domain import clock, idempotency, limits, list_pages, pool, queue, webhooks
+from web.domain import clock, idempotency, limits, list_pages, metrics, pool, queue, webhooks
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
@@ -206,6 +206,7 @@ async def start_execution(
     quota = limits.QuotaState(limit=key.monthly_limit, used=used, resets_at=resets_at)
     if on_counted is not None:
         on_counted(quota)
+    metrics.execution_started(workflow.id)  # stored: it runs even if this enqueue fails
     await queue.enqueue_run(redis, execution_id)  # after the commit: the worker finds the rows
     return StartedExecution(
         id=execution_id, status=ExecutionStatus.PENDING, started_at=started_at, quota=quota
@@ -444,6 +445,8 @@ async def _transition(event: str, sql: str, *args: Any) -> list[UUID] | None:
         rows = await Execution.raw(f"{sql} RETURNING {EVENT_COLUMNS}", *args)
         if rows:
             events = await record_event(event, rows[0])
+    if rows:
+        metrics.execution_ended(rows[0])  # after the commit; final statuses only
     return events
 
 
@@ -555,9 +558,11 @@ async def cancel_execution(
             current = await get_for_key(execution_id, api_key_id)  # NotFound if not this key's
             raise Conflict(f"Execution is already {current.status}: it cannot be cancelled")
         worked_on = bool(rows[0]["worked_on"])
-        await _settle_cancelled_rows(execution_id, in_flight_too=not worked_on)
+        output = await _settle_cancelled_rows(execution_id, in_flight_too=not worked_on)
         events = await record_event(webhooks.CANCELLED, rows[0])
         await idempotency.finish(transaction.connection, once, execution_id)
+    # A worker running it writes the final results itself (finish_cancelled counts those rows).
+    metrics.execution_ended(rows[0], output=None if worked_on else output)
     for event_id in events:
         await queue.enqueue_webhook(redis, event_id)  # after the commit
 
@@ -582,7 +587,7 @@ _CANCEL = (
 CANCEL_SQL = _CANCEL + EVENT_COLUMNS
 
 
-async def _settle_cancelled_rows(execution_id: UUID, *, in_flight_too: bool) -> None:
+async def _settle_cancelled_rows(execution_id: UUID, *, in_flight_too: bool) -> ExecutionOutput:
     """Rows never handed to a provider end `cancelled`; with `in_flight_too` (no live worker
     holds the run), a row left `sending` by a dead one ends as the crash path says (its
     delivery is unknown). Then the results are written again."""
@@ -604,6 +609,7 @@ async def _settle_cancelled_rows(execution_id: UUID, *, in_flight_too: bool) -> 
     await Execution.raw(
         "UPDATE execution SET output = {}::jsonb WHERE id = {}", json.dumps(output), execution_id
     )
+    return output
 
 
 CANCELLED_UNKNOWN_DELIVERY = (
@@ -618,12 +624,13 @@ async def finish_cancelled(claim: Claim) -> None:
     async with pool.engine().transaction():
         rows = await Execution.raw(
             "UPDATE execution SET lease_token = NULL, lease_expires_at = NULL "
-            "WHERE id = {} AND lease_token = {} AND status = 'cancelled' RETURNING id",
+            "WHERE id = {} AND lease_token = {} AND status = 'cancelled' RETURNING workflow",
             claim.id,
             claim.token,
         )
-        if rows:
-            await _settle_cancelled_rows(claim.id, in_flight_too=True)
+        output = await _settle_cancelled_rows(claim.id, in_flight_too=True) if rows else None
+    if rows and output is not None:
+        metrics.rows_finished(str(rows[0]["workflow"]), output)
 
 
 async def release(claim: Claim) -> None:

@@ -52,6 +52,7 @@ JOB_NAMES = (
 # slow receivers can never take the slots that workflow runs need. Runs use arq's default queue.
 RUN_QUEUE = default_queue_name
 WEBHOOK_QUEUE = "arq:queue:webhooks"
+QUEUES = (RUN_QUEUE, WEBHOOK_QUEUE)  # each one's depth is a metric (web.domain.metrics)
 
 
 def connect(redis_url: str, timeout_seconds: float) -> ArqRedis:

@@ -88,6 +88,8 @@ class Execution(Table, tablename="execution"):
     approval_comment = Text(null=True, default=None)
     approval_decided_by = Varchar(length=200, null=True, default=None)
     approval_decided_at = Timestamptz(null=True, default=None)
+    # When the run stopped for approval (the approval wait metric, web.domain.metrics).
+    approval_requested_at = Timestamptz(null=True, default=None)
     row_count = Integer(default=0)
     # When csvData was cut to the row limit: how many rows the request had.
     truncated_from = Integer(null=True, default=None)

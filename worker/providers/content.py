@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.metrics import ObservedContent
 from worker.providers.openai_compatible import OpenAICompatibleProvider
 from worker.providers.template import TemplateProvider
 from worker.providers.types import (
@@ -27,4 +28,4 @@ def content_provider(settings: dict[str, Any], context: ProviderContext) -> Cont
     provider = CONTENT_PROVIDERS.get(name) if isinstance(name, str) else None
     if provider is None:
         raise ProviderConfigError(f"Unknown content provider {name!r}")
-    return provider.for_step(settings, context)
+    return ObservedContent(provider.for_step(settings, context), name)  # counted and timed

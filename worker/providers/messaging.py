@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.metrics import ObservedMessenger
 from worker.providers.http_gateway import HttpGatewayMessenger
 from worker.providers.sandbox import SandboxMessenger
 from worker.providers.types import Messenger, MessengerClass, ProviderConfigError, ProviderContext
@@ -31,4 +32,4 @@ def messenger(settings: dict[str, Any], context: ProviderContext) -> Messenger:
     provider = MESSENGERS.get(name) if isinstance(name, str) else None
     if provider is None:
         raise ProviderConfigError(f"Unknown messaging provider {name!r}")
-    return provider.for_step(settings, context)
+    return ObservedMessenger(provider.for_step(settings, context), name)  # counted and timed
