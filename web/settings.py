@@ -240,6 +240,11 @@ class Settings:
     session_max_age_seconds: int
     # Sign-in attempts one client IP may make a minute before its 429s (any email, any result).
     sign_in_attempts_per_minute: int
+    # Provider limits shared by every worker (requestsPerMinute, tokensPerMinute,
+    # messagesPerSecond): false switches the shared bucket off (benchmarks compare).
+    provider_limits_enabled: bool = True
+    # Tests only: a worker's clock (web.domain.clock) runs this far ahead of the wall clock.
+    clock_offset_seconds: float = 0.0
 
 
 @lru_cache(maxsize=1)
@@ -277,4 +282,6 @@ def get_settings() -> Settings:
         cookie_secure=_bool("FLOWGATE_COOKIE_SECURE", False),
         session_max_age_seconds=_int("FLOWGATE_SESSION_MAX_AGE_SECONDS", 12 * 3600, minimum=1),
         sign_in_attempts_per_minute=_int("FLOWGATE_SIGN_IN_ATTEMPTS_PER_MINUTE", 30, minimum=1),
+        provider_limits_enabled=_bool("FLOWGATE_PROVIDER_LIMITS_ENABLED", True),
+        clock_offset_seconds=_float("FLOWGATE_CLOCK_OFFSET_SECONDS", 0.0, minimum=-1e10),
     )

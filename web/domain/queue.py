@@ -16,6 +16,7 @@ that arq reads them back as its own.
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from uuid import UUID
 
 from arq.connections import ArqRedis
@@ -23,6 +24,7 @@ from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, 
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
+from web.domain import clock
 from web.domain.script_client import Script, ScriptClient, run_script
 
 RUN_EXECUTION = "run_execution"
@@ -63,16 +65,20 @@ async def enqueue(
     job_id: str,
     *args: str,
     queue_name: str = RUN_QUEUE,
+    defer_until_ms: int | None = None,
 ) -> bool:
     """Queue `function(*args)` on `queue_name` under `job_id`, unless that job is already
-    queued or has a result; True if it was queued now."""
+    queued or has a result; True if it was queued now. `defer_until_ms` (Unix ms) holds the job
+    until then, as arq's `_defer_until` does: its score is that time, its key lives that much
+    longer."""
     enqueued_ms = round(time.time() * 1000)
+    score = max(defer_until_ms or enqueued_ms, enqueued_ms)
     job = serialize_job(function, args, {}, None, enqueued_ms)
     queued = await run_script(
         redis,
         _ENQUEUE_SCRIPT,
         [job_key_prefix + job_id, result_key_prefix + job_id, queue_name],
-        [str(expires_extra_ms), job, str(enqueued_ms), job_id],
+        [str(score - enqueued_ms + expires_extra_ms), job, str(score), job_id],
     )
     return bool(queued)
 
@@ -84,12 +90,19 @@ def run_job_id(execution_id: UUID, step: int, attempt: int = 0) -> str:
 
 
 async def enqueue_run(
-    redis: ScriptClient | Redis, execution_id: UUID, step: int = 0, attempt: int = 0
+    redis: ScriptClient | Redis,
+    execution_id: UUID,
+    step: int = 0,
+    attempt: int = 0,
+    *,
+    defer_until: datetime | None = None,
 ) -> bool:
     """Queue the run of `execution_id` from step index `step` (once per execution, step and
-    attempt); True if it was queued now."""
+    attempt); True if it was queued now. With `defer_until` (a time of web.domain.clock) no
+    worker takes it before then: a send step waiting for its sending hours."""
     job_id = run_job_id(execution_id, step, attempt)
-    return await enqueue(redis, RUN_EXECUTION, job_id, str(execution_id))
+    defer_ms = None if defer_until is None else round(clock.real(defer_until).timestamp() * 1000)
+    return await enqueue(redis, RUN_EXECUTION, job_id, str(execution_id), defer_until_ms=defer_ms)
 
 
 def webhook_job_id(event_id: UUID) -> str:
