@@ -6,7 +6,7 @@ is left for the next job), and after each answer it tells the bucket what the pr
 
 The limits come from the step's settings: `requestsPerMinute` and `tokensPerMinute` for an LLM
 (per base_url + API key), `messagesPerSecond` for a WhatsApp number (per phone_number_id,
-default 80). A bucket holds half a second of its rate (at least one call), so a burst never
+default 80). A bucket holds a quarter of a second of its rate (at least one call), so a burst never
 exceeds what the provider refills meanwhile.
 """
 
@@ -29,7 +29,7 @@ from worker.providers.types import ProviderLimits
 logger = logging.getLogger("flowgate.throttle")
 
 # The burst a bucket allows: this much of a second's rate (at least one call).
-BURST_SECONDS = 0.5
+BURST_SECONDS = 0.25
 # How long a call waits for a turn when the step's job has no nearer deadline.
 MAX_WAIT_SECONDS = 3600.0
 # A 429 without Retry-After blocks the bucket this long.
@@ -137,6 +137,11 @@ class Throttle:
             if bucket_ is None or remaining is None:
                 continue
             reset = duration_seconds(headers.get(f"x-ratelimit-reset-{kind}"))
+            per_minute = _number(headers.get(f"x-ratelimit-limit-{kind}"))
+            if remaining < 1 and per_minute:
+                # The reset is until the limit is whole again; one call needs only its share.
+                share = 60.0 * (1 - remaining) / per_minute
+                reset = share if reset is None else min(reset, share)
             await provider_limits.clamp(
                 redis, bucket_, remaining, DEFAULT_BLOCK_SECONDS if reset is None else reset
             )
