@@ -256,20 +256,25 @@ async def test_the_bucket_keeps_no_secret_in_its_key_and_corrects_a_token_estima
     stem = provider_limits.account_key("llm", "https://api.example.com/v1", key)
     assert key not in stem and stem.startswith("flowgate:provider-limit:llm:")
     tokens = Bucket(f"{stem}:tokens", per_second=10, capacity=10)
+
+    async def wait(cost: float, max_wait: float = 60) -> float | None:
+        turn = await provider_limits.take(redis, [tokens], [cost], max_wait)
+        return None if turn is None else turn.wait
+
     # 100 tokens estimated from a full bucket of 10: this caller waits 9 s, the next 9.1 s ...
-    first = await provider_limits.take(redis, [tokens], [100], 60)
-    assert first is not None and 8.9 < first <= 9.0
-    wait = await provider_limits.take(redis, [tokens], [1], 60)
-    assert wait is not None and 9.0 < wait <= 9.1
+    assert 8.9 < (await wait(100) or 0) <= 9.0
+    assert 9.0 < (await wait(1) or 0) <= 9.1
     # ... until the answer says only 20 were used: 80 back, the next caller waits 1.2 s.
     await provider_limits.adjust(redis, tokens, 80)
-    wait = await provider_limits.take(redis, [tokens], [1], 60)
-    assert wait is not None and 1.1 < wait <= 1.2
+    assert 1.1 < (await wait(1) or 0) <= 1.2
     # A take that would wait longer than the caller can takes nothing.
-    assert await provider_limits.take(redis, [tokens], [1000], 5) is None
-    again = await provider_limits.take(redis, [tokens], [0], 60)
-    assert again is not None and 1.1 < again <= 1.2
-    # A 429 blocks the bucket for its Retry-After, for every caller.
+    assert await wait(1000, max_wait=5) is None
+    assert 1.1 < (await wait(0) or 0) <= 1.2
+    # A 429 blocks the bucket for its Retry-After and voids the turns given before it: the
+    # debts are forgiven, a new turn comes right after the block.
+    before = await provider_limits.blocked_for(redis, [tokens])
     await provider_limits.block(redis, [tokens], 3)
-    assert 2.9 < await provider_limits.blocked_for(redis, [tokens]) <= 3.0
+    after = await provider_limits.blocked_for(redis, [tokens])
+    assert 2.9 < after.wait <= 3.0 and after.epoch == before.epoch + 1
+    assert 3.0 < (await wait(1) or 0) <= 3.1
     assert (await redis.keys("flowgate:provider-limit:*")) == [tokens.key.encode()]

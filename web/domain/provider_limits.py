@@ -7,8 +7,10 @@ a call and is told how long to wait first: the bucket may go into debt, so calle
 the order they asked and each sleeps exactly until its turn (nothing polls). A take whose wait
 would be longer than the caller can wait (its job's deadline) takes nothing.
 
-The provider's own word slows everyone: a 429 *blocks* the bucket (empty, refilling only from
-`now + Retry-After`, and callers already given a turn wait for `blocked` to pass too); the
+The provider's own word slows everyone: a 429 *blocks* the bucket (empty, its debts forgiven,
+refilling only from `now + Retry-After`) and starts a new *epoch*: a turn given before it is
+void, and its caller takes a new one once it wakes, so the callers queued before the 429 line
+up again at the bucket's rate instead of all calling at the end of the block; the
 `x-ratelimit-remaining-*` headers of an LLM server *clamp* it (never more tokens than the server
 says are left; none left blocks it until the server's reset). A token estimate is *adjusted*
 once the answer reports the real usage.
@@ -30,23 +32,26 @@ KEY_PREFIX = "flowgate:provider-limit:"
 # KEYS: the buckets. ARGV[1] the operation, ARGV[2] the most a take may wait (ms), then four per
 # bucket: refill per ms, capacity, a value (take: the cost; block: ms; clamp: tokens left;
 # adjust: tokens to give back, negative to take more) and clamp's ms until the server's reset.
-# Returns {1 if done, the wait in ms as a string}; `blocked` only reads: the ms left blocked.
+# Returns {1 if done, the wait in ms as a string, the epoch (the sum over the buckets: a block
+# raises it)}; `blocked` only reads: the ms left blocked, and the epoch.
 _SCRIPT = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local op = ARGV[1]
 local states = {}
 local wait = 0
+local epochs = 0
 for i = 1, #KEYS do
   local base = 2 + (i - 1) * 4
   local rate = tonumber(ARGV[base + 1])
   local capacity = tonumber(ARGV[base + 2])
   local value = tonumber(ARGV[base + 3])
   local reset = tonumber(ARGV[base + 4])
-  local state = redis.call('HMGET', KEYS[i], 'tokens', 'ts', 'blocked')
+  local state = redis.call('HMGET', KEYS[i], 'tokens', 'ts', 'blocked', 'epoch')
   local tokens = tonumber(state[1])
   local ts = tonumber(state[2])
   local blocked = tonumber(state[3]) or 0
+  local epoch = tonumber(state[4]) or 0
   if tokens == nil or ts == nil then
     tokens = capacity
     ts = now
@@ -60,9 +65,10 @@ for i = 1, #KEYS do
                           + math.max(value - tokens, 0) / rate)
     tokens = tokens - value
   elseif op == 'block' then
-    tokens = math.min(tokens, 0)
+    tokens = 0
     ts = math.max(ts, now + value)
     blocked = math.max(blocked, now + value)
+    epoch = epoch + 1
   elseif op == 'clamp' then
     tokens = math.min(tokens, value)
     if value < 1 then
@@ -74,22 +80,23 @@ for i = 1, #KEYS do
   elseif op == 'blocked' then
     wait = math.max(wait, blocked - now)
   end
-  states[i] = {tokens, ts, blocked, rate, capacity}
+  states[i] = {tokens, ts, blocked, rate, capacity, epoch}
+  epochs = epochs + epoch
 end
 if op == 'blocked' then
-  return {1, tostring(math.max(wait, 0))}
+  return {1, tostring(math.max(wait, 0)), epochs}
 end
 if op == 'take' and wait > tonumber(ARGV[2]) then
-  return {0, tostring(wait)}
+  return {0, tostring(wait), epochs}
 end
 for i = 1, #KEYS do
   local s = states[i]
   redis.call('HSET', KEYS[i], 'tokens', tostring(s[1]), 'ts', tostring(s[2]),
-             'blocked', tostring(s[3]))
+             'blocked', tostring(s[3]), 'epoch', s[6])
   local ttl = math.max(s[2] - now, s[3] - now, 0) + math.max(s[5] - s[1], 0) / s[4] + 60000
   redis.call('PEXPIRE', KEYS[i], math.ceil(ttl))
 end
-return {1, tostring(wait)}
+return {1, tostring(wait), epochs}
 """)
 
 
@@ -117,7 +124,7 @@ async def _run(
     *,
     max_wait_ms: float = 0.0,
     reset_ms: float = 0.0,
-) -> tuple[bool, float]:
+) -> tuple[bool, float, int]:
     args: list[str | bytes] = [op, repr(max_wait_ms)]
     for bucket, value in zip(buckets, values, strict=True):
         args += [
@@ -126,22 +133,34 @@ async def _run(
             repr(value),
             repr(reset_ms),
         ]
-    done, wait = await run_script(redis, _SCRIPT, [b.key for b in buckets], args)
-    return bool(done), float(wait) / 1000.0
+    done, wait, epoch = await run_script(redis, _SCRIPT, [b.key for b in buckets], args)
+    return bool(done), float(wait) / 1000.0, int(epoch)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A turn given: call after `wait` seconds, if the buckets are still at `epoch` then."""
+
+    wait: float
+    epoch: int
 
 
 async def take(
     redis: Redis, buckets: list[Bucket], costs: list[float], max_wait_seconds: float
-) -> float | None:
-    """Take `costs` from `buckets` together: the seconds to wait before the call, or None (and
-    nothing taken) when that wait would be longer than `max_wait_seconds`."""
-    done, wait = await _run(redis, "take", buckets, costs, max_wait_ms=max_wait_seconds * 1000)
-    return wait if done else None
+) -> Turn | None:
+    """Take `costs` from `buckets` together: the turn (the seconds to wait before the call), or
+    None (and nothing taken) when that wait would be longer than `max_wait_seconds`."""
+    done, wait, epoch = await _run(
+        redis, "take", buckets, costs, max_wait_ms=max_wait_seconds * 1000
+    )
+    return Turn(wait, epoch) if done else None
 
 
-async def blocked_for(redis: Redis, buckets: list[Bucket]) -> float:
-    """Seconds the buckets are still blocked by a provider's refusal (0 when not)."""
-    return (await _run(redis, "blocked", buckets, [0.0] * len(buckets)))[1]
+async def blocked_for(redis: Redis, buckets: list[Bucket]) -> Turn:
+    """How long the buckets are still blocked by a provider's refusal (0 when not), and their
+    epoch: a turn of an earlier epoch is void."""
+    _, wait, epoch = await _run(redis, "blocked", buckets, [0.0] * len(buckets))
+    return Turn(wait, epoch)
 
 
 async def block(redis: Redis, buckets: list[Bucket], seconds: float) -> None:

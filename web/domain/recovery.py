@@ -107,8 +107,7 @@ async def _count_attempt(
         _COUNT_ATTEMPT, [e.id for e in stalled], [e.attempt for e in stalled]
     )
     return [
-        (row["id"], row["current_step"], row["run_attempt"], row["send_resumes_at"])
-        for row in rows
+        (row["id"], row["current_step"], row["run_attempt"], row["send_resumes_at"]) for row in rows
     ]
 
 

@@ -34,8 +34,8 @@ BURST_SECONDS = 0.25
 MAX_WAIT_SECONDS = 3600.0
 # A 429 without Retry-After blocks the bucket this long.
 DEFAULT_BLOCK_SECONDS = 1.0
-# The turns a caller given one waits again while a provider's block lasts, at most.
-BLOCKED_WAITS = 5
+# How many times a caller takes a new turn when a provider's 429 voided its turn, at most.
+RETAKES = 5
 
 
 def bucket(key: str, per_second: float) -> Bucket:
@@ -92,16 +92,19 @@ class Throttle:
         limit = self._limits.deadline if deadline is None else deadline
         max_wait = MAX_WAIT_SECONDS if math.isinf(limit) else max(limit - time.monotonic(), 0.0)
         costs = [1.0 if b is self._requests else max(tokens, 0.0) for b in buckets]
-        wait = await provider_limits.take(self._limits.redis, buckets, costs, max_wait)
-        if wait is None:
-            return False
-        if wait > 0:
-            await asyncio.sleep(wait)
-        for _ in range(BLOCKED_WAITS):  # a 429 since the turn was given: wait for it too
-            blocked = await provider_limits.blocked_for(self._limits.redis, buckets)
-            if blocked <= 0:
-                break
-            await asyncio.sleep(blocked)
+        redis = self._limits.redis
+        for _ in range(RETAKES):
+            if not math.isinf(limit):
+                max_wait = max(limit - time.monotonic(), 0.0)
+            turn = await provider_limits.take(redis, buckets, costs, max_wait)
+            if turn is None:
+                return False
+            if turn.wait > 0:
+                await asyncio.sleep(turn.wait)
+            now = await provider_limits.blocked_for(redis, buckets)
+            if now.epoch == turn.epoch:
+                return True
+            # A 429 since the turn was given voided it: take a new one, after the block.
         return True
 
     async def retry_turn(self) -> None:
