@@ -35,9 +35,8 @@ from typing import Any
 
 os.environ.setdefault("FLOWGATE_LOG_LEVEL", "WARNING")
 os.environ.setdefault("FLOWGATE_SECRET_KEY", "bench")
-os.environ["FLOWGATE_PROVIDER_ALLOW_PRIVATE"] = "true"  # the fake providers on 127.0.0.1
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+os.environ.setdefault("FLOWGATE_PROVIDER_ALLOW_PRIVATE", "true")  # fakes on 127.0.0.1
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 
@@ -47,6 +46,7 @@ from web.domain import api_keys, queue
 from web.domain.pool import start_pool
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 
+ROOT = Path(__file__).resolve().parent.parent
 EXECUTIONS = 10
 ROWS = 100
 PUBLIC = "/api/v1/public"
@@ -54,7 +54,7 @@ WORKFLOW_ID = "workflow_bench_provider_limits"
 LLM_PER_MINUTE = 600
 WHATSAPP_PER_SECOND = 20
 LLM_KEY_ENV = "FLOWGATE_BENCH_LLM_KEY"
-WHATSAPP_TOKEN_ENV = "FLOWGATE_BENCH_WHATSAPP_TOKEN"
+WHATSAPP_TOKEN_ENV = "FLOWGATE_BENCH_WHATSAPP_TOKEN"  # noqa: S105 (a variable's name)
 
 
 def _rows() -> list[dict[str, str]]:
