@@ -278,3 +278,34 @@ async def test_the_bucket_keeps_no_secret_in_its_key_and_corrects_a_token_estima
     assert 2.9 < after.wait <= 3.0 and after.epoch == before.epoch + 1
     assert 3.0 < (await wait(1) or 0) <= 3.1
     assert (await redis.keys("flowgate:provider-limit:*")) == [tokens.key.encode()]
+
+
+async def test_the_llm_servers_ratelimit_headers_keep_the_shared_bucket_under_them(
+    redis: ArqRedis, llm: FakeChatCompletions
+) -> None:
+    from worker import outbound
+    from worker.providers.openai_compatible import OpenAICompatibleProvider
+    from worker.providers.types import ProviderLimits
+
+    # The server allows one request a second and says so in x-ratelimit-*; the workflow's own
+    # limit (6000/min) would allow far more.
+    llm.enforce_limit(1, capacity=1)
+    llm.ratelimit_headers = True
+    settings = {
+        "base_url": llm.url,
+        "model": llm.model,
+        "api_key_env": LLM_KEY_ENV,
+        "prompt_template": "Offer for {{ name }}.",
+        "max_tokens": 40,
+        "requestsPerMinute": 6000,
+    }
+    async with outbound.client(allow_private=True) as http:
+        provider = OpenAICompatibleProvider(settings, http, ProviderLimits(redis))
+        for name in ("Asha", "Ravi", "Meera"):
+            generated = await provider.generate({"name": name})
+            assert generated.content.startswith(f"Offer for {name}.")
+
+    assert llm.refused == []
+    assert llm.problems == []
+    gaps = [b.at - a.at for a, b in zip(llm.requests, llm.requests[1:], strict=False)]
+    assert all(gap >= 0.9 for gap in gaps), gaps
