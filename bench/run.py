@@ -59,6 +59,9 @@ WORKER_ROWS_TARGET = 2000
 WORKER_BASELINE_TARGET = 0.5  # issue #17: the worker against bare asyncpg's same writes
 TWO_WORKERS_TARGET = 1.6  # issue #17: on a machine with at least 2 free cores
 WEBHOOK_P99_TARGET_MS = 250
+# Issue #16: two workers sharing a provider's limit reach this share of it ...
+PROVIDER_SHARE_TARGET = 0.9
+PROVIDER_LLM_REFUSED_TARGET = 0.01  # ... with at most 1 % of LLM calls refused
 
 CITIES = ["Mumbai", "Delhi", "Bengaluru", "Chennai", "Pune", "Kolkata", "Hyderabad"]
 NAMES = ["John Doe", "Asha Rao", "Vikram Singh", "Priya Nair", "Rahul Mehta", "Neha Iyer"]
@@ -603,6 +606,38 @@ def script_rows(env: dict[str, str]) -> list[dict[str, Any]]:
             "details": sse,
         }
     )
+    log("provider limits: 2 workers, 10 x 100 rows, LLM 600/min and WhatsApp 20/s, 25 s each")
+    limits = json.loads(
+        _last_line(
+            run(
+                [sys.executable, str(ROOT / "bench" / "provider_limits.py"), "--seconds", "25"],
+                env=env,
+                capture_output=True,
+                check=True,
+            ).stdout
+        )
+    )
+    for kind, text in (("llm", "LLM 600/min"), ("whatsapp", "WhatsApp 20/s")):
+        for shared in ("shared", "unshared"):
+            figure = limits[f"{kind}_{shared}"]
+            ok = figure["achieved_share"] >= PROVIDER_SHARE_TARGET and (
+                figure["refused_share"] <= PROVIDER_LLM_REFUSED_TARGET
+                if kind == "llm"
+                else figure["refused_after_first_s"] == 0
+            )
+            rows.append(
+                {
+                    **empty,
+                    "figure": f"9 {text}, limiter {'on' if shared == 'shared' else 'off'}",
+                    "rps": figure["achieved_per_s"],
+                    "ratio": figure["achieved_share"],
+                    "target_text": (">= 0.9, <= 1% 429" if kind == "llm" else ">= 0.9, 0 429 >1s")
+                    if shared == "shared"
+                    else "-",
+                    "ok": ok if shared == "shared" else None,
+                    "details": figure,
+                }
+            )
     return rows
 
 

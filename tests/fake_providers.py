@@ -15,6 +15,13 @@ error, as a provider that fails after accepting. A request to a path the vendor 
 gets the vendor's answer for that (OpenAI's 404, the Graph API's error 2500) without counting
 as a problem: that is the workflow's setting under test, not our request's shape.
 They also record how many requests were in flight at once (`max_in_flight`).
+
+`enforce_limit(per_second, capacity)` makes a server enforce a rate limit as the vendor does: a
+token bucket (capacity `capacity`, default one second of the rate); a request finding it empty
+is refused with the vendor's 429 and `Retry-After` (whole seconds until a token is back, at
+least 1), and counted: `accepted` and `refused` hold the time.monotonic() of each. With
+`ratelimit_headers` the LLM server also sends `x-ratelimit-remaining-requests` and
+`x-ratelimit-reset-requests` on its answers, as OpenAI does.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import re
 import secrets
 import threading
@@ -69,6 +77,13 @@ class FakeServer:
         self._rules: list[tuple[Callable[[Request], bool], Reply]] = []
         self._lock = threading.Lock()
         self._release = threading.Event()
+        # The rate limit this server enforces (enforce_limit), and what it counted.
+        self._limit: tuple[float, float] | None = None
+        self._tokens = 0.0
+        self._refilled = 0.0
+        self.ratelimit_headers = False
+        self.accepted: list[float] = []
+        self.refused: list[float] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -114,6 +129,55 @@ class FakeServer:
                 else:
                     assert isinstance(reply, Reply)
                     self._plan.append(reply)
+
+    def enforce_limit(self, per_second: float, capacity: float | None = None) -> None:
+        """Refuse (429, Retry-After) what goes past a token bucket of `per_second`."""
+        with self._lock:
+            self._limit = (per_second, capacity if capacity is not None else max(per_second, 1.0))
+            self._tokens = self._limit[1]
+            self._refilled = time.monotonic()
+
+    def refused_after(self, seconds: float) -> int:
+        """Refusals more than `seconds` after the first request."""
+        if not self.requests:
+            return 0
+        first = self.requests[0].at
+        return sum(1 for at in self.refused if at - first > seconds)
+
+    def accepted_rate(self, skip: float = 0.0) -> float:
+        """Accepted requests per second, to the last one from the first (or, with `skip`, from
+        the one after that share of them: the steady rate, past a start-up burst or pause)."""
+        first = int(len(self.accepted) * skip)
+        if len(self.accepted) - first < 2:
+            return 0.0
+        span = self.accepted[-1] - self.accepted[first]
+        return (len(self.accepted) - 1 - first) / span
+
+    def _take_token(self) -> tuple[bool, int]:
+        """Under the lock: (accepted, seconds until a token is back)."""
+        assert self._limit is not None
+        per_second, capacity = self._limit
+        now = time.monotonic()
+        self._tokens = min(capacity, self._tokens + (now - self._refilled) * per_second)
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self.accepted.append(now)
+            return True, 0
+        self.refused.append(now)
+        return False, max(math.ceil((1 - self._tokens) / per_second), 1)
+
+    def limit_headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* of a success, when asked for (under the lock)."""
+        if not self.ratelimit_headers or self._limit is None:
+            return {}
+        per_second, capacity = self._limit
+        reset = (capacity - self._tokens) / per_second
+        return {
+            "x-ratelimit-limit-requests": str(round(per_second * 60)),
+            "x-ratelimit-remaining-requests": str(math.floor(self._tokens)),
+            "x-ratelimit-reset-requests": f"{reset:.3f}s",
+        }
 
     def answer_when(self, predicate: Callable[[Request], bool], reply: Reply) -> None:
         """Every request matching `predicate` gets `reply` (after any planned answers)."""
@@ -167,6 +231,12 @@ class FakeServer:
             reply = self._plan.popleft() if self._plan else None
             if reply is None:
                 reply = next((r for match, r in self._rules if match(request)), None)
+            limited: int | None = None
+            headers: dict[str, str] = {}
+            if reply is None and self._limit is not None:
+                accepted, retry_after = self._take_token()
+                limited = None if accepted else retry_after
+                headers = self.limit_headers()
         try:
             if reply is not None and reply.hang:
                 self._release.wait(60)
@@ -185,6 +255,8 @@ class FakeServer:
                 self._send(handler, 400, self.error_body(400, "; ".join(problems)))
             elif not self.authorized(request):
                 self._send(handler, 401, self.error_body(401))
+            elif limited is not None:
+                self._send(handler, 429, self.error_body(429), {"Retry-After": str(limited)})
             elif reply is not None and (reply.status != 200 or reply.body is not None):
                 if reply.accept:
                     self.answer(request)
@@ -192,7 +264,7 @@ class FakeServer:
                 headers = {"Retry-After": reply.retry_after} if reply.retry_after else {}
                 self._send(handler, reply.status, body, headers)
             else:
-                self._send(handler, 200, self.answer(request))
+                self._send(handler, 200, self.answer(request), headers)
         finally:
             with self._lock:
                 self.in_flight -= 1

@@ -340,6 +340,11 @@ class Settings:
     worker_metrics_port: int | None = None
     worker_metrics_host: str = "127.0.0.1"
     metrics_dir: str | None = None
+    # Provider limits shared by every worker (requestsPerMinute, tokensPerMinute,
+    # messagesPerSecond): false switches the shared bucket off (benchmarks compare).
+    provider_limits_enabled: bool = True
+    # Tests only: a worker's clock (web.domain.clock) runs this far ahead of the wall clock.
+    clock_offset_seconds: float = 0.0
 
 
 @lru_cache(maxsize=1)
@@ -396,4 +401,6 @@ def get_settings() -> Settings:
         worker_metrics_port=_optional_port("FLOWGATE_WORKER_METRICS_PORT"),
         worker_metrics_host=_host("FLOWGATE_WORKER_METRICS_HOST", "127.0.0.1"),
         metrics_dir=_raw("FLOWGATE_METRICS_DIR"),
+        provider_limits_enabled=_bool("FLOWGATE_PROVIDER_LIMITS_ENABLED", True),
+        clock_offset_seconds=_float("FLOWGATE_CLOCK_OFFSET_SECONDS", 0.0, minimum=-1e10),
     )

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -29,7 +30,14 @@ from web.domain.statuses import ApprovalStatus, ExecutionStatus
 from web.settings import Settings
 from worker.providers.types import ProviderContext
 from worker.steps import RUNNERS, preflight
-from worker.steps.context import LeaseLost, StepContext, StepError, Unfinished, keeping_lease
+from worker.steps.context import (
+    LeaseLost,
+    OutsideSendWindow,
+    StepContext,
+    StepError,
+    Unfinished,
+    keeping_lease,
+)
 
 logger = logging.getLogger("flowgate.engine")
 
@@ -140,6 +148,10 @@ class _Run:
                 if self.cancelled:
                     return await self.wind_up_cancelled()
                 return await self._hand_on()
+            except OutsideSendWindow as outside:
+                if self.cancelled:
+                    return await self.wind_up_cancelled()
+                return await self._wait_for_window(outside.resumes_at)
             if self.cancelled:
                 return await self.wind_up_cancelled()
             if summary is None:
@@ -171,6 +183,7 @@ class _Run:
             renew_lease=self.renew_lease,
             deadline=self.deadline,
             stop_requested=lambda: self.cancelled,
+            redis=self.redis,
         )
         return await keeping_lease(context, runner(context))
 
@@ -218,6 +231,27 @@ class _Run:
                            self.claim.id)  # fmt: skip
         logger.info("execution %s: step %s goes on in a new job", self.claim.id, step + 1)
         return RunOutcome("continued")
+
+    async def _wait_for_window(self, resumes_at: datetime) -> RunOutcome:
+        """Outside the send step's sending hours: give the lease back and queue the rest as a
+        job deferred to `resumes_at` (no worker waits; the reconciler re-queues it, deferred
+        again, should Redis lose it)."""
+        handed = await executions.wait_for_window(self.claim, resumes_at)
+        if handed is None:
+            raise LeaseLost
+        step, attempt = handed
+        try:
+            await queue.enqueue_run(
+                self.redis, self.claim.id, step, attempt, defer_until=resumes_at
+            )
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            logger.warning("execution %s: could not queue its deferred job; the reconciler will",
+                           self.claim.id)  # fmt: skip
+        logger.info("execution %s: outside its sending hours, resumes at %s", self.claim.id,
+                    clock.iso(resumes_at))  # fmt: skip
+        return RunOutcome("waiting")
 
     async def _pause_for_approval(self) -> RunOutcome:
         """Wait for approval: its webhook event, the approvers' notifications and the deadline

@@ -106,6 +106,9 @@ class ObservedMessenger:
         self.resend_safe = inner.resend_safe
         self.concurrency = inner.concurrency
 
+    async def wait_turn(self, deadline: float) -> bool:
+        return await self.inner.wait_turn(deadline)
+
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         started = time.perf_counter()
         try:

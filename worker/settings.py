@@ -18,7 +18,7 @@ from arq.connections import RedisSettings
 from arq.cron import cron
 from arq.worker import Function, create_worker, func
 
-from web.domain import queue
+from web.domain import clock, queue
 from web.domain.pool import start_pool
 from web.logs import configure_logging
 from web.settings import Settings, get_settings
@@ -32,6 +32,8 @@ async def _open(ctx: dict[str, Any], allow_private: Callable[[Settings], bool]) 
     # ctx["settings"] may be set already (tests give a worker other settings).
     settings: Settings = ctx.setdefault("settings", get_settings())
     configure_logging(settings.log_level)
+    if settings.clock_offset_seconds:  # tests only (web.domain.clock)
+        clock.set_offset(settings.clock_offset_seconds)
     # Every outbound call resolves once, is checked, and connects to what was checked.
     ctx["http"] = outbound.client(allow_private=allow_private(settings))
     # In tests (and in run_workers) the pool may already be open; only close what we opened.

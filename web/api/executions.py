@@ -63,6 +63,13 @@ def _last_event_id(value: str | None) -> int | None:
         return None
 
 
+def _resumes_at(execution: executions.ExecutionView) -> str | msgspec.UnsetType:
+    """`sendingResumesAt` of the results: only while the run waits for its sending hours."""
+    if execution.status != "running" or execution.send_resumes_at is None:
+        return msgspec.UNSET
+    return _iso(execution.send_resumes_at)
+
+
 def _status_body(snapshot: status_events.StatusSnapshot) -> StatusResponse:
     return StatusResponse(
         id=str(snapshot.id),
@@ -296,6 +303,7 @@ class PublicExecutionsController(Controller):
             error=execution.error,
             started_at=_iso(execution.started_at),
             completed_at=clock.iso(execution.completed_at),
+            sending_resumes_at=_resumes_at(execution),
         )
 
     @get(

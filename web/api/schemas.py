@@ -79,6 +79,8 @@ class ResultsResponse(msgspec.Struct, rename="camel"):
     error: str | None
     started_at: str
     completed_at: str | None
+    # Added beside the contract: only while a send step waits for its sending hours (sendWindow).
+    sending_resumes_at: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class ApprovalMetadata(msgspec.Struct, rename="camel"):

@@ -299,6 +299,8 @@ class ExecutionView(ReadModel, frozen=True):
     completed_at: datetime | None
     output: ExecutionOutput | None = None
     definition: Definition | None = None
+    # While a send step waits for its sending hours: when it resumes (web.domain.send_window).
+    send_resumes_at: datetime | None = None
 
 
 async def get_for_key(
@@ -313,7 +315,7 @@ async def get_for_key(
     uid = execution_id if isinstance(execution_id, UUID) else parse_execution_id(execution_id)
     columns = "id, workflow, status, approval_status, row_count, error, started_at, completed_at"
     if with_output:
-        columns += ", output"
+        columns += ", output, send_resumes_at"
     if with_definition:
         columns += ", definition"
     row = await pool.fetch_row(
@@ -386,7 +388,7 @@ async def claim(execution_id: UUID, token: UUID, lease_seconds: float) -> Claim 
     async with pool.engine().transaction():
         rows = await Execution.raw(
             "UPDATE execution AS e SET "  # noqa: S608 (constant columns, values bound)
-            "  status = 'running', lease_token = {}, "
+            "  status = 'running', lease_token = {}, send_resumes_at = NULL, "
             "  lease_expires_at = now() + make_interval(secs => {}), updated_at = now() "
             "FROM (SELECT id, status FROM execution WHERE id = {} FOR UPDATE) AS before "
             "WHERE e.id = before.id AND e.status IN ('pending', 'running') "
@@ -525,6 +527,23 @@ async def hand_on(claim: Claim) -> tuple[int, int] | None:
         "  run_attempt = run_attempt + 1, updated_at = now() "
         "WHERE id = {} AND lease_token = {} AND status = 'running' "
         "RETURNING current_step, run_attempt",
+        claim.id,
+        claim.token,
+    )
+    return (int(rows[0]["current_step"]), int(rows[0]["run_attempt"])) if rows else None
+
+
+async def wait_for_window(claim: Claim, resumes_at: datetime) -> tuple[int, int] | None:
+    """Like hand_on, for a send step outside its sending hours: the execution stays `running`,
+    records when sending resumes (`send_resumes_at`, shown by the results and the detail page)
+    and its next job is deferred to then (web.domain.queue). None if this worker no longer
+    holds the run."""
+    rows = await Execution.raw(
+        "UPDATE execution SET lease_token = NULL, lease_expires_at = NULL, "
+        "  run_attempt = run_attempt + 1, send_resumes_at = {}, updated_at = now() "
+        "WHERE id = {} AND lease_token = {} AND status = 'running' "
+        "RETURNING current_step, run_attempt",
+        resumes_at,
         claim.id,
         claim.token,
     )
@@ -805,6 +824,8 @@ class ExecutionDetail(ReadModel, frozen=True):
     completed_at: datetime | None
     updated_at: datetime
     approval_deadline: datetime | None = None
+    # While the send step waits for its sending hours: when sending resumes.
+    send_resumes_at: datetime | None = None
 
 
 async def get_detail(execution_id: UUID) -> ExecutionDetail:

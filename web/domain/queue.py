@@ -24,6 +24,7 @@ from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, 
 from arq.jobs import serialize_job
 from redis.asyncio import Redis
 
+from web.domain import clock
 from web.domain.script_client import Script, ScriptClient, run_script
 
 RUN_EXECUTION = "run_execution"
@@ -108,12 +109,19 @@ def run_job_id(execution_id: UUID, step: int, attempt: int = 0) -> str:
 
 
 async def enqueue_run(
-    redis: ScriptClient | Redis, execution_id: UUID, step: int = 0, attempt: int = 0
+    redis: ScriptClient | Redis,
+    execution_id: UUID,
+    step: int = 0,
+    attempt: int = 0,
+    *,
+    defer_until: datetime | None = None,
 ) -> bool:
     """Queue the run of `execution_id` from step index `step` (once per execution, step and
-    attempt); True if it was queued now."""
+    attempt); True if it was queued now. With `defer_until` (a time of web.domain.clock) no
+    worker takes it before then: a send step waiting for its sending hours."""
     job_id = run_job_id(execution_id, step, attempt)
-    return await enqueue(redis, RUN_EXECUTION, job_id, str(execution_id))
+    real = None if defer_until is None else clock.real(defer_until)
+    return await enqueue(redis, RUN_EXECUTION, job_id, str(execution_id), defer_until=real)
 
 
 def webhook_job_id(event_id: UUID) -> str:

@@ -16,6 +16,11 @@ reconcilers looking at once exactly one wins each row, and its job id is one arq
 (web.domain.queue), which a dead worker's job cannot hold back. Only the lease decides who
 runs an execution, so a job queued needlessly finds it held or done and ends.
 
+An execution waiting for its send step's sending hours (`send_resumes_at`, web.domain.send_window)
+has no lease and its job is deferred, waiting in Redis until then: it is not lost work. Should
+the job vanish (Redis flushed or restarted), it is queued again deferred to the same time, so
+it still waits, with no worker busy.
+
 Webhook events still `pending` that have not been attempted for `stalled_after` seconds are
 queued again under their own deterministic id (a no-op while that job is queued or running),
 and so are reviewer notifications. An execution whose approval deadline has passed is timed out
@@ -29,6 +34,7 @@ Imports only web.domain.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from uuid import UUID
 
 from arq.connections import ArqRedis
@@ -57,7 +63,7 @@ _COUNT_ATTEMPT = (
     "WHERE e.id = v.id AND e.run_attempt = v.attempt "
     "  AND e.status IN ('pending', 'running') "
     "  AND (e.lease_expires_at IS NULL OR e.lease_expires_at < now()) "
-    "RETURNING e.id, e.current_step, e.run_attempt"
+    "RETURNING e.id, e.current_step, e.run_attempt, e.send_resumes_at"
 )
 
 
@@ -102,13 +108,17 @@ async def _waiting(redis: ArqRedis, stalled: list[StalledExecution]) -> list[boo
     return [bool(found[2 * i]) and not found[2 * i + 1] for i in range(len(stalled))]
 
 
-async def _count_attempt(stalled: list[StalledExecution]) -> list[tuple[UUID, int, int]]:
+async def _count_attempt(
+    stalled: list[StalledExecution],
+) -> list[tuple[UUID, int, int, datetime | None]]:
     if not stalled:
         return []
     rows = await Execution.raw(
         _COUNT_ATTEMPT, [e.id for e in stalled], [e.attempt for e in stalled]
     )
-    return [(row["id"], row["current_step"], row["run_attempt"]) for row in rows]
+    return [
+        (row["id"], row["current_step"], row["run_attempt"], row["send_resumes_at"]) for row in rows
+    ]
 
 
 async def stalled_webhook_events(stalled_after: float) -> list[UUID]:
@@ -134,8 +144,8 @@ async def requeue_stalled(redis: ArqRedis, stalled_after: float, *, smtp: bool =
     again = await _count_attempt([e for e, w in zip(stalled, waiting, strict=True) if not w])
     executions = [
         execution_id
-        for execution_id, step, attempt in again
-        if await queue.enqueue_run(redis, execution_id, step, attempt)
+        for execution_id, step, attempt, resumes_at in again
+        if await queue.enqueue_run(redis, execution_id, step, attempt, defer_until=resumes_at)
     ]
     events = [
         event_id

@@ -104,6 +104,9 @@ class Execution(Table, tablename="execution"):
     # How many times the run was queued again (by the reconciler, or a job handing the rest of a
     # step to the next): part of the job id, so each new job is one arq has never seen.
     run_attempt = Integer(default=0)
+    # While a send step waits outside its sending hours (sendWindow): when its deferred job
+    # resumes it. Cleared when a worker claims the run.
+    send_resumes_at = Timestamptz(null=True, default=None)
     created_at = Timestamptz(default=TimestamptzNow(), index=True)
     started_at = Timestamptz(default=TimestamptzNow())
     completed_at = Timestamptz(null=True, default=None)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from web.domain import addresses, durations
+from web.domain import addresses, durations, send_window
 from web.domain.errors import InvalidInput
 from web.domain.types import Definition
 
@@ -51,7 +51,7 @@ class Setting:
     Kinds: "string", "text" (a non-empty string, e.g. a template), "id" (a string or an integer,
     as YAML reads unquoted digits), "url" (http or https), "env" (the NAME of an environment
     variable), "integer", "number", "boolean", "strings" (a list of strings), "headers" (a map of
-    strings) and "object" (checked against `fields`).
+    strings), "object" (checked against `fields`) and "window" (web.domain.send_window).
     """
 
     kind: str
@@ -81,6 +81,9 @@ CONTENT_PROVIDERS: dict[str, dict[str, Setting]] = {
         "system_prompt": Setting("string"),
         "temperature": Setting("number", minimum=0, maximum=2),
         "max_tokens": Setting("integer", minimum=1),
+        # The account's limits, shared by every worker (worker/providers/throttle.py).
+        "requestsPerMinute": Setting("integer", minimum=1, maximum=1_000_000),
+        "tokensPerMinute": Setting("integer", minimum=1, maximum=1_000_000_000),
         **_HTTP_CALLS,
     },
 }
@@ -99,6 +102,8 @@ MESSAGING_PROVIDERS: dict[str, dict[str, Setting]] = {
                 "body_parameters": Setting("strings"),
             },
         ),
+        # The phone number's throughput, shared by every worker (default 80).
+        "messagesPerSecond": Setting("number", minimum=0.1, maximum=10_000),
         **_HTTP_CALLS,
     },
     "http": {
@@ -146,6 +151,8 @@ STEP_SETTINGS: dict[str, dict[str, Setting]] = {
         "channel": Setting("string", choices=("whatsapp",)),
         "to_field": Setting("string"),
         "batch_size": Setting("integer", minimum=1, maximum=1000),
+        # Sending hours (web.domain.send_window): rows wait outside them.
+        "sendWindow": Setting("window"),
     },
 }
 DEFAULT_PROVIDERS = {"generate_content": "template", "send_message": "sandbox"}
@@ -235,6 +242,9 @@ def _check_fields(
                 problems.append(f"{prefix}{name}: unknown {what}")
             continue
         if value is None:
+            continue
+        if setting.kind == "window":
+            problems.extend(send_window.problems(value, f"{prefix}{name}"))
             continue
         problem = _kind_problem(setting, value)
         if problem:

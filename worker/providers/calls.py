@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -81,6 +81,15 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
+class SharedLimit(Protocol):
+    """An account's shared limit (worker.providers.throttle.Throttle), as a call sees it: the
+    caller took the first attempt's turn; each retry takes one, and every answer is reported."""
+
+    async def retry_turn(self) -> None: ...
+
+    async def observe(self, response: httpx.Response) -> None: ...
+
+
 def is_retryable(response: httpx.Response) -> bool:
     """The default for calls that may be repeated freely (generating content): 429 and 5xx."""
     return response.status_code == 429 or response.status_code >= 500
@@ -96,17 +105,21 @@ async def post_json(
     resend_unsure: bool,
     who: str,
     retryable: Callable[[httpx.Response], bool] = is_retryable,
+    limit: SharedLimit | None = None,
 ) -> httpx.Response:
     """POST `body` as JSON; the last answer once `retryable` refuses it or retries are spent.
 
     A failure without an answer is retried when the request certainly never left (connection
     refused, connect timeout), and otherwise only with `resend_unsure`. When no answer came it
     raises Unreachable (every attempt failed before sending) or NoAnswer (the request may have
-    been received), naming `who`.
+    been received), naming `who`. With `limit`, every retry waits for its turn under the
+    account's shared limit and every answer is reported to it (a 429 slows every worker).
     """
     retry = 0
     every_attempt_unsent = True
     while True:
+        if retry and limit is not None:
+            await limit.retry_turn()
         try:
             async with asyncio.timeout(policy.timeout_seconds):
                 response = await http.post(
@@ -127,6 +140,8 @@ async def post_json(
             if every_attempt_unsent:
                 raise Unreachable(_unreachable(exc, who, url, retry + 1)) from None
             raise NoAnswer(_no_answer(exc, who, policy)) from None
+        if limit is not None:
+            await limit.observe(response)
         if not retryable(response) or retry >= policy.max_retries:
             return response
         wait = retry_after_seconds(response)

@@ -70,6 +70,9 @@ class HttpGatewayMessenger:
             "row": message.data,
         }
 
+    async def wait_turn(self, deadline: float) -> bool:
+        return True  # no shared limit
+
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         return await map_bounded(messages, self.concurrency, self._send_one)
 

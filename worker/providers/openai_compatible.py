@@ -12,6 +12,12 @@ Errors no retry will fix stop the step (ProviderUnusable) instead of failing eve
 401/403 (the key), 404 (the URL; a hint when `base_url` lacks `/v1`), OpenAI's
 `insufficient_quota`, and a server that could not be reached on any attempt before it had
 answered anything.
+
+Limits of the account (base_url + key), shared by every worker: `requestsPerMinute` and
+`tokensPerMinute` (worker.providers.throttle). A call takes one request and an estimate of its
+tokens (the prompt's characters / 4 + max_tokens, or 256 without it) before it goes out; the
+answer's `usage.total_tokens` corrects the estimate. No turn before the job's deadline:
+OutOfTurn, the row is left for the next job.
 """
 
 from __future__ import annotations
@@ -21,25 +27,35 @@ from typing import Any
 
 import httpx
 
+from web.domain.provider_limits import account_key
 from worker.providers.calls import CallPolicy, error_text, post_json
 from worker.providers.secrets import read_secret, scrub
 from worker.providers.template import compile_template, render
+from worker.providers.throttle import Throttle, bucket
 from worker.providers.types import (
     Generated,
+    OutOfTurn,
     ProviderContext,
     ProviderError,
+    ProviderLimits,
     ProviderUnusable,
     Unreachable,
 )
 from worker.providers.urls import http_url
 
 WHO = "the chat-completions server"
+DEFAULT_ANSWER_TOKENS = 256  # the answer's share of a token estimate without max_tokens
 
 
 class OpenAICompatibleProvider:
     remote = True
 
-    def __init__(self, settings: dict[str, Any], http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        http: httpx.AsyncClient,
+        limits: ProviderLimits | None = None,
+    ) -> None:
         self._http = http
         self._base_url = http_url(settings.get("base_url"), "base_url")
         self._url = self._base_url + "/chat/completions"
@@ -58,12 +74,34 @@ class OpenAICompatibleProvider:
         # Whether the server has answered anything in this step: until it has, a row that could
         # not reach it on any attempt stops the step (nothing is listening there).
         self._answered = False
+        self._throttle = self._shared_limit(settings, limits)
+
+    def _shared_limit(
+        self, settings: dict[str, Any], limits: ProviderLimits | None
+    ) -> Throttle | None:
+        per_minute = settings.get("requestsPerMinute")
+        tokens_per_minute = settings.get("tokensPerMinute")
+        if limits is None or (per_minute is None and tokens_per_minute is None):
+            return None
+        account = account_key("llm", self._base_url, self._api_key)
+        return Throttle(
+            limits,
+            None if per_minute is None else bucket(f"{account}:requests", per_minute / 60),
+            None
+            if tokens_per_minute is None
+            else bucket(f"{account}:tokens", tokens_per_minute / 60),
+        )
 
     @classmethod
     def for_step(
         cls, settings: dict[str, Any], context: ProviderContext
     ) -> OpenAICompatibleProvider:
-        return cls(settings, context.http)
+        return cls(settings, context.http, context.limits)
+
+    def token_estimate(self, body: dict[str, Any]) -> int:
+        """What a call may spend: the prompt's characters / 4 plus the answer's max_tokens."""
+        characters = sum(len(m["content"]) for m in body["messages"])
+        return characters // 4 + int(self._options.get("max_tokens") or DEFAULT_ANSWER_TOKENS)
 
     def request_body(self, row: dict[str, Any]) -> dict[str, Any]:
         messages = []
@@ -73,16 +111,21 @@ class OpenAICompatibleProvider:
         return {"model": self._model, "messages": messages, **self._options}
 
     async def generate(self, row: dict[str, Any]) -> Generated:
+        body = self.request_body(row)
+        estimate = self.token_estimate(body)
+        if self._throttle is not None and not await self._throttle.turn(tokens=estimate):
+            raise OutOfTurn
         try:
             response = await post_json(
                 self._http,
                 self._url,
-                self.request_body(row),
+                body,
                 {"Authorization": f"Bearer {self._api_key}"},
                 self._policy,
                 resend_unsure=True,
                 who=WHO,
                 retryable=_retryable,
+                limit=self._throttle,
             )
         except Unreachable as exc:
             if self._answered:
@@ -102,6 +145,11 @@ class OpenAICompatibleProvider:
             reason = (answer["choices"][0] or {}).get("finish_reason")
             raise ProviderError(f"the provider returned no content (finish_reason: {reason})")
         usage = answer.get("usage")
+        if self._throttle is not None:
+            used = usage.get("total_tokens") if isinstance(usage, dict) else None
+            await self._throttle.correct_tokens(
+                estimate, float(used) if isinstance(used, int | float) else None
+            )
         return Generated(content.strip(), usage if isinstance(usage, dict) else None)
 
     def _error_for(self, response: httpx.Response) -> ProviderError:

@@ -27,6 +27,9 @@ class SandboxMessenger:
     def for_step(cls, settings: dict[str, Any], context: ProviderContext) -> SandboxMessenger:
         return cls(str(settings.get("channel", "whatsapp")), context.sandbox_delay_seconds)
 
+    async def wait_turn(self, deadline: float) -> bool:
+        return True  # no shared limit
+
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         if not messages:
             return []

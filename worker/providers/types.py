@@ -4,12 +4,14 @@ besides their settings. Imports no other module of worker/, so any of them can i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from uuid import UUID
 
 import httpx
+from redis.asyncio import Redis
 
 from web.domain.statuses import SendStatus
 
@@ -40,6 +42,20 @@ class NoAnswer(ProviderError):
     dropped): whether the provider acted on it is unknown."""
 
 
+class OutOfTurn(Exception):
+    """The provider's shared limit (worker.providers.throttle) gives this call no turn before
+    the job's deadline: nothing was sent, the row is left for the step's next job."""
+
+
+@dataclass(frozen=True)
+class ProviderLimits:
+    """Where providers take turns under their account's shared limits: the worker's Redis, and
+    the time.monotonic() past which the step's job would rather hand on than wait."""
+
+    redis: Redis
+    deadline: float = math.inf
+
+
 def unknown_delivery(reason: str) -> str:
     """The error of a row whose message may or may not have reached the provider."""
     return f"Delivery state unknown: {reason}; not resent to avoid a duplicate"
@@ -53,6 +69,8 @@ class ProviderContext:
     execution_id: UUID
     # The sandbox messenger's pause per message (FLOWGATE_SANDBOX_SEND_DELAY_SECONDS).
     sandbox_delay_seconds: float = 0.0
+    # Shared provider limits (None: switched off, or outside a run such as the preflight).
+    limits: ProviderLimits | None = None
 
 
 # --- content (`generate_content`) ---------------------------------------------------------------
@@ -133,6 +151,11 @@ class Messenger(Protocol):
     resend_safe: bool
     # How many messages may be in flight at once.
     concurrency: int
+
+    async def wait_turn(self, deadline: float) -> bool:
+        """Wait for this message's turn under the account's shared limit (at once without one);
+        False, having taken nothing, when it would come only after `deadline` (monotonic)."""
+        ...
 
     async def send(self, messages: Sequence[OutgoingMessage]) -> list[SendResult]:
         """One result per message, in order: `sent` with the provider's message id, or

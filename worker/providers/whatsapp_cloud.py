@@ -19,6 +19,10 @@ Service" (503: temporary downtime or overload). Any other 5xx, or no answer afte
 went out, may have been accepted: the row's delivery is unknown and it is never resent. Codes
 that no row can get past (an invalid token, a wrong path or version, a locked account) stop the
 step.
+
+Every worker sending from one `phone_number_id` shares its throughput, `messagesPerSecond`
+(default 80, the Cloud API's default): a message is marked `sending` only once it has its turn
+(wait_turn), and a 429 slows every worker (worker.providers.throttle).
 """
 
 from __future__ import annotations
@@ -29,20 +33,24 @@ from typing import Any
 
 import httpx
 
+from web.domain.provider_limits import KEY_PREFIX
 from web.domain.statuses import SendStatus
 from worker.concurrency import map_bounded
 from worker.providers.calls import CallPolicy, error_text, post_json
 from worker.providers.secrets import read_secret, scrub
+from worker.providers.throttle import Throttle, bucket
 from worker.providers.types import (
     OutgoingMessage,
     ProviderConfigError,
     ProviderContext,
     ProviderError,
+    ProviderLimits,
     SendResult,
 )
 from worker.providers.urls import http_url
 
 DEFAULT_BASE_URL = "https://graph.facebook.com/v21.0"
+DEFAULT_MESSAGES_PER_SECOND = 80.0  # the Cloud API's default throughput per phone number
 WHO = "the WhatsApp Cloud API"
 
 # Throttling: the request was refused, not processed.
@@ -57,7 +65,12 @@ UNUSABLE_CODES = frozenset({0, 10, 190, 2500, 131031, *range(200, 300)})
 class WhatsAppCloudMessenger:
     resend_safe = False
 
-    def __init__(self, settings: dict[str, Any], http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        settings: dict[str, Any],
+        http: httpx.AsyncClient,
+        limits: ProviderLimits | None = None,
+    ) -> None:
         self._http = http
         base_url = http_url(settings.get("base_url") or DEFAULT_BASE_URL, "base_url")
         phone_number_id = str(settings.get("phone_number_id") or "").strip()
@@ -70,10 +83,22 @@ class WhatsAppCloudMessenger:
         self.concurrency = self._policy.concurrency
         # Whether the API has answered anything in this step (see _unreachable).
         self._answered = False
+        per_second = float(settings.get("messagesPerSecond") or DEFAULT_MESSAGES_PER_SECOND)
+        self._throttle = (
+            None
+            if limits is None
+            else Throttle(
+                limits,
+                bucket(f"{KEY_PREFIX}whatsapp:{phone_number_id}:messages", per_second),
+            )
+        )
 
     @classmethod
     def for_step(cls, settings: dict[str, Any], context: ProviderContext) -> WhatsAppCloudMessenger:
-        return cls(settings, context.http)
+        return cls(settings, context.http, context.limits)
+
+    async def wait_turn(self, deadline: float) -> bool:
+        return self._throttle is None or await self._throttle.turn(deadline=deadline)
 
     def request_body(self, message: OutgoingMessage) -> dict[str, Any]:
         """The Cloud API's message object for one row; ProviderError if it cannot be built."""
@@ -124,6 +149,7 @@ class WhatsAppCloudMessenger:
                 resend_unsure=False,
                 who=WHO,
                 retryable=not_processed,
+                limit=self._throttle,
             )
         except ProviderError as exc:
             return SendResult.from_error(message.row_id, exc, answered=self._answered)

@@ -9,12 +9,15 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
+from redis.asyncio import Redis
 
 from web.settings import Settings
+from worker.providers.types import ProviderLimits
 
 
 class StepError(Exception):
@@ -35,6 +38,15 @@ class Unfinished(Exception):
     did saved: a new job runs the step again for the rows left, so no job outgrows its timeout."""
 
 
+class OutsideSendWindow(Exception):
+    """A send step is outside its sending hours (sendWindow) with all it did saved: the run
+    waits, `running`, for a job deferred to `resumes_at` (web.domain.send_window)."""
+
+    def __init__(self, resumes_at: datetime) -> None:
+        super().__init__(f"sending resumes at {resumes_at.isoformat()}")
+        self.resumes_at = resumes_at
+
+
 @dataclass(frozen=True)
 class StepContext:
     execution_id: UUID
@@ -52,9 +64,19 @@ class StepContext:
     # True once the execution was cancelled under this worker (seen by the heartbeat): like the
     # deadline, the step takes no new rows and saves those in flight.
     stop_requested: Callable[[], bool] = lambda: False
+    # The worker's Redis (arq's pool): provider limits shared by every worker live there.
+    redis: Redis | None = None
 
     def out_of_time(self) -> bool:
         return time.monotonic() >= self.deadline or self.stop_requested()
+
+    def provider_limits(self) -> ProviderLimits | None:
+        """What the step's providers share their account limits through (worker.providers.
+        throttle); None when switched off (FLOWGATE_PROVIDER_LIMITS_ENABLED=false) or without
+        Redis."""
+        if self.redis is None or not self.process_settings.provider_limits_enabled:
+            return None
+        return ProviderLimits(self.redis, self.deadline)
 
 
 StepRunner = Callable[[StepContext], Awaitable[dict[str, Any]]]

@@ -23,6 +23,7 @@ from worker.concurrency import map_bounded
 from worker.providers.content import content_provider
 from worker.providers.types import (
     ContentProvider,
+    OutOfTurn,
     ProviderConfigError,
     ProviderContext,
     ProviderError,
@@ -59,6 +60,8 @@ async def _generate_remote(
         except ProviderUnusable as exc:
             stopping.append(exc)
             raise
+        except OutOfTurn:
+            return None  # no turn under the account's limit before the deadline: next job
         await execution_rows.save_generated([item])  # at once: a re-run never pays for it again
         return item
 
@@ -67,7 +70,10 @@ async def _generate_remote(
 
 async def run(ctx: StepContext) -> dict[str, Any]:
     try:
-        provider = content_provider(ctx.step_settings, ProviderContext(ctx.http, ctx.execution_id))
+        provider = content_provider(
+            ctx.step_settings,
+            ProviderContext(ctx.http, ctx.execution_id, limits=ctx.provider_limits()),
+        )
     except ProviderConfigError as exc:
         raise StepError(str(exc)) from exc
     # A recipient on the suppression list costs no generation: the row ends `skipped` now.

@@ -22,15 +22,23 @@ the results' failedCount), unless a reviewer gave it a message.
 
 Past the job's deadline no new batch or row is started: those in flight are saved and the step
 goes on in a new job (Unfinished). The summary counts every row, whichever job sent it.
+
+With `sendWindow` (web.domain.send_window), no row or batch starts outside the sending hours:
+those in flight are saved and the run waits for a job deferred to the next opening
+(OutsideSendWindow). A row starts only after the provider's shared limit gave it a turn
+(Messenger.wait_turn, before it is marked `sending`); no turn before the job's deadline leaves
+it for the next job.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from web.domain import execution_rows, suppressions
+from web.domain import clock, execution_rows, suppressions
 from web.domain.execution_rows import RowState
+from web.domain.send_window import SendWindow
 from web.domain.statuses import ComplianceStatus, RowDecision, SendStatus
 from worker.concurrency import map_bounded
 from worker.providers.messaging import messenger
@@ -41,7 +49,7 @@ from worker.providers.types import (
     ProviderContext,
     SendResult,
 )
-from worker.steps.context import StepContext, StepError, Unfinished
+from worker.steps.context import OutsideSendWindow, StepContext, StepError, Unfinished
 
 DEFAULT_BATCH_SIZE = 25
 
@@ -69,13 +77,25 @@ async def _save(results: list[SendResult]) -> None:
     )
 
 
+def _closed_until(window: SendWindow | None) -> datetime | None:
+    """When the window opens next, if it is closed now (clock.now: injectable in tests)."""
+    return None if window is None else window.next_open(clock.now())
+
+
 async def _send_in_batches(
-    ctx: StepContext, provider: Messenger, to_send: list[OutgoingMessage], batch_size: int
+    ctx: StepContext,
+    provider: Messenger,
+    to_send: list[OutgoingMessage],
+    batch_size: int,
+    window: SendWindow | None,
 ) -> list[SendResult]:
     results: list[SendResult] = []
     for start in range(0, len(to_send), batch_size):
         if start and ctx.out_of_time():
             raise Unfinished
+        resumes_at = _closed_until(window)
+        if resumes_at is not None:
+            raise OutsideSendWindow(resumes_at)
         batch = await provider.send(to_send[start : start + batch_size])
         await _save(batch)
         results.extend(batch)
@@ -83,21 +103,34 @@ async def _send_in_batches(
 
 
 async def _send_each_once(
-    ctx: StepContext, provider: Messenger, to_send: list[OutgoingMessage]
+    ctx: StepContext,
+    provider: Messenger,
+    to_send: list[OutgoingMessage],
+    window: SendWindow | None,
 ) -> list[SendResult]:
     """Each row once, `concurrency` at a time; StepError once a result says `stop` (after the
     rows in flight are saved: they are never cancelled mid-call); Unfinished when the job's
-    deadline left rows unsent."""
+    deadline left rows unsent; OutsideSendWindow when the sending hours ended."""
     stopping: list[str] = []
     late = False
+    closed: list[datetime] = []
 
     async def one(message: OutgoingMessage) -> SendResult | None:
         nonlocal late
-        if stopping:
+        if stopping or closed:
             return None  # left unsent
         if ctx.out_of_time():
             late = True
             return None  # left unsent, for the step's next job
+        resumes_at = _closed_until(window)
+        if resumes_at is not None:
+            closed.append(resumes_at)
+            return None  # left unsent, for the next window
+        if not await provider.wait_turn(ctx.deadline):
+            late = True
+            return None  # no turn under the provider's limit before the deadline
+        if stopping or closed:
+            return None
         if await suppressions.suppressed_rows([(message.row_id, message.recipient)]):
             # Opted out since the step started: checked again just before this send.
             opted_out = SendResult(message.row_id, SendStatus.SKIPPED, None, suppressions.OPTED_OUT)
@@ -122,6 +155,8 @@ async def _send_each_once(
         raise StepError(stopping[0])
     if late:
         raise Unfinished
+    if closed:
+        raise OutsideSendWindow(closed[0])
     return [result for result in outcomes if result is not None]
 
 
@@ -130,10 +165,14 @@ async def run(ctx: StepContext) -> dict[str, Any]:
         provider = messenger(
             ctx.step_settings,
             ProviderContext(
-                ctx.http, ctx.execution_id, ctx.process_settings.sandbox_send_delay_seconds
+                ctx.http,
+                ctx.execution_id,
+                ctx.process_settings.sandbox_send_delay_seconds,
+                limits=ctx.provider_limits(),
             ),
         )
-    except ProviderConfigError as exc:
+        window = SendWindow.from_settings(ctx.step_settings)
+    except (ProviderConfigError, ValueError) as exc:
         raise StepError(str(exc)) from exc
     to_field = str(ctx.step_settings.get("to_field", "phone"))
     batch_size = max(int(ctx.step_settings.get("batch_size", DEFAULT_BATCH_SIZE)), 1)
@@ -160,10 +199,13 @@ async def run(ctx: StepContext) -> dict[str, Any]:
         to_send = [m for m in to_send if m.row_id not in opted_out]
     await execution_rows.save_send_results(settled)
 
+    resumes_at = _closed_until(window) if to_send else None
+    if resumes_at is not None:
+        raise OutsideSendWindow(resumes_at)  # nothing starts: the run waits for the window
     if provider.resend_safe:
-        await _send_in_batches(ctx, provider, to_send, batch_size)
+        await _send_in_batches(ctx, provider, to_send, batch_size, window)
     else:
-        await _send_each_once(ctx, provider, to_send)
+        await _send_each_once(ctx, provider, to_send, window)
     states = await execution_rows.load(ctx.execution_id)
     summary: dict[str, Any] = {
         key: sum(1 for row in states if row.send_status == value)
