@@ -22,6 +22,7 @@ os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
 
 from web import services
 from web.domain import api_keys, queue, users, webhooks, workflow_files, workflows
+from web.domain.actors import Actor
 from web.domain.errors import DomainError
 from web.settings import SettingsError, apply_dev_env, get_settings
 
@@ -68,7 +69,7 @@ async def keys_create(args: argparse.Namespace) -> int:
         webhook_url=args.webhook_url,
         webhook_events=args.webhook_event,
     )
-    new = await api_keys.create_key(settings, webhook_secret=args.webhook_secret)
+    new = await api_keys.create_key(settings, actor=Actor.cli(), webhook_secret=args.webhook_secret)
     if args.json:
         print(
             json.dumps(
@@ -115,7 +116,7 @@ async def keys_revoke(args: argparse.Namespace) -> int:
     key_id = _uuid(args.id, "API key id")
     redis = queue.connect(get_settings().redis_url, 5.0)
     try:
-        await api_keys.revoke_key(redis, key_id)
+        await api_keys.revoke_key(redis, key_id, actor=Actor.cli())
     finally:
         await redis.aclose()
     print(f"revoked {key_id}")
@@ -157,7 +158,7 @@ async def webhooks_redeliver(args: argparse.Namespace) -> int:
     event_id = _uuid(args.event_id, "webhook event id")
     redis = queue.connect(get_settings().redis_url, 5.0)
     try:
-        await webhooks.redeliver_event(redis, event_id)
+        await webhooks.redeliver_event(redis, event_id, actor=Actor.cli())
     finally:
         await redis.aclose()
     print(f"queued {event_id} for delivery again (same webhook-id)")
@@ -195,7 +196,7 @@ async def workflows_import(args: argparse.Namespace) -> int:
     """Create or update a workflow from a YAML or JSON file; every problem on its own line."""
     try:
         definition = workflow_files.read_definition_file(Path(args.file))
-        created = await workflows.import_workflow(definition)
+        created = await workflows.import_workflow(definition, actor=Actor.cli())
     except workflow_files.InvalidDefinition as exc:
         for problem in exc.problems:
             print(f"error: {args.file}: {problem}", file=sys.stderr)
@@ -224,7 +225,7 @@ async def users_create(args: argparse.Namespace) -> int:
     else:
         password = users.generate_password()
         generated = True
-    user = await users.create_user(args.email, password, args.role)
+    user = await users.create_user(args.email, password, args.role, actor=Actor.cli())
     print(f"Created {user.role} {user.email} (id {user.id}).")
     if generated:
         print(f"Password (shown once): {password}")
@@ -253,7 +254,7 @@ async def dev_admin(_: argparse.Namespace) -> int:
     if await users.count_users():
         return 0
     password = users.generate_password()
-    user = await users.create_user("admin@flowgate.local", password, "admin")
+    user = await users.create_user("admin@flowgate.local", password, "admin", actor=Actor.cli())
     print(f"    Dashboard login {user.email} / {password}   (shown once)")
     return 0
 
@@ -269,7 +270,7 @@ async def dev_key(args: argparse.Namespace) -> int:
             return 0
         except DomainError:
             pass
-    new = await api_keys.create_key(api_keys.KeySettings(name="demo (make run)"))
+    new = await api_keys.create_key(api_keys.KeySettings(name="demo (make run)"), actor=Actor.cli())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new.secret + "\n")
     path.chmod(0o600)

@@ -19,7 +19,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.plugins.flash import flash
 from litestar.response import Template
 
-from web.dashboard.auth import back_to, current_user, is_htmx, page, require_user
+from web.dashboard.auth import actor_of, back_to, is_htmx, page, require_user
 from web.domain import approvals, executions
 from web.domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
@@ -143,7 +143,7 @@ class ApprovalsController(Controller):
             row_id,
             str(form.get("decision", "")),
             str(form.get("seen", "")),
-            current_user(request).email,
+            actor_of(request),
         )
         # A decision other than the form's two buttons is a bad request, not a row's problem.
         return await self._row_action(request, execution_id, row_id, action, (Conflict,))
@@ -166,7 +166,7 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         action = approvals.edit_row(
-            execution_id, row_id, str(form.get("content", "")), current_user(request).email
+            execution_id, row_id, str(form.get("content", "")), actor_of(request)
         )
         return await self._row_action(
             request, execution_id, row_id, action, (Conflict, InvalidInput), editing_on_error=True
@@ -178,7 +178,7 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         decision = str(form.get("decision", ""))
-        count = await approvals.decide_all_rows(execution_id, decision, current_user(request).email)
+        count = await approvals.decide_all_rows(execution_id, decision, actor_of(request))
         flash(request, f"{count} rows {decision}", category="success")
         return back_to(request, f"{BASE}/{execution_id}")
 
@@ -193,7 +193,7 @@ class ApprovalsController(Controller):
         as with the public API's approve) and resume the run."""
         form = await request.form()
         comment = str(form.get("comment", "")).strip() or None
-        await approvals.approve_execution(arq, execution_id, current_user(request).email, comment)
+        await approvals.approve_execution(arq, execution_id, actor_of(request), comment)
         flash(request, "Approved: the approved rows are being sent", category="success")
         return back_to(request, f"/dashboard/executions/{execution_id}")
 
@@ -206,7 +206,7 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         comment = str(form.get("comment", "")).strip() or None
-        await approvals.reject_execution(arq, execution_id, current_user(request).email, comment)
+        await approvals.reject_execution(arq, execution_id, actor_of(request), comment)
         flash(
             request, "Rejected: the execution is cancelled and nothing is sent", category="success"
         )

@@ -13,7 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
-from web.dashboard.auth import back_to, is_htmx, page, require_admin, require_user
+from web.dashboard.auth import actor_of, back_to, is_htmx, page, require_admin, require_user
 from web.domain import api_keys, executions, webhooks, workflows
 from web.domain.errors import InvalidInput
 from web.domain.statuses import ExecutionStatus
@@ -142,7 +142,7 @@ class ExecutionsController(Controller):
         event_id: FromPath[UUID],
         arq: NamedDependency[ArqRedis],
     ) -> Response[Any]:
-        await webhooks.redeliver_event(arq, event_id)
+        await webhooks.redeliver_event(arq, event_id, actor=actor_of(request))
         if is_htmx(request):
             return page(
                 request,

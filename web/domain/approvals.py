@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
 import msgspec
 from redis.asyncio import Redis
 
-from web.domain import clock, compliance, executions, idempotency, pool, queue, webhooks
+from web.domain import audit, clock, compliance, executions, idempotency, pool, queue, webhooks
+from web.domain.actors import Actor
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
@@ -97,7 +98,7 @@ class RowChoice(msgspec.Struct, frozen=True, kw_only=True):
 async def approve_execution(
     redis: ScriptClient | Redis,
     execution_id: UUID,
-    decided_by: str,
+    actor: Actor,
     comment: str | None,
     *,
     api_key_id: UUID | None = None,
@@ -112,14 +113,14 @@ async def approve_execution(
     definition = await _definition(execution_id, api_key_id)
     _check_comment(approval_rules(definition), comment)
     _check_choices(choices)
-    step, attempt = await _approve(execution_id, comment, decided_by, once, choices, definition)
+    step, attempt = await _approve(execution_id, comment, actor, once, choices, definition)
     await queue.enqueue_run(redis, execution_id, step, attempt)  # after the commit
 
 
 async def reject_execution(
     redis: ScriptClient | Redis,
     execution_id: UUID,
-    decided_by: str,
+    actor: Actor,
     comment: str | None,
     *,
     api_key_id: UUID | None = None,
@@ -127,14 +128,14 @@ async def reject_execution(
 ) -> None:
     """Reject and stop; raises (and replays) as `approve_execution` does."""
     _check_comment(approval_rules(await _definition(execution_id, api_key_id)), comment)
-    for event_id in await _reject(execution_id, comment, decided_by, once):
+    for event_id in await _reject(execution_id, comment, actor, once):
         await queue.enqueue_webhook(redis, event_id)  # after the commit
 
 
 async def _approve(
     execution_id: UUID,
     comment: str | None,
-    decided_by: str,
+    actor: Actor,
     once: idempotency.Once[UUID] | None,
     choices: Sequence[RowChoice] = (),
     definition: Definition | None = None,
@@ -149,17 +150,33 @@ async def _approve(
             "  updated_at = now() "
             "WHERE id = {} AND status = 'pending_approval' RETURNING current_step, run_attempt",
             comment,
-            decided_by,
+            actor.decided_by,
             execution_id,
         )
         if not rows:
             await executions.require_status(execution_id, ExecutionStatus.PENDING_APPROVAL)
+        chosen = []
         if choices:
-            await _apply_choices(execution_id, choices, decided_by, definition or {})
-        await ExecutionRow.raw(
+            chosen = await _apply_choices(execution_id, choices, actor.decided_by, definition or {})
+        by_default = await ExecutionRow.raw(
             "UPDATE execution_row SET decision = 'approved' "
-            "WHERE execution = {} AND decision IS NULL",
+            "WHERE execution = {} AND decision IS NULL RETURNING id",
             execution_id,
+        )
+        await audit.record(
+            actor,
+            "execution.approved",
+            "execution",
+            execution_id,
+            execution_id=execution_id,
+            before={"status": "pending_approval", "approvalStatus": "pending"},
+            after={
+                "status": "running",
+                "approvalStatus": "approved",
+                "rowsApprovedUndecided": len(by_default),
+                "rows": chosen,
+            },
+            comment=comment,
         )
         await idempotency.finish(transaction.connection, once, execution_id)
     return int(rows[0]["current_step"]), int(rows[0]["run_attempt"])
@@ -176,7 +193,7 @@ REJECT_SQL = _REJECT + executions.EVENT_COLUMNS
 
 
 async def _reject(
-    execution_id: UUID, comment: str | None, decided_by: str, once: idempotency.Once[UUID] | None
+    execution_id: UUID, comment: str | None, actor: Actor, once: idempotency.Once[UUID] | None
 ) -> list[UUID]:
     """Reject and stop: `cancelled`, approvalStatus `rejected`, every row `rejected`, and the
     `execution.cancelled` webhook event recorded; returns the events to queue now."""
@@ -185,7 +202,7 @@ async def _reject(
         rows = await Execution.raw(
             REJECT_SQL,
             comment,
-            decided_by,
+            actor.decided_by,
             execution_id,
         )
         if not rows:
@@ -203,6 +220,16 @@ async def _reject(
             execution_id,
         )
         events = await executions.record_event(webhooks.CANCELLED, rows[0])
+        await audit.record(
+            actor,
+            "execution.rejected",
+            "execution",
+            execution_id,
+            execution_id=execution_id,
+            before={"status": "pending_approval", "approvalStatus": "pending"},
+            after={"status": "cancelled", "approvalStatus": "rejected"},
+            comment=comment,
+        )
         await idempotency.finish(transaction.connection, once, execution_id)
     return events
 
@@ -282,18 +309,27 @@ def _resolve(
 
 async def _apply_choices(
     execution_id: UUID, choices: Sequence[RowChoice], decided_by: str, definition: Definition
-) -> None:
-    """Inside the approval's transaction: every choice, or (InvalidInput) none of them."""
+) -> list[dict[str, Any]]:
+    """Inside the approval's transaction: every choice, or (InvalidInput) none of them; what
+    each did, for the audit entry (an edit with its original and new text)."""
     stored = await ExecutionRow.raw(
         "SELECT id, position, data, generated_content, original_content FROM execution_row "
         "WHERE execution = {} ORDER BY position FOR UPDATE",
         execution_id,
     )
     rules = step_settings(definition, "compliance_check")
+    done = []
     for choice, row in _resolve(choices, [from_row(r, _ChoosableRow) for r in stored]):
+        entry: dict[str, Any] = {"index": row.position, "decision": str(choice.decision)}
+        if choice.reason is not None:
+            entry["reason"] = choice.reason
         if choice.content is not None:
             await _save_edit(row, choice.content.strip(), decided_by, rules)
+            entry["original"] = row.generated_content
+            entry["content"] = choice.content.strip()
         await _save_decision(row.id, choice.decision, decided_by, choice.reason)
+        done.append(entry)
+    return done
 
 
 async def _save_decision(
@@ -456,7 +492,7 @@ def _check_decision(decision: str) -> RowDecision:
 
 
 async def decide_row(
-    execution_id: UUID, row_id: UUID, decision: str, seen: str | None, decided_by: str
+    execution_id: UUID, row_id: UUID, decision: str, seen: str | None, actor: Actor
 ) -> RowView:
     """Save one row's decision at once. `seen` is the decision the reviewer saw ("" for none):
     if someone else changed it meanwhile, Conflict instead of a silent overwrite."""
@@ -469,11 +505,20 @@ async def decide_row(
             raise Conflict(
                 f"{who} changed this row meanwhile (it is now {current.decision or 'undecided'})"
             )
-        await _save_decision(row_id, checked, decided_by)
+        await _save_decision(row_id, checked, actor.decided_by)
+        await audit.record(
+            actor,
+            f"row.{checked}",
+            "execution_row",
+            row_id,
+            execution_id=execution_id,
+            before={"index": current.position, "decision": current.decision},
+            after={"index": current.position, "decision": str(checked)},
+        )
     return await _row(execution_id, row_id)
 
 
-async def decide_all_rows(execution_id: UUID, decision: str, decided_by: str) -> int:
+async def decide_all_rows(execution_id: UUID, decision: str, actor: Actor) -> int:
     """Bulk decision (only when the approval step allows it): every row gets `decision`.
     Returns how many rows were decided."""
     checked = _check_decision(decision)
@@ -485,13 +530,21 @@ async def decide_all_rows(execution_id: UUID, decision: str, decided_by: str) ->
             "UPDATE execution_row SET decision = {}, decided_by = {}, decided_at = now() "
             "WHERE execution = {} RETURNING id",
             str(checked),
-            decided_by,
+            actor.decided_by,
             execution_id,
+        )
+        await audit.record(
+            actor,
+            f"row.{checked}",
+            "execution",
+            execution_id,
+            execution_id=execution_id,
+            after={"decision": str(checked), "rows": len(rows), "bulk": True},
         )
     return len(rows)
 
 
-async def edit_row(execution_id: UUID, row_id: UUID, content: str, edited_by: str) -> RowView:
+async def edit_row(execution_id: UUID, row_id: UUID, content: str, actor: Actor) -> RowView:
     """Replace a row's generated message before approval; the first original is kept and the
     new text is checked for compliance again with the workflow's own rules."""
     content = content.strip()
@@ -503,6 +556,15 @@ async def edit_row(execution_id: UUID, row_id: UUID, content: str, edited_by: st
         execution = await _lock_pending(execution_id)
         row = await _row(execution_id, row_id)
         await _save_edit(
-            row, content, edited_by, step_settings(execution.definition, "compliance_check")
+            row, content, actor.decided_by, step_settings(execution.definition, "compliance_check")
+        )
+        await audit.record(
+            actor,
+            "row.edited",
+            "execution_row",
+            row_id,
+            execution_id=execution_id,
+            before={"index": row.position, "content": row.generated_content},
+            after={"index": row.position, "content": content},
         )
     return await _row(execution_id, row_id)

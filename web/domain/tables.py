@@ -7,6 +7,7 @@ from piccolo.columns import (
     JSONB,
     UUID,
     Array,
+    BigInt,
     Boolean,
     ForeignKey,
     Integer,
@@ -211,3 +212,47 @@ class IdempotentRequest(Table, tablename="idempotent_request"):
     created_at = Timestamptz(default=TimestamptzNow())
     expires_at = Timestamptz(index=True)
     unique_key_per_api_key = Unique([api_key, key])
+
+
+class AuditEntry(Table, tablename="audit_entry"):
+    """One decision or administrative act (web.domain.audit). Append-only: a trigger refuses
+    UPDATE, DELETE and TRUNCATE, except the retention purge's DELETE. `id` is gapless (taken
+    from audit_head under its lock), `hash` chains each entry to the one before."""
+
+    id = BigInt(primary_key=True)
+    at = Timestamptz(index=True)
+    actor_type = Varchar(length=16)
+    actor = Varchar(length=320, index=True)  # an email, key:<prefix>, cli or system
+    actor_id = Varchar(length=200, null=True, default=None)  # the user's or key's id
+    action = Varchar(length=64, index=True)
+    target_type = Varchar(length=32, null=True, default=None)
+    target_id = Varchar(length=200, null=True, default=None)
+    execution_id = UUID(null=True, default=None, index=True)
+    before = JSONB(null=True, default=None)
+    after = JSONB(null=True, default=None)
+    comment = Text(null=True, default=None)
+    ip = Varchar(length=64, null=True, default=None)
+    user_agent = Text(null=True, default=None)
+    prev_hash = Varchar(length=64)
+    hash = Varchar(length=64)
+
+
+class AuditHead(Table, tablename="audit_head"):
+    """The chain's head: one row (id 1), locked FOR UPDATE by every append, so appends are
+    serialised and the chain never forks."""
+
+    id = Integer(primary_key=True)
+    seq = BigInt(default=0)
+    hash = Varchar(length=64)
+
+
+class AuditCheckpoint(Table, tablename="audit_checkpoint"):
+    """Written by each batch of the retention purge: the last entry it deleted, so that
+    `flowgate audit verify` starts from there. Append-only like audit_entry."""
+
+    id = UUID(primary_key=True)
+    entry_id = BigInt()
+    entry_hash = Varchar(length=64)
+    entry_at = Timestamptz()
+    purged = Integer()
+    created_at = Timestamptz(default=TimestamptzNow())
