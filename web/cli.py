@@ -1,4 +1,4 @@
-"""The `flowgate` command: serve, worker, migrate, keys, workflows, webhooks, users. Imports
+"""The `flowgate` command: serve, worker, migrate, keys, workflows, webhooks, users, audit. Imports
 the worker lazily (only the `worker` command needs it), so the CLI stays usable on a web-only
 host."""
 
@@ -21,7 +21,7 @@ import msgspec
 os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
 
 from web import services
-from web.domain import api_keys, queue, users, webhooks, workflow_files, workflows
+from web.domain import api_keys, audit, clock, queue, users, webhooks, workflow_files, workflows
 from web.domain.actors import Actor
 from web.domain.errors import DomainError
 from web.settings import SettingsError, apply_dev_env, get_settings
@@ -216,6 +216,42 @@ def _uuid(value: str, what: str) -> UUID:
         return UUID(value)
     except ValueError:
         raise DomainError(f"not a valid {what}: {value!r}") from None
+
+
+async def audit_list(args: argparse.Namespace) -> int:
+    filters = audit.AuditFilters(
+        since=args.since,
+        until=args.until,
+        actor=args.actor,
+        action=args.action,
+        execution_id=None if args.execution is None else _uuid(args.execution, "execution id"),
+    )
+    async for entry in audit.iter_entries(filters):
+        if args.json:
+            print(json.dumps(entry.to_json(), ensure_ascii=False))
+            continue
+        target = f"{entry.target_type}:{entry.target_id}" if entry.target_type else "-"
+        comment = f"  {entry.comment!r}" if entry.comment else ""
+        print(
+            f"{entry.id:>6}  {clock.iso(entry.at)}  {entry.actor:30} {entry.action:22} "
+            f"{target}{comment}"
+        )
+    return 0
+
+
+async def audit_verify(args: argparse.Namespace) -> int:
+    result = await audit.verify()
+    if not result.ok:
+        print(
+            f"audit trail BROKEN at entry {result.bad_entry}: {result.problem} "
+            f"({result.checked} entries before it match)",
+            file=sys.stderr,
+        )
+        return 1
+    since = "" if result.start == 1 else f" (from entry {result.start}, after the last purge)"
+    print(f"audit trail intact: {result.checked} entries checked{since}")
+    print(f"head: entry {result.head_id} {result.head_hash}")
+    return 0
 
 
 async def users_create(args: argparse.Namespace) -> int:
@@ -423,6 +459,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the password from standard input (default: generate one and print it once)",
     )
     p.set_defaults(async_handler=users_set_password)
+
+    trail = sub.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="audit_command", required=True
+    )
+    p = trail.add_parser("list", help="audit entries, oldest first")
+    p.add_argument("--since", type=_datetime, help="ISO 8601 time, e.g. 2026-12-01T00:00:00Z")
+    p.add_argument("--until", type=_datetime, help="ISO 8601 time (entries before it)")
+    p.add_argument("--actor", help="an email, key:<prefix>, cli, system, user or api_key")
+    p.add_argument("--action", help="an action such as row.edited, or a family: row.*")
+    p.add_argument("--execution", metavar="ID", help="one execution's entries, its rows' too")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(async_handler=audit_list)
+    p = trail.add_parser(
+        "verify", help="check the hash chain (exit 1 naming the first entry that does not match)"
+    )
+    p.set_defaults(async_handler=audit_verify)
 
     p = sub.add_parser("dev-admin", help=argparse.SUPPRESS)
     p.set_defaults(async_handler=dev_admin)

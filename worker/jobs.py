@@ -9,7 +9,7 @@ from uuid import UUID
 
 from arq import Retry
 
-from web.domain import idempotency, queue, recovery
+from web.domain import audit, idempotency, queue, recovery
 from web.domain.errors import is_unavailable
 from worker import delivery, engine
 
@@ -78,3 +78,17 @@ async def purge_idempotency_answers(ctx: dict[str, Any]) -> dict[str, Any]:
     if removed:
         logger.info("purged %d expired idempotency answer(s)", removed)
     return {"removed": removed}
+
+
+async def purge_audit_entries(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Daily: audit entries older than FLOWGATE_AUDIT_RETENTION_DAYS, each batch with its
+    checkpoint (web.domain.audit.purge_expired), so `flowgate audit verify` still passes."""
+    purged = await audit.purge_expired(ctx["settings"].audit_retention_days)
+    if purged.deleted:
+        logger.info(
+            "purged %d audit entr%s up to entry %s",
+            purged.deleted,
+            "y" if purged.deleted == 1 else "ies",
+            purged.checkpoint_id,
+        )
+    return {"deleted": purged.deleted, "checkpoint": purged.checkpoint_id}

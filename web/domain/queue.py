@@ -29,6 +29,10 @@ RUN_EXECUTION = "run_execution"
 DELIVER_WEBHOOK = "deliver_webhook"
 
 JOB_NAMES = (RUN_EXECUTION, DELIVER_WEBHOOK)
+# arq cron jobs of the runs' loop (worker/settings.py), registered as `cron:<name>`.
+PURGE_IDEMPOTENCY_ANSWERS = "purge_idempotency_answers"
+PURGE_AUDIT_ENTRIES = "purge_audit_entries"  # daily: FLOWGATE_AUDIT_RETENTION_DAYS
+CRON_JOB_NAMES = (PURGE_IDEMPOTENCY_ANSWERS, PURGE_AUDIT_ENTRIES)
 
 # Webhook deliveries have an arq queue (and worker loop, worker/settings.py) of their own, so
 # slow receivers can never take the slots that workflow runs need. Runs use arq's default queue.

@@ -9,19 +9,13 @@ from piccolo.columns.column_types import Varchar
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.columns.defaults.uuid import UUID4
 from piccolo.columns.indexes import IndexMethod
-from piccolo.table import Table
-
-
-class AuditEntry(Table, tablename="audit_entry", schema=None):
-    pass
 
 ID = "2026-12-02T04:29:43:367983"
 VERSION = "1.38.0"
 DESCRIPTION = (
-    "audit_entry (hash-chained, append-only by trigger but for the retention purge), "
-    "audit_head (the chain's head, locked by every append) and audit_checkpoint"
+    "audit_entry (hash-chained; its triggers come in the next migration), audit_head (the "
+    "chain's head, locked by every append) and audit_checkpoint"
 )
-GENESIS = "0" * 64
 
 
 async def forwards():
@@ -583,48 +577,5 @@ async def forwards():
         schema=None,
     )
 
-    # PostgreSQL itself keeps the trail append-only. The only way to delete is the retention
-    # purge (web.domain.audit.purge_expired): its transaction sets flowgate.audit_purge_before
-    # (SET LOCAL) to its cutoff, and only entries older than that may go. UPDATE and TRUNCATE
-    # are always refused; audit_checkpoint refuses UPDATE, DELETE and TRUNCATE outright.
-    async def create_triggers():
-        await AuditEntry.raw(
-            """
-            CREATE OR REPLACE FUNCTION flowgate_audit_append_only() RETURNS trigger
-            LANGUAGE plpgsql AS $$
-            DECLARE
-              purge_before text := current_setting('flowgate.audit_purge_before', true);
-            BEGIN
-              IF TG_OP = 'DELETE' AND TG_TABLE_NAME = 'audit_entry'
-                 AND purge_before IS NOT NULL AND purge_before <> ''
-                 AND OLD.at < purge_before::timestamptz THEN
-                RETURN OLD;
-              END IF;
-              RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
-                USING ERRCODE = 'insufficient_privilege';
-            END $$
-            """
-        )
-        for table in ("audit_entry", "audit_checkpoint"):
-            await AuditEntry.raw(
-                f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table} "
-                "FOR EACH ROW EXECUTE FUNCTION flowgate_audit_append_only()"
-            )
-            await AuditEntry.raw(
-                f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
-                "FOR EACH STATEMENT EXECUTE FUNCTION flowgate_audit_append_only()"
-            )
-        await AuditEntry.raw(
-            "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, {})", GENESIS
-        )
-
-    async def drop_triggers():
-        for table in ("audit_entry", "audit_checkpoint"):
-            await AuditEntry.raw(f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}")
-            await AuditEntry.raw(f"DROP TRIGGER IF EXISTS {table}_no_truncate ON {table}")
-        await AuditEntry.raw("DROP FUNCTION IF EXISTS flowgate_audit_append_only()")
-
-    manager.add_raw(create_triggers)
-    manager.add_raw_backwards(drop_triggers)
 
     return manager
