@@ -14,7 +14,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
 from web.dashboard.auth import actor_of, back_to, is_htmx, page, require_admin, require_user
-from web.domain import api_keys, executions, webhooks, workflows
+from web.domain import api_keys, executions, timeline, webhooks, workflows
 from web.domain.errors import InvalidInput
 from web.domain.statuses import ExecutionStatus
 
@@ -132,6 +132,7 @@ class ExecutionsController(Controller):
             steps=[{**step, "result": results.get(i)} for i, step in enumerate(steps)],
             rows=await executions.list_rows(execution_id),
             deliveries=await webhooks.list_deliveries(execution_id),
+            timeline=await timeline.execution_timeline(detail),
         )
 
     @post("/{execution_id:uuid}/webhooks/{event_id:uuid}/redeliver", guards=[require_admin])

@@ -87,7 +87,12 @@ def _plain(value: Any) -> Any:
 
 
 def _json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False)
+    return None if value is None else json_text(value)
+
+
+def json_text(value: Any) -> str:
+    """A before/after value as text (the CSV export's cells)."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 def _at(value: datetime) -> str:
