@@ -139,7 +139,7 @@ class AuditController(Controller):
 
         return Stream(
             rows(),
-            media_type="text/csv; charset=utf-8",
+            media_type="text/csv",
             headers={
                 "Content-Disposition": 'attachment; filename="audit.csv"',
                 "Cache-Control": "no-store",
