@@ -248,6 +248,20 @@ async def audit_verify(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.anchor:
+        entry_id, _, kept = args.anchor.partition(":")
+        if not entry_id.isdigit() or len(kept) != 64:
+            raise DomainError(
+                f"--anchor must be ID:HASH as `verify` printed it; got {args.anchor!r}"
+            )
+        now = await audit.anchored_hash(int(entry_id))
+        if now != kept.lower():
+            print(
+                f"audit trail REWRITTEN: entry {entry_id} "
+                + ("no longer exists" if now is None else "does not match the anchor kept"),
+                file=sys.stderr,
+            )
+            return 1
     since = "" if result.start == 1 else f" (from entry {result.start}, after the last purge)"
     print(f"audit trail intact: {result.checked} entries checked{since}")
     print(f"head: entry {result.head_id} {result.head_hash}")
@@ -473,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(async_handler=audit_list)
     p = trail.add_parser(
         "verify", help="check the hash chain (exit 1 naming the first entry that does not match)"
+    )
+    p.add_argument(
+        "--anchor",
+        metavar="ID:HASH",
+        help="a head kept elsewhere (`head:` of an earlier verify): exit 1 unless it still holds",
     )
     p.set_defaults(async_handler=audit_verify)
 

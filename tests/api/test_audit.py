@@ -16,6 +16,7 @@ from uuid import UUID
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 
 from tests.factories import PUBLIC, auth, rows, start
@@ -396,3 +397,35 @@ async def test_record_refuses_to_run_outside_a_transaction() -> None:
     with pytest.raises(audit.NotInTransaction):
         await audit.record(Actor.system(), "key.updated", "api_key", "x")
     assert await entries() == []
+
+
+async def test_an_anchor_kept_elsewhere_catches_a_rewrite_that_verifies() -> None:
+    for name in ("a", "b", "c"):
+        assert flowgate("keys", "create", "--name", name).returncode == 0
+    head = flowgate("audit", "verify").stdout.splitlines()[-1]  # "head: entry 3 <hash>"
+    anchor = ":".join(head.split()[2:])
+    assert flowgate("audit", "verify", "--anchor", anchor).returncode == 0
+
+    # A superuser rewrites the last entry, its hash and the head: the chain still verifies.
+    (last,) = await audit.list_entries(AuditFilters(), limit=1)
+    forged = msgspec.structs.replace(last, comment="nothing to see")
+    forged = msgspec.structs.replace(forged, hash=forged.computed_hash())
+    connection = await _superuser()
+    try:
+        async with connection.transaction():
+            await connection.execute("SET LOCAL session_replication_role = replica")
+            await connection.execute(
+                "UPDATE audit_entry SET comment = $1, hash = $2 WHERE id = 3",
+                forged.comment,
+                forged.hash,
+            )
+            await connection.execute("UPDATE audit_head SET hash = $1", forged.hash)
+    finally:
+        await connection.close()
+
+    assert flowgate("audit", "verify").returncode == 0
+    caught = flowgate("audit", "verify", "--anchor", anchor)
+    assert caught.returncode == 1
+    assert caught.stderr.strip() == "audit trail REWRITTEN: entry 3 does not match the anchor kept"
+    bad = flowgate("audit", "verify", "--anchor", "three")
+    assert bad.returncode == 1 and "--anchor must be ID:HASH" in bad.stderr

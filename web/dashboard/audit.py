@@ -73,6 +73,9 @@ class AuditController(Controller):
         execution: str | None,
     ) -> audit.AuditFilters:
         user = current_user(request)
+        for name, value in (("Actor", actor), ("Action", action)):
+            if value and "\x00" in value:
+                raise InvalidInput(f"{name} contains a NUL character")
         return audit.AuditFilters(
             since=_time(since, "Since"),
             until=_time(until, "Until"),
@@ -94,6 +97,8 @@ class AuditController(Controller):
         before: FromQuery[int | None] = None,
     ) -> Template:
         filters = self._filters(request, since, until, actor, action, execution)
+        if before is not None and not 0 < before <= audit.MAX_ID:
+            raise InvalidInput("before must be an entry id")
         entries = await audit.list_entries(filters, limit=PER_PAGE + 1, cursor=before)
         query = {
             "since": since or "",

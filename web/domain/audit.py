@@ -33,6 +33,7 @@ from web.domain.actors import Actor, ActorType
 from web.domain.types import ReadModel, from_row
 
 GENESIS = "0" * 64
+MAX_ID = 2**63 - 1  # audit_entry.id is a bigint
 # Issue 15's actions. A bulk decision is one `row.approved`/`row.rejected` entry whose target
 # is the execution. `execution.timed_out` is written by the approval deadline, with
 # Actor.system(), in the transaction that cancels the execution:
@@ -378,6 +379,18 @@ async def verify(batch: int = 1000) -> Verification:
                 expected_id, f"the chain ends at entry {expected_id - 1} but its head is {head_id}"
             )
         return Verification(True, checked, start, head_id, head_hash)
+
+
+async def anchored_hash(entry_id: int) -> str | None:
+    """The hash entry `entry_id` has now (a purged one's from its checkpoint, if it ended a
+    batch), to compare with a head hash kept elsewhere; None when nothing records it."""
+    async with pool.connection() as connection:
+        value = await connection.fetchval(
+            "SELECT hash FROM audit_entry WHERE id = $1 UNION ALL "
+            "SELECT entry_hash FROM audit_checkpoint WHERE entry_id = $1 LIMIT 1",
+            entry_id,
+        )
+    return None if value is None else str(value)
 
 
 # --- retention ----------------------------------------------------------------------------------
