@@ -429,3 +429,36 @@ async def test_an_anchor_kept_elsewhere_catches_a_rewrite_that_verifies() -> Non
     assert caught.stderr.strip() == "audit trail REWRITTEN: entry 3 does not match the anchor kept"
     bad = flowgate("audit", "verify", "--anchor", "three")
     assert bad.returncode == 1 and "--anchor must be ID:HASH" in bad.stderr
+
+
+async def test_a_redelivery_is_recorded_and_an_unknown_event_writes_nothing(
+    client: httpx.AsyncClient, run_worker: Any, receiver: Any
+) -> None:
+    from tests.factories import create_key
+    from web.domain.tables import WebhookEvent
+
+    key = await create_key(webhook_url=receiver.url)
+    execution_id = await start(client, key.secret)
+    await run_worker()
+    event = await WebhookEvent.select(WebhookEvent.id, WebhookEvent.event).first()
+    assert event is not None
+    unknown = flowgate("webhooks", "redeliver", "00000000-0000-4000-8000-000000000000")
+    assert unknown.returncode == 1
+
+    redelivered = flowgate("webhooks", "redeliver", str(event["id"]))
+
+    assert redelivered.returncode == 0, redelivered.stderr
+    (entry,) = await entries(action="webhook.redelivered")
+    assert without_chain(entry) == {
+        "actorType": "cli",
+        "actor": "cli",
+        "action": "webhook.redelivered",
+        "targetType": "webhook_event",
+        "targetId": str(event["id"]),
+        "executionId": execution_id,
+        "before": {"event": event["event"], "status": "delivered"},
+        "after": {"event": event["event"], "status": "pending"},
+        "comment": None,
+        "ip": None,
+        "userAgent": None,
+    }
