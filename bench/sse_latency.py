@@ -61,6 +61,7 @@ def rss_mb(pgid: int) -> float:
 async def make_key(database_url: str) -> str:
     from piccolo_conf import DB
     from web.domain import api_keys
+    from web.domain.actors import Actor
     from web.domain.pool import start_pool
 
     await start_pool(DB, min_size=1, max_size=2)
@@ -71,7 +72,8 @@ async def make_key(database_url: str) -> str:
                 monthly_limit=100_000_000,
                 rate_limit_burst=1_000_000,
                 rate_limit_refill_per_second=100_000.0,
-            )
+            ),
+            actor=Actor.system(),
         )
     finally:
         await DB.close_connection_pool()

@@ -34,6 +34,7 @@ import httpx  # noqa: E402
 
 from web.app import create_app  # noqa: E402
 from web.domain import api_keys, queue  # noqa: E402
+from web.domain.actors import Actor  # noqa: E402
 from web.domain.pool import start_pool  # noqa: E402
 from web.domain.tables import WebhookEvent  # noqa: E402
 
@@ -93,6 +94,7 @@ async def main() -> dict[str, Any]:
             webhook_events=["execution.started", "execution.pending_approval"],
         ),
         webhook_secret="whsec_bench",  # noqa: S106 (a benchmark's own throwaway secret)
+        actor=Actor.system(),
     )  # fmt: skip
     worker = subprocess.Popen(
         [ROOT / ".venv" / "bin" / "flowgate", "worker"], env=os.environ, stderr=subprocess.DEVNULL

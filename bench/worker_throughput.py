@@ -39,6 +39,7 @@ from arq.worker import Worker
 
 from web.app import create_app
 from web.domain import api_keys, queue
+from web.domain.actors import Actor
 from web.domain.pool import start_pool
 from worker.settings import functions, shutdown, startup
 
@@ -224,7 +225,8 @@ async def main(profile: bool, ratios: bool = True) -> dict[str, Any]:
         api_keys.KeySettings(
             name="throughput", monthly_limit=10**9, rate_limit_burst=10**9,
             rate_limit_refill_per_second=10**6,
-        )
+        ),
+        actor=Actor.system(),
     )  # fmt: skip
     headers = {"Authorization": f"Bearer {key.secret}"}
     app = create_app()

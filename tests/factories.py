@@ -15,6 +15,7 @@ from httpx import Response
 from litestar import Litestar
 
 from web.domain import api_keys, clock, queue
+from web.domain.actors import Actor
 from web.domain.tables import ApiKey, Execution, ExecutionRow
 from web.domain.workflows import BFSI_WORKFLOW_ID
 from web.settings import Settings
@@ -63,7 +64,9 @@ async def create_key(
     if expired:
         settings["expires_at"] = None
     new = await api_keys.create_key(
-        api_keys.KeySettings(name=name, **settings), webhook_secret=webhook_secret
+        api_keys.KeySettings(name=name, **settings),
+        actor=Actor.system(),
+        webhook_secret=webhook_secret,
     )
     if expired:
         await ApiKey.update({ApiKey.expires_at: expires_at}).where(ApiKey.id == new.id)

@@ -12,6 +12,7 @@ from arq.connections import ArqRedis
 
 from tests.factories import PASSWORD, execute, sign_in
 from web.domain import users
+from web.domain.actors import Actor
 from web.domain.api_keys import hash_key
 from web.domain.errors import TooManyRequests, Unauthorized
 from web.domain.tables import ApiKey
@@ -188,7 +189,7 @@ async def test_signing_in_with_a_password_set_on_the_command_line(
 async def test_users_set_password_sets_a_new_one_and_unlocks_a_locked_account(
     client: httpx.AsyncClient, redis: ArqRedis
 ) -> None:
-    await users.create_user("locked@example.com", PASSWORD, "reviewer")
+    await users.create_user("locked@example.com", PASSWORD, "reviewer", actor=Actor.system())
     for _ in range(users.LOCKOUT_FAILURES):
         with pytest.raises(Unauthorized):
             await users.sign_in(redis, "locked@example.com", "wrong password")
@@ -212,7 +213,7 @@ async def test_users_set_password_sets_a_new_one_and_unlocks_a_locked_account(
 async def test_users_set_password_without_stdin_prints_a_generated_one_once(
     client: httpx.AsyncClient,
 ) -> None:
-    await users.create_user("gen@example.com", PASSWORD, "admin")
+    await users.create_user("gen@example.com", PASSWORD, "admin", actor=Actor.system())
     result = flowgate("users", "set-password", "--email", "gen@example.com")
     assert result.returncode == 0, result.stderr
     (line,) = [line for line in result.stdout.splitlines() if "shown once" in line]

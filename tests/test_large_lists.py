@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from web.domain import approvals, executions, list_pages
+from web.domain.actors import Actor
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,7 +184,7 @@ async def test_counts_stop_at_the_cap(seeded: None, monkeypatch: pytest.MonkeyPa
 
 
 # A reviewer in no group: the seeded workflows name no approverGroups, so every execution.
-ANYONE = approvals.Approver("user:test", "reviewer@example.com")
+ANYONE = approvals.Approver(Actor.user(uuid4(), "reviewer@example.com", user_agent=None))
 
 
 async def test_the_approvals_queue_pages_oldest_first(seeded: None) -> None:

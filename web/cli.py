@@ -1,5 +1,5 @@
 """The `flowgate` command: serve, worker, migrate, keys, workflows, webhooks, users,
-suppressions. Imports
+suppressions, audit. Imports
 the worker lazily (only the `worker` command needs it), so the CLI stays usable on a web-only
 host."""
 
@@ -28,6 +28,7 @@ os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
 from web import services
 from web.domain import (
     api_keys,
+    audit,
     clock,
     queue,
     suppressions,
@@ -36,6 +37,7 @@ from web.domain import (
     workflow_files,
     workflows,
 )
+from web.domain.actors import Actor
 from web.domain.errors import DomainError
 from web.settings import SettingsError, apply_dev_env, get_settings
 
@@ -82,7 +84,7 @@ async def keys_create(args: argparse.Namespace) -> int:
         webhook_url=args.webhook_url,
         webhook_events=args.webhook_event,
     )
-    new = await api_keys.create_key(settings, webhook_secret=args.webhook_secret)
+    new = await api_keys.create_key(settings, actor=Actor.cli(), webhook_secret=args.webhook_secret)
     if args.json:
         print(
             json.dumps(
@@ -129,7 +131,7 @@ async def keys_revoke(args: argparse.Namespace) -> int:
     key_id = _uuid(args.id, "API key id")
     redis = queue.connect(get_settings().redis_url, 5.0)
     try:
-        await api_keys.revoke_key(redis, key_id)
+        await api_keys.revoke_key(redis, key_id, actor=Actor.cli())
     finally:
         await redis.aclose()
     print(f"revoked {key_id}")
@@ -171,7 +173,7 @@ async def webhooks_redeliver(args: argparse.Namespace) -> int:
     event_id = _uuid(args.event_id, "webhook event id")
     redis = queue.connect(get_settings().redis_url, 5.0)
     try:
-        await webhooks.redeliver_event(redis, event_id)
+        await webhooks.redeliver_event(redis, event_id, actor=Actor.cli())
     finally:
         await redis.aclose()
     print(f"queued {event_id} for delivery again (same webhook-id)")
@@ -209,7 +211,7 @@ async def workflows_import(args: argparse.Namespace) -> int:
     """Create or update a workflow from a YAML or JSON file; every problem on its own line."""
     try:
         definition = workflow_files.read_definition_file(Path(args.file))
-        created = await workflows.import_workflow(definition)
+        created = await workflows.import_workflow(definition, actor=Actor.cli())
     except workflow_files.InvalidDefinition as exc:
         for problem in exc.problems:
             print(f"error: {args.file}: {problem}", file=sys.stderr)
@@ -231,6 +233,56 @@ def _uuid(value: str, what: str) -> UUID:
         raise DomainError(f"not a valid {what}: {value!r}") from None
 
 
+async def audit_list(args: argparse.Namespace) -> int:
+    filters = audit.AuditFilters(
+        since=args.since,
+        until=args.until,
+        actor=args.actor,
+        action=args.action,
+        execution_id=None if args.execution is None else _uuid(args.execution, "execution id"),
+    )
+    async for entry in audit.iter_entries(filters):
+        if args.json:
+            print(json.dumps(entry.to_json(), ensure_ascii=False))
+            continue
+        target = f"{entry.target_type}:{entry.target_id}" if entry.target_type else "-"
+        comment = f"  {entry.comment!r}" if entry.comment else ""
+        print(
+            f"{entry.id:>6}  {clock.iso(entry.at)}  {entry.actor:30} {entry.action:22} "
+            f"{target}{comment}"
+        )
+    return 0
+
+
+async def audit_verify(args: argparse.Namespace) -> int:
+    result = await audit.verify()
+    if not result.ok:
+        print(
+            f"audit trail BROKEN at entry {result.bad_entry}: {result.problem} "
+            f"({result.checked} entries before it match)",
+            file=sys.stderr,
+        )
+        return 1
+    if args.anchor:
+        entry_id, _, kept = args.anchor.partition(":")
+        if not entry_id.isdigit() or len(kept) != 64:
+            raise DomainError(
+                f"--anchor must be ID:HASH as `verify` printed it; got {args.anchor!r}"
+            )
+        now = await audit.anchored_hash(int(entry_id))
+        if now != kept.lower():
+            print(
+                f"audit trail REWRITTEN: entry {entry_id} "
+                + ("no longer exists" if now is None else "does not match the anchor kept"),
+                file=sys.stderr,
+            )
+            return 1
+    since = "" if result.start == 1 else f" (from entry {result.start}, after the last purge)"
+    print(f"audit trail intact: {result.checked} entries checked{since}")
+    print(f"head: entry {result.head_id} {result.head_hash}")
+    return 0
+
+
 async def users_create(args: argparse.Namespace) -> int:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -238,7 +290,7 @@ async def users_create(args: argparse.Namespace) -> int:
     else:
         password = users.generate_password()
         generated = True
-    user = await users.create_user(args.email, password, args.role)
+    user = await users.create_user(args.email, password, args.role, actor=Actor.cli())
     print(f"Created {user.role} {user.email} (id {user.id}).")
     if generated:
         print(f"Password (shown once): {password}")
@@ -267,7 +319,7 @@ async def dev_admin(_: argparse.Namespace) -> int:
     if await users.count_users():
         return 0
     password = users.generate_password()
-    user = await users.create_user("admin@flowgate.local", password, "admin")
+    user = await users.create_user("admin@flowgate.local", password, "admin", actor=Actor.cli())
     print(f"    Dashboard login {user.email} / {password}   (shown once)")
     return 0
 
@@ -283,7 +335,7 @@ async def dev_key(args: argparse.Namespace) -> int:
             return 0
         except DomainError:
             pass
-    new = await api_keys.create_key(api_keys.KeySettings(name="demo (make run)"))
+    new = await api_keys.create_key(api_keys.KeySettings(name="demo (make run)"), actor=Actor.cli())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(new.secret + "\n")
     path.chmod(0o600)
@@ -552,6 +604,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = opted.add_parser("import", help="add the numbers of a CSV file (header phone[,reason])")
     p.add_argument("file")
     p.set_defaults(async_handler=suppressions_import)
+    trail = sub.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="audit_command", required=True
+    )
+    p = trail.add_parser("list", help="audit entries, oldest first")
+    p.add_argument("--since", type=_datetime, help="ISO 8601 time, e.g. 2026-12-01T00:00:00Z")
+    p.add_argument("--until", type=_datetime, help="ISO 8601 time (entries before it)")
+    p.add_argument("--actor", help="an email, key:<prefix>, cli, system, user or api_key")
+    p.add_argument("--action", help="an action such as row.edited, or a family: row.*")
+    p.add_argument("--execution", metavar="ID", help="one execution's entries, its rows' too")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(async_handler=audit_list)
+    p = trail.add_parser(
+        "verify", help="check the hash chain (exit 1 naming the first entry that does not match)"
+    )
+    p.add_argument(
+        "--anchor",
+        metavar="ID:HASH",
+        help="a head kept elsewhere (`head:` of an earlier verify): exit 1 unless it still holds",
+    )
+    p.set_defaults(async_handler=audit_verify)
 
     p = sub.add_parser("dev-admin", help=argparse.SUPPRESS)
     p.set_defaults(async_handler=dev_admin)

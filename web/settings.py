@@ -275,6 +275,8 @@ class Settings:
     max_body_bytes: int
     # How long the answer to a request sent with an Idempotency-Key is kept for its replays.
     idempotency_ttl_seconds: int
+    # How long audit entries are kept before the daily retention purge (web.domain.audit).
+    audit_retention_days: int
     # GET /executions/:id/events: a `: keep-alive` comment after this long without an event.
     sse_keep_alive_seconds: float
     # Worker: arq job timeout (a run's steps stop taking rows at half of it and go on in a new
@@ -357,6 +359,7 @@ def get_settings() -> Settings:
         max_rows=_int("FLOWGATE_MAX_ROWS", 100, minimum=1),
         max_body_bytes=_int("FLOWGATE_MAX_BODY_BYTES", 1024 * 1024, minimum=1),
         idempotency_ttl_seconds=_int("FLOWGATE_IDEMPOTENCY_TTL_SECONDS", 86_400, minimum=1),
+        audit_retention_days=_int("FLOWGATE_AUDIT_RETENTION_DAYS", 2555, minimum=1, maximum=36_500),
         sse_keep_alive_seconds=_float("FLOWGATE_SSE_KEEP_ALIVE_SECONDS", 15.0, minimum=0.1),
         job_timeout_seconds=_int("FLOWGATE_JOB_TIMEOUT_SECONDS", 300, minimum=1),
         execution_lease_seconds=_float("FLOWGATE_EXECUTION_LEASE_SECONDS", 8.0, minimum=0.1),

@@ -9,7 +9,15 @@ from uuid import UUID
 
 from arq import Retry
 
-from web.domain import approvals, delivery_statuses, idempotency, queue, recovery, whatsapp_inbound
+from web.domain import (
+    approvals,
+    audit,
+    delivery_statuses,
+    idempotency,
+    queue,
+    recovery,
+    whatsapp_inbound,
+)
 from web.domain.errors import is_unavailable
 from worker import delivery, engine, notify
 from worker.metrics import observed_job
@@ -192,3 +200,17 @@ async def purge_whatsapp_notifications(ctx: dict[str, Any]) -> dict[str, Any]:
     if removed:
         logger.info("purged %d processed WhatsApp notification(s)", removed)
     return {"removed": removed}
+
+
+async def purge_audit_entries(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Daily: audit entries older than FLOWGATE_AUDIT_RETENTION_DAYS, each batch with its
+    checkpoint (web.domain.audit.purge_expired), so `flowgate audit verify` still passes."""
+    purged = await audit.purge_expired(ctx["settings"].audit_retention_days)
+    if purged.deleted:
+        logger.info(
+            "purged %d audit entr%s up to entry %s",
+            purged.deleted,
+            "y" if purged.deleted == 1 else "ies",
+            purged.checkpoint_id,
+        )
+    return {"deleted": purged.deleted, "checkpoint": purged.checkpoint_id}

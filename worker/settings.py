@@ -143,10 +143,34 @@ def delivery_functions() -> list[Function]:
 class WorkerSettings:
     functions = functions()
     # Hourly: answers to Idempotency-Key requests past FLOWGATE_IDEMPOTENCY_TTL_SECONDS.
+    # Daily: audit entries past FLOWGATE_AUDIT_RETENTION_DAYS (with their checkpoint).
     cron_jobs = [
-        cron(jobs.purge_idempotency_answers, minute=17, second=30, unique=True, timeout=300),
+        cron(
+            jobs.purge_idempotency_answers,
+            name=f"cron:{queue.PURGE_IDEMPOTENCY_ANSWERS}",
+            minute=17,
+            second=30,
+            unique=True,
+            timeout=300,
+        ),
+        cron(
+            jobs.purge_audit_entries,
+            name=f"cron:{queue.PURGE_AUDIT_ENTRIES}",
+            hour=3,
+            minute=41,
+            second=0,
+            unique=True,
+            timeout=1800,
+        ),
         # Hourly: WhatsApp notifications processed more than a week ago.
-        cron(jobs.purge_whatsapp_notifications, minute=47, second=30, unique=True, timeout=300),
+        cron(
+            jobs.purge_whatsapp_notifications,
+            name=f"cron:{queue.PURGE_WHATSAPP_NOTIFICATIONS}",
+            minute=47,
+            second=30,
+            unique=True,
+            timeout=300,
+        ),
     ]
     # The reconciler is a loop of each worker's own (worker/reconciler.py), not an arq cron job.
     on_startup = start_worker

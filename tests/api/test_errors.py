@@ -19,6 +19,7 @@ from litestar import Litestar
 
 from tests.factories import PUBLIC, auth, create_key, execute, execution_row, rows, start
 from web.domain import clock
+from web.domain.actors import Actor
 from web.domain.api_keys import revoke_key
 from web.domain.tables import ApiKeyUsage, Execution, ExecutionRow, SandboxMessage
 from web.domain.workflows import BFSI_TEMPLATE, BFSI_WORKFLOW_ID, save_workflow, set_active
@@ -163,7 +164,7 @@ async def test_a_revoked_key_is_403_inactive_on_every_endpoint_and_changes_nothi
     key = await create_key()
     execution_id = await start(client, key.secret)
     await run_worker()
-    await revoke_key(redis, key.id)
+    await revoke_key(redis, key.id, actor=Actor.system())
     before = await snapshot(redis)
 
     response = await call(client, endpoint, execution_id, auth(key.secret))
@@ -208,7 +209,7 @@ async def test_a_key_past_its_expiry_is_403_expired_on_every_endpoint_and_change
 async def test_an_inactive_workflow_is_403_and_nothing_is_written(
     client: httpx.AsyncClient, api_key: str, redis: ArqRedis
 ) -> None:
-    await set_active(BFSI_WORKFLOW_ID, False)
+    await set_active(BFSI_WORKFLOW_ID, False, actor=Actor.system())
 
     response = await execute(client, api_key)
 
@@ -688,7 +689,7 @@ async def test_the_workflow_is_checked_before_the_body(
 async def test_an_inactive_workflow_is_refused_before_the_body_is_read(
     client: httpx.AsyncClient, api_key: str, redis: ArqRedis
 ) -> None:
-    await set_active(BFSI_WORKFLOW_ID, False)
+    await set_active(BFSI_WORKFLOW_ID, False, actor=Actor.system())
 
     response = await call(client, EXECUTE, "", auth(api_key), json={"input": {"csvData": []}})
 
@@ -701,7 +702,7 @@ async def test_the_key_is_checked_before_the_workflow(
     client: httpx.AsyncClient, redis: ArqRedis
 ) -> None:
     key = await create_key()
-    await revoke_key(redis, key.id)
+    await revoke_key(redis, key.id, actor=Actor.system())
 
     revoked = await execute(client, key.secret, workflow_id="workflow_that_does_not_exist")
     unknown = await execute(

@@ -17,6 +17,7 @@ from arq.connections import ArqRedis
 from tests.factories import PUBLIC, auth, create_key
 from tests.live_server import LiveServer
 from web.domain import api_keys
+from web.domain.actors import Actor
 from web.domain.tables import ApiKey
 from web.settings import get_settings
 
@@ -57,7 +58,7 @@ async def test_a_revoked_key_stops_on_the_next_request_though_it_is_cached(
     assert (await client.get(URL, headers=auth(new.secret))).status_code == 404
     assert api_keys.KEY_CACHE.get(api_keys.hash_key(new.secret), short_cache) is not None
 
-    await api_keys.revoke_key(redis, new.id)
+    await api_keys.revoke_key(redis, new.id, actor=Actor.system())
 
     refused = await client.get(URL, headers=auth(new.secret))
     assert refused.status_code == 403
@@ -76,7 +77,10 @@ async def test_new_limits_apply_to_the_next_request_though_the_key_is_cached(
     assert first.headers["x-ratelimit-limit"] == "50"
 
     await api_keys.update_key(
-        redis, new.id, api_keys.KeySettings(name="test customer", rate_limit_burst=5)
+        redis,
+        new.id,
+        api_keys.KeySettings(name="test customer", rate_limit_burst=5),
+        actor=Actor.system(),
     )
 
     assert (await client.get(URL, headers=auth(new.secret))).headers["x-ratelimit-limit"] == "5"
@@ -86,11 +90,15 @@ async def test_a_rotation_cuts_a_cached_previous_secret_at_once(
     client: httpx.AsyncClient, short_cache: float, redis: ArqRedis
 ) -> None:
     new = await create_key()
-    first = await api_keys.rotate_key(redis, new.id)  # the original secret: in its grace period
+    first = await api_keys.rotate_key(
+        redis, new.id, actor=Actor.system()
+    )  # the original secret: in its grace period
     assert (await client.get(URL, headers=auth(new.secret))).status_code == 404  # cached
     assert (await client.get(URL, headers=auth(first.secret))).status_code == 404
 
-    await api_keys.rotate_key(redis, new.id)  # a previous rotation's old secret stops at once
+    await api_keys.rotate_key(
+        redis, new.id, actor=Actor.system()
+    )  # a previous rotation's old secret stops at once
 
     assert (await client.get(URL, headers=auth(new.secret))).status_code == 401
     assert (await client.get(URL, headers=auth(first.secret))).status_code == 404  # grace

@@ -23,6 +23,7 @@ from tests.live_server import LiveServer, free_port
 from web.app import create_app
 from web.cli import SERVERS
 from web.domain import clock, limits
+from web.domain.actors import Actor
 from web.domain.limits import BucketState, QuotaState
 from web.domain.tables import ApiKey, ApiKeyUsage, Execution
 from web.settings import Settings, get_settings
@@ -183,7 +184,7 @@ async def test_an_inactive_key_gets_403_before_the_rate_limit_and_spends_nothing
     new = await create_key(rate_limit_burst=1, rate_limit_refill_per_second=0.001)
     from web.domain.api_keys import revoke_key
 
-    await revoke_key(redis, new.id)
+    await revoke_key(redis, new.id, actor=Actor.system())
     for _ in range(3):
         response = await execute(client, new.secret)
         assert response.status_code == 403

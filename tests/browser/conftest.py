@@ -19,6 +19,7 @@ from playwright.async_api import Browser, Error, Page, async_playwright, expect
 from tests.factories import PASSWORD
 from tests.live_server import LiveServer
 from web.domain import users
+from web.domain.actors import Actor
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -111,7 +112,7 @@ async def api(live_server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
 
 async def _sign_in(page: Page, role: str) -> Page:
     email = f"{role}@example.com"
-    await users.create_user(email, PASSWORD, role)
+    await users.create_user(email, PASSWORD, role, actor=Actor.system())
     await page.goto("/dashboard/executions")  # signed out: sent to the login form
     await expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
     await page.get_by_label("Email").fill(email)

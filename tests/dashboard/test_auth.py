@@ -10,6 +10,7 @@ from litestar import Litestar
 from tests.factories import PASSWORD, csrf_token, post_form, serving, sign_in
 from web.app import create_app
 from web.domain import users
+from web.domain.actors import Actor
 from web.domain.tables import User
 from web.settings import get_settings
 
@@ -33,7 +34,7 @@ async def test_pages_need_a_signed_in_user(client: httpx.AsyncClient) -> None:
 async def test_signing_in_sets_a_safe_session_cookie_and_opens_the_dashboard(
     client: httpx.AsyncClient,
 ) -> None:
-    await users.create_user("ana@example.com", PASSWORD, "reviewer")
+    await users.create_user("ana@example.com", PASSWORD, "reviewer", actor=Actor.system())
     login = await client.get("/dashboard/login")
     assert login.status_code == 200
     assert 'name="_csrf_token"' in login.text
@@ -53,7 +54,7 @@ async def test_signing_in_sets_a_safe_session_cookie_and_opens_the_dashboard(
 
 async def test_the_cookie_is_secure_when_served_over_https(redis: object) -> None:
     app = create_app(dataclasses.replace(get_settings(), cookie_secure=True))
-    await users.create_user("ana@example.com", PASSWORD, "admin")
+    await users.create_user("ana@example.com", PASSWORD, "admin", actor=Actor.system())
     async with serving(app), browser_for(app, "https") as browser:
         response = await sign_in(browser, "ana@example.com")
     cookie = next(c for c in response.headers.get_list("set-cookie") if "flowgate_session" in c)
@@ -63,7 +64,7 @@ async def test_the_cookie_is_secure_when_served_over_https(redis: object) -> Non
 async def test_a_wrong_password_is_refused_without_saying_which_part_was_wrong(
     client: httpx.AsyncClient,
 ) -> None:
-    await users.create_user("ana@example.com", PASSWORD, "reviewer")
+    await users.create_user("ana@example.com", PASSWORD, "reviewer", actor=Actor.system())
     for email, password in [("ana@example.com", "wrong password"), ("bob@example.com", PASSWORD)]:
         response = await post_form(
             client, "/dashboard/login", {"email": email, "password": password}
@@ -76,8 +77,8 @@ async def test_a_wrong_password_is_refused_without_saying_which_part_was_wrong(
 async def test_ten_failed_sign_ins_lock_the_email_for_15_minutes(
     client: httpx.AsyncClient,
 ) -> None:
-    await users.create_user("ana@example.com", PASSWORD, "reviewer")
-    await users.create_user("bob@example.com", PASSWORD, "reviewer")
+    await users.create_user("ana@example.com", PASSWORD, "reviewer", actor=Actor.system())
+    await users.create_user("bob@example.com", PASSWORD, "reviewer", actor=Actor.system())
     for _ in range(10):
         await post_form(client, "/dashboard/login", {"email": "ana@example.com", "password": "x"})
 
@@ -107,7 +108,7 @@ async def test_a_deactivated_user_is_signed_out_at_the_next_request(
 ) -> None:
     user = await User.select(User.id).where(User.email == "reviewer@example.com").first()
     assert user is not None
-    await users.set_active(user["id"], False)
+    await User.update({User.active: False}).where(User.id == user["id"])
 
     assert (await reviewer_client.get("/dashboard/executions")).status_code == 303
 
@@ -133,7 +134,7 @@ async def test_state_changing_requests_need_the_csrf_token(
 async def test_the_next_parameter_only_leads_inside_the_dashboard(
     client: httpx.AsyncClient,
 ) -> None:
-    await users.create_user("ana@example.com", PASSWORD, "reviewer")
+    await users.create_user("ana@example.com", PASSWORD, "reviewer", actor=Actor.system())
     response = await post_form(
         client,
         "/dashboard/login",

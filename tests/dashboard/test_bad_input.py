@@ -19,6 +19,7 @@ from tests.api.test_rate_limits import PrivateRedis
 from tests.live_server import LiveServer
 from web.cli import SERVERS
 from web.domain import users
+from web.domain.actors import Actor
 
 ROOT = Path(__file__).resolve().parents[2]
 EXECUTIONS = "/dashboard/executions"
@@ -34,7 +35,7 @@ class SignedIn:
 @pytest.fixture
 async def live_admin(db_pool: None) -> AsyncIterator[SignedIn]:
     """The real server (granian) and a browser signed in to it as an admin."""
-    await users.create_user("admin@example.com", factories.PASSWORD, "admin")
+    await users.create_user("admin@example.com", factories.PASSWORD, "admin", actor=Actor.system())
     server = LiveServer().start()
     try:
         async with httpx.AsyncClient(base_url=server.url) as browser:
@@ -191,7 +192,7 @@ async def test_redis_down_under_the_real_server_is_a_503_page_logged_with_its_tr
     redis = PrivateRedis()
     redis.start()
     password = "correct-horse-battery-9d1c"
-    await users.create_user("admin@example.com", password, "admin")
+    await users.create_user("admin@example.com", password, "admin", actor=Actor.system())
     server = LiveServer(REDIS_URL=f"redis://127.0.0.1:{redis.port}/0").start()
     try:
         async with httpx.AsyncClient(base_url=server.url) as browser:

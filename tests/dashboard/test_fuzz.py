@@ -31,6 +31,7 @@ from tests import factories
 from tests.live_server import LiveServer
 from web.app import create_app
 from web.domain import users
+from web.domain.actors import Actor
 from web.domain.tables import ApiKey, ExecutionRow, User
 from web.domain.workflows import BFSI_WORKFLOW_ID
 
@@ -158,7 +159,7 @@ class Fixtures:
 async def live_admin(
     db_pool: None, run_worker: Any
 ) -> AsyncIterator[tuple[LiveServer, Fixtures, httpx.Cookies]]:
-    await users.create_user("admin@example.com", factories.PASSWORD, "admin")
+    await users.create_user("admin@example.com", factories.PASSWORD, "admin", actor=Actor.system())
     server = LiveServer().start()
     try:
         async with httpx.AsyncClient(base_url=server.url) as browser:

@@ -12,6 +12,7 @@ import httpx
 from tests.factories import PASSWORD, PUBLIC, auth, serving, sign_in
 from web.app import create_app
 from web.domain import users
+from web.domain.actors import Actor
 from web.settings import get_settings
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
@@ -65,7 +66,7 @@ async def test_the_public_api_and_health_answers_do_not_change(
 
 async def test_the_csrf_cookie_is_secure_when_sessions_are(redis: object) -> None:
     app = create_app(dataclasses.replace(get_settings(), cookie_secure=True))
-    await users.create_user("ana@example.com", PASSWORD, "admin")
+    await users.create_user("ana@example.com", PASSWORD, "admin", actor=Actor.system())
     async with (
         serving(app),
         httpx.AsyncClient(

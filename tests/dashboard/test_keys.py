@@ -13,6 +13,7 @@ from arq.connections import ArqRedis
 
 from tests.factories import PUBLIC, auth, create_key, execute, post_form, start
 from web.domain import clock
+from web.domain.actors import Actor
 from web.domain.api_keys import hash_key, revoke_key
 from web.domain.tables import ApiKey
 from web.domain.workflows import BFSI_TEMPLATE, BFSI_WORKFLOW_ID, save_workflow
@@ -86,7 +87,7 @@ async def test_the_list_shows_status_expiry_usage_and_last_use(
     await start(client, busy.secret)
     await start(client, busy.secret)
     revoked = await create_key(name="Gone")
-    await revoke_key(redis, revoked.id)
+    await revoke_key(redis, revoked.id, actor=Actor.system())
     expired = await create_key(name="Old", expires_at=datetime(2020, 1, 1, tzinfo=UTC))
 
     html = (await admin_client.get(KEYS)).text

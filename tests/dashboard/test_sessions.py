@@ -15,6 +15,7 @@ from litestar import Litestar
 from tests.factories import PASSWORD, post_form, serving, sign_in
 from web.app import create_app
 from web.domain import clock, users
+from web.domain.actors import Actor
 from web.domain.tables import User
 from web.settings import get_settings
 
@@ -55,7 +56,7 @@ async def session_keys(redis: ArqRedis) -> list[bytes]:
 async def test_a_session_id_chosen_by_the_client_never_becomes_a_signed_in_session(
     app: Litestar, client: httpx.AsyncClient
 ) -> None:
-    await users.create_user("ana@example.com", PASSWORD, "admin")
+    await users.create_user("ana@example.com", PASSWORD, "admin", actor=Actor.system())
     for planted in ("x", secrets.token_hex(32)):
         token = await anonymous_csrf(app)
         form = {"_csrf_token": token, "email": "ana@example.com", "password": PASSWORD}
@@ -88,8 +89,8 @@ async def test_an_id_the_server_never_issued_is_ignored_and_stores_nothing(
 async def test_signing_in_again_ends_the_previous_session(
     app: Litestar, client: httpx.AsyncClient
 ) -> None:
-    await users.create_user("ana@example.com", PASSWORD, "admin")
-    await users.create_user("bob@example.com", PASSWORD, "reviewer")
+    await users.create_user("ana@example.com", PASSWORD, "admin", actor=Actor.system())
+    await users.create_user("bob@example.com", PASSWORD, "reviewer", actor=Actor.system())
     first = (await sign_in(client, "ana@example.com")).cookies[SESSION]
 
     second = (await sign_in(client, "bob@example.com")).cookies[SESSION]
@@ -103,7 +104,7 @@ async def test_signing_in_again_ends_the_previous_session(
 async def test_a_role_change_gives_the_users_session_a_new_id(
     app: Litestar, admin_client: httpx.AsyncClient
 ) -> None:
-    await users.create_user("rita@example.com", PASSWORD, "reviewer")
+    await users.create_user("rita@example.com", PASSWORD, "reviewer", actor=Actor.system())
     async with fresh_browser(app) as rita:
         old = (await sign_in(rita, "rita@example.com")).cookies[SESSION]
         assert (await rita.get("/dashboard/keys")).status_code == 403
@@ -131,7 +132,7 @@ async def test_anonymous_visits_create_no_session_and_sign_in_creates_one(
         assert (await client.get("/dashboard/login")).status_code == 200
     assert await redis.keys("*") == []
 
-    await users.create_user("ana@example.com", PASSWORD, "reviewer")
+    await users.create_user("ana@example.com", PASSWORD, "reviewer", actor=Actor.system())
     await sign_in(client, "ana@example.com")
     assert len(await session_keys(redis)) == 1
     await post_form(client, "/dashboard/logout")
@@ -140,7 +141,7 @@ async def test_anonymous_visits_create_no_session_and_sign_in_creates_one(
 
 async def test_a_session_ends_at_its_absolute_lifetime_however_active(redis: ArqRedis) -> None:
     app = create_app(dataclasses.replace(get_settings(), session_max_age_seconds=3600))
-    await users.create_user("ana@example.com", PASSWORD, "reviewer")
+    await users.create_user("ana@example.com", PASSWORD, "reviewer", actor=Actor.system())
     async with serving(app), fresh_browser(app) as browser:
         await sign_in(browser, "ana@example.com")
         for _ in range(5):  # in use all along: 55 minutes
@@ -178,7 +179,7 @@ async def test_a_csrf_pair_from_an_anonymous_visit_does_not_work_with_a_signed_i
 
 
 async def test_sign_in_replaces_the_anonymous_csrf_token(client: httpx.AsyncClient) -> None:
-    await users.create_user("ana@example.com", PASSWORD, "reviewer")
+    await users.create_user("ana@example.com", PASSWORD, "reviewer", actor=Actor.system())
     await client.get("/dashboard/login")
     before = client.cookies[CSRF]
 

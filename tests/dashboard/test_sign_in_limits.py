@@ -15,6 +15,7 @@ from tests.factories import PASSWORD, csrf_token, post_form, serving
 from tests.live_server import LiveServer
 from web.app import create_app
 from web.domain import users
+from web.domain.actors import Actor
 from web.settings import get_settings
 
 
@@ -27,7 +28,7 @@ def browser_from(app: Litestar, ip: str) -> httpx.AsyncClient:
 
 async def test_sign_ins_from_one_address_are_throttled(redis: object) -> None:
     app = create_app(dataclasses.replace(get_settings(), sign_in_attempts_per_minute=5))
-    await users.create_user("ana@example.com", PASSWORD, "reviewer")
+    await users.create_user("ana@example.com", PASSWORD, "reviewer", actor=Actor.system())
     async with serving(app), browser_from(app, "10.0.0.1") as attacker:
         for index in range(5):  # a different email each time: the per-email lockout never sees it
             wrong = await post_form(
@@ -57,7 +58,7 @@ async def test_sign_ins_from_one_address_are_throttled(redis: object) -> None:
 async def test_parallel_wrong_passwords_are_counted_before_they_are_checked(
     client: httpx.AsyncClient,
 ) -> None:
-    await users.create_user("ana@example.com", PASSWORD, "reviewer")
+    await users.create_user("ana@example.com", PASSWORD, "reviewer", actor=Actor.system())
     token = await csrf_token(client)
 
     async def guess(index: int) -> int:

@@ -36,6 +36,9 @@ def test_every_job_name_in_the_queue_is_registered_in_the_worker() -> None:
     # Each job is served by the loop of the queue its enqueue helper uses.
     assert registered[queue.RUN_EXECUTION] == queue.RUN_QUEUE
     assert registered[queue.DELIVER_WEBHOOK] == queue.WEBHOOK_QUEUE
+    # The purges are cron jobs of the runs' loop, registered under the queue's names.
+    crons = {job.name for job in WorkerSettings.cron_jobs}
+    assert {f"cron:{name}" for name in queue.CRON_JOB_NAMES} == crons
 
 
 async def _workflow(workflow_id: str, **step_settings: dict[str, object]) -> str:

@@ -22,6 +22,7 @@ from arq.constants import default_queue_name, job_key_prefix
 from tests.factories import create_key, execution_row, start
 from tests.receiver import Receiver
 from web.domain import queue, recovery, webhooks
+from web.domain.actors import Actor
 from web.domain.tables import WebhookAttempt, WebhookEvent
 from web.settings import get_settings
 
@@ -147,7 +148,9 @@ async def test_every_delivery_is_queued_on_the_deliveries_own_queue(
     assert event is not None and event["status"] == "delivered"
     job_id = queue.webhook_job_id(event["id"])
 
-    await webhooks.redeliver_event(redis, event["id"])  # the dashboard's and the CLI's
+    await webhooks.redeliver_event(
+        redis, event["id"], actor=Actor.system()
+    )  # the dashboard's and the CLI's
     assert await redis.zscore(queue.WEBHOOK_QUEUE, job_id) is not None
     assert await redis.zscore(default_queue_name, job_id) is None
 

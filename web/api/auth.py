@@ -19,6 +19,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from web.domain import api_keys, limits, metrics, workflows
+from web.domain.actors import Actor
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Forbidden, TooManyRequests, Unauthorized
 from web.domain.script_client import ScriptClient
@@ -31,6 +32,18 @@ Connection = ASGIConnection[Any, Any, Any, Any]
 
 def client_ip(connection: Connection) -> str:
     return connection.client.host if connection.client else "unknown"
+
+
+def actor_of(connection: Connection) -> Actor:
+    """The calling key as the audit trail names it, with the client's address and agent."""
+    key = api_key_of(connection)
+    return Actor.api_key(
+        key.id,
+        key.prefix,
+        key.name,
+        ip=client_ip(connection),
+        user_agent=connection.headers.get("user-agent"),
+    )
 
 
 async def require_api_key(connection: Connection, _: BaseRouteHandler) -> None:

@@ -371,7 +371,7 @@ class PublicExecutionsController(Controller):
         outcome = await approvals.approve_execution(
             auth.scripts_of(request),
             uid,
-            approvals.Approver.api_key(api_key.id, api_key.name),
+            approvals.Approver.api_key(auth.actor_of(request)),
             data.comment if data else None,
             api_key_id=api_key.id,
             once=await _once(request, HTTP_200_OK, _approved),
@@ -397,7 +397,7 @@ class PublicExecutionsController(Controller):
         await approvals.reject_execution(
             auth.scripts_of(request),
             uid,
-            approvals.Approver.api_key(api_key.id, api_key.name),
+            approvals.Approver.api_key(auth.actor_of(request)),
             data.comment if data else None,
             api_key_id=api_key.id,
             once=await _once(request, HTTP_200_OK, _rejected),
@@ -430,7 +430,7 @@ class PublicExecutionsController(Controller):
             uid,
             api_key.id,
             data.comment if data else None,
-            f"api_key:{api_key.name}",
+            auth.actor_of(request),
             once=await _once(request, HTTP_200_OK, _cancelled),
         )
         return _cancelled(uid)

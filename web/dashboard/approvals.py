@@ -19,7 +19,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.plugins.flash import flash
 from litestar.response import Template
 
-from web.dashboard.auth import back_to, current_user, is_htmx, page, require_user
+from web.dashboard.auth import actor_of, back_to, current_user, is_htmx, page, require_user
 from web.domain import approvals, executions, list_pages
 from web.domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
@@ -32,7 +32,7 @@ ROW_ERROR = "approvals_row_error"
 
 
 def _approver(request: Request[Any, Any, Any]) -> approvals.Approver:
-    return approvals.Approver.user(current_user(request))
+    return approvals.Approver.user(current_user(request), actor_of(request))
 
 
 def _review_context(

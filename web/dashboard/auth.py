@@ -18,6 +18,7 @@ from litestar.status_codes import HTTP_303_SEE_OTHER
 
 from web.dashboard import sessions
 from web.domain import metrics, users
+from web.domain.actors import Actor
 from web.domain.errors import TooManyRequests, Unauthorized
 from web.domain.users import SignedInUser
 from web.settings import Settings
@@ -63,6 +64,14 @@ async def require_admin(connection: Connection, _: BaseRouteHandler) -> None:
 def current_user(request: Request[Any, Any, Any]) -> SignedInUser:
     user: SignedInUser = request.state.user
     return user
+
+
+def actor_of(request: Request[Any, Any, Any]) -> Actor:
+    """The signed-in user as the audit trail names them, with their address and browser."""
+    user = current_user(request)
+    return Actor.user(
+        user.id, user.email, ip=client_ip(request), user_agent=request.headers.get("user-agent")
+    )
 
 
 def page(
@@ -111,6 +120,7 @@ class AuthController(Controller):
                 str(form.get("password", "")),
                 client_ip=client_ip(request),
                 attempts_per_minute=settings.sign_in_attempts_per_minute,
+                user_agent=request.headers.get("user-agent"),
             )
         except (Unauthorized, TooManyRequests) as exc:
             status = 429 if isinstance(exc, TooManyRequests) else 400

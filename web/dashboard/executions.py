@@ -12,13 +12,14 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
-from web.dashboard.auth import back_to, is_htmx, page, require_admin, require_user
+from web.dashboard.auth import actor_of, back_to, is_htmx, page, require_admin, require_user
 from web.domain import (
     api_keys,
     delivery_statuses,
     executions,
     list_pages,
     notifications,
+    timeline,
     webhooks,
     workflows,
 )
@@ -150,6 +151,7 @@ class ExecutionsController(Controller):
                 if delivery_statuses.tracked(detail.definition)
                 else None
             ),
+            timeline=await timeline.execution_timeline(detail),
         )
 
     @post("/{execution_id:uuid}/webhooks/{event_id:uuid}/redeliver", guards=[require_admin])
@@ -160,7 +162,7 @@ class ExecutionsController(Controller):
         event_id: FromPath[UUID],
         arq: NamedDependency[ArqRedis],
     ) -> Response[Any]:
-        await webhooks.redeliver_event(arq, event_id)
+        await webhooks.redeliver_event(arq, event_id, actor=actor_of(request))
         if is_htmx(request):
             return page(
                 request,

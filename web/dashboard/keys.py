@@ -19,7 +19,7 @@ from litestar.plugins.flash import flash
 from litestar.response import Template
 
 from web.dashboard import shown_once
-from web.dashboard.auth import back_to, page, require_admin, require_user
+from web.dashboard.auth import actor_of, back_to, page, require_admin, require_user
 from web.domain import api_keys, executions, workflows
 from web.domain.errors import Conflict, InvalidInput
 from web.domain.field_errors import FieldError
@@ -263,7 +263,9 @@ class KeysController(Controller):
         wants_secret = values["generate_secret"] and bool(values["webhook_url"])
         webhook_secret = api_keys.generate_webhook_secret() if wants_secret else None
         try:
-            new = await api_keys.create_key(_settings(values), webhook_secret=webhook_secret)
+            new = await api_keys.create_key(
+                _settings(values), actor=actor_of(request), webhook_secret=webhook_secret
+            )
         except InvalidInput as exc:
             return await self._form(request, settings, values, problem=exc)
         return _show_once(
@@ -341,7 +343,11 @@ class KeysController(Controller):
         values = _values_from_form(await request.form())
         try:
             new_secret = await api_keys.update_key(
-                arq, key_id, _settings(values), _secret_change(values["webhook_secret"])
+                arq,
+                key_id,
+                _settings(values),
+                _secret_change(values["webhook_secret"]),
+                actor=actor_of(request),
             )
         except Conflict as exc:  # revoked: read-only
             flash(request, exc.message, category="error")
@@ -360,7 +366,7 @@ class KeysController(Controller):
         key_id: FromPath[UUID],
         arq: NamedDependency[ArqRedis],
     ) -> Response[Any]:
-        await api_keys.revoke_key(arq, key_id)
+        await api_keys.revoke_key(arq, key_id, actor=actor_of(request))
         flash(request, "API key revoked: it answers 403 from now on", category="success")
         return back_to(request, f"{BASE}/{key_id}")
 
@@ -374,7 +380,9 @@ class KeysController(Controller):
         form = await request.form()
         try:
             hours = _number(_text(form, "grace_hours"), "grace_hours", "Grace period")
-            rotated = await api_keys.rotate_key(arq, key_id, api_keys.rotation_grace(hours))
+            rotated = await api_keys.rotate_key(
+                arq, key_id, api_keys.rotation_grace(hours), actor=actor_of(request)
+            )
         except (InvalidInput, Conflict) as exc:
             flash(request, exc.message, category="error")
             return back_to(request, f"{BASE}/{key_id}#rotate")

@@ -6,6 +6,7 @@ from litestar import Router, get
 from litestar.response import Redirect
 
 from web.dashboard.approvals import ApprovalsController
+from web.dashboard.audit import AuditController
 from web.dashboard.auth import AuthController
 from web.dashboard.executions import ExecutionsController
 from web.dashboard.keys import KeysController
@@ -32,6 +33,7 @@ def dashboard_router() -> Router:
             WorkflowsController,
             UsersController,
             SuppressionsController,
+            AuditController,
         ],
         include_in_schema=False,
         after_request=after_request,

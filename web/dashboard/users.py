@@ -14,7 +14,14 @@ from litestar.plugins.flash import flash
 from litestar.response import Template
 
 from web.dashboard import shown_once
-from web.dashboard.auth import back_to, current_user, is_htmx, page, require_admin, require_user
+from web.dashboard.auth import (
+    actor_of,
+    back_to,
+    is_htmx,
+    page,
+    require_admin,
+    require_user,
+)
 from web.domain import users
 from web.domain.errors import DomainError
 from web.domain.field_errors import field_of
@@ -41,7 +48,7 @@ class UsersController(Controller):
         form = await request.form()
         email, role = str(form.get("email", "")).strip(), str(form.get("role", ""))
         try:
-            user, password = await users.invite_user(email, role)
+            user, password = await users.invite_user(email, role, actor=actor_of(request))
         except DomainError as exc:  # invalid email or role, or the email is taken (409)
             field = field_of(exc)
             return page(
@@ -94,7 +101,7 @@ class UsersController(Controller):
     ) -> Response[Any]:
         role = str((await request.form()).get("role", ""))
         try:
-            await users.change_role(current_user(request), user_id, role)
+            await users.change_role(actor_of(request), user_id, role)
         except DomainError as exc:
             return await self._changed(request, user_id, "", exc)
         return await self._changed(request, user_id, f"Role changed to {role}", None)
@@ -116,7 +123,7 @@ class UsersController(Controller):
         self, request: Request[Any, Any, Any], user_id: FromPath[UUID]
     ) -> Response[Any]:
         try:
-            await users.change_active(request.app.state.arq, current_user(request), user_id, False)
+            await users.change_active(request.app.state.arq, actor_of(request), user_id, False)
         except DomainError as exc:
             return await self._changed(request, user_id, "", exc)
         return await self._changed(request, user_id, "User deactivated and signed out", None)
@@ -125,5 +132,5 @@ class UsersController(Controller):
     async def reactivate(
         self, request: Request[Any, Any, Any], user_id: FromPath[UUID]
     ) -> Response[Any]:
-        await users.change_active(request.app.state.arq, current_user(request), user_id, True)
+        await users.change_active(request.app.state.arq, actor_of(request), user_id, True)
         return await self._changed(request, user_id, "User reactivated", None)

@@ -10,7 +10,7 @@ from litestar.params import FromPath
 from litestar.plugins.flash import flash
 from litestar.response import Template
 
-from web.dashboard.auth import back_to, is_htmx, page, require_admin, require_user
+from web.dashboard.auth import actor_of, back_to, is_htmx, page, require_admin, require_user
 from web.domain import workflows
 
 BASE = "/dashboard/workflows"
@@ -38,9 +38,9 @@ class WorkflowsController(Controller):
         self, request: Request[Any, Any, Any], workflow_id: str, active: bool
     ) -> Response[Any]:
         if active:
-            await workflows.activate_workflow(workflow_id)
+            await workflows.activate_workflow(workflow_id, actor=actor_of(request))
         else:
-            await workflows.deactivate_workflow(workflow_id)
+            await workflows.deactivate_workflow(workflow_id, actor=actor_of(request))
         if is_htmx(request):
             workflow = await workflows.get_workflow_with_counts(workflow_id)
             return page(request, "workflows/_row.html", workflow=workflow)

@@ -24,7 +24,8 @@ from uuid import UUID
 import msgspec
 from redis.asyncio import Redis
 
-from web.domain import clock, key_versions, limits, webhooks
+from web.domain import audit, clock, key_versions, limits, pool, webhooks
+from web.domain.actors import Actor
 from web.domain.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from web.domain.field_errors import FieldError
 from web.domain.script_client import ScriptClient
@@ -55,6 +56,7 @@ class AuthenticatedKey:
     allowed_workflows: tuple[str, ...]
     rate_limit_burst: int | None = None
     rate_limit_refill_per_second: float | None = None
+    prefix: str = ""  # the secret's first 8 characters: how the audit trail names the key
     # Served from this process's cache: the (Redis key, version) the rate limiter checks, so a
     # change of the key made anywhere is seen on the next request (web.domain.key_versions).
     cached_version: tuple[str, str] | None = None
@@ -163,6 +165,7 @@ async def authenticate(
         await ApiKey.select(
             ApiKey.id,
             ApiKey.name,
+            ApiKey.prefix,
             ApiKey.key_hash,
             ApiKey.previous_key_expires_at,
             ApiKey.active,
@@ -195,6 +198,7 @@ async def authenticate(
         allowed_workflows=tuple(row["allowed_workflows"] or ()),
         rate_limit_burst=row["rate_limit_burst"],
         rate_limit_refill_per_second=row["rate_limit_refill_per_second"],
+        prefix=row["prefix"],
     )
     if version is not None:
         # A previous secret stays cached no longer than its grace period.
@@ -311,9 +315,19 @@ def generate_webhook_secret() -> str:
     return WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
-async def create_key(settings: KeySettings, *, webhook_secret: str | None = None) -> NewKey:
-    """Check the settings and store a new key; its secret is in the answer only (shown once).
-    FieldError for a setting with a problem."""
+def _audited(values: dict[str, Any]) -> dict[str, Any]:
+    """A key's settings as its audit entries show them: never a hash or a secret."""
+    shown = {k: v for k, v in values.items() if k not in ("key_hash", "previous_key_hash")}
+    if "webhook_secret" in shown:
+        shown["webhook_secret"] = "set" if shown["webhook_secret"] else None
+    return shown
+
+
+async def create_key(
+    settings: KeySettings, *, actor: Actor, webhook_secret: str | None = None
+) -> NewKey:
+    """Check the settings and store a new key with its `key.created` entry; its secret is in
+    the answer only (shown once). FieldError for a setting with a problem."""
     checked = await check_settings(settings)
     secret = secrets.token_hex(32)
     key = ApiKey(
@@ -322,7 +336,10 @@ async def create_key(settings: KeySettings, *, webhook_secret: str | None = None
         prefix=secret[:8],
         webhook_secret=webhook_secret or None,
     )
-    await key.save()
+    async with pool.engine().transaction():
+        await key.save()
+        after = {**_stored(checked), "prefix": key.prefix, "webhook_secret": webhook_secret}
+        await audit.record(actor, "key.created", "api_key", key.id, after=_audited(after))
     return NewKey(
         id=key.id,
         name=checked.name,
@@ -342,16 +359,28 @@ async def list_keys() -> list[KeyView]:
     return await list_keys_with_usage()
 
 
-async def revoke_key(redis: ScriptClient | Redis, key_id: UUID) -> None:
+async def revoke_key(redis: ScriptClient | Redis, key_id: UUID, *, actor: Actor) -> None:
     """Deactivate a key for good, refused on the next request by every web process; NotFound
-    for an unknown id. Revoking twice is harmless."""
-    updated = (
-        await ApiKey.update({ApiKey.active: False, ApiKey.revoked_at: clock.now()})
-        .where(ApiKey.id == key_id)
-        .returning(ApiKey.key_hash, ApiKey.previous_key_hash)
-    )
-    if not updated:
-        raise NotFound("API key not found")
+    for an unknown id (and no audit entry). Revoking twice is harmless."""
+    async with pool.engine().transaction():
+        updated = await ApiKey.raw(
+            "UPDATE api_key AS k SET active = false, revoked_at = {} "
+            "FROM (SELECT id, active, prefix FROM api_key WHERE id = {} FOR UPDATE) AS old "
+            "WHERE k.id = old.id "
+            "RETURNING k.key_hash, k.previous_key_hash, old.active AS was_active, old.prefix",
+            clock.now(),
+            key_id,
+        )
+        if not updated:
+            raise NotFound("API key not found")
+        await audit.record(
+            actor,
+            "key.revoked",
+            "api_key",
+            key_id,
+            before={"active": updated[0]["was_active"], "prefix": updated[0]["prefix"]},
+            after={"active": False},
+        )
     await _changed(redis, updated[0]["key_hash"], updated[0]["previous_key_hash"])
 
 
@@ -482,6 +511,8 @@ async def update_key(
     key_id: UUID,
     settings: KeySettings,
     webhook_secret: SecretChange = SecretChange.KEEP,
+    *,
+    actor: Actor,
 ) -> str | None:
     """Replace the key's settings (checked as `create_key` checks them). Returns the new webhook
     secret when one was generated (to show once), else None. NotFound for an unknown id,
@@ -492,15 +523,35 @@ async def update_key(
     new_secret = generate_webhook_secret() if webhook_secret is SecretChange.GENERATE else None
     if webhook_secret is not SecretChange.KEEP:
         values["webhook_secret"] = new_secret
-    updated = (
-        await ApiKey.update(**values)
-        .where(ApiKey.id == key_id, ApiKey.active.eq(True))
-        .returning(ApiKey.key_hash, ApiKey.previous_key_hash)
-    )
-    if not updated:
-        if await ApiKey.exists().where(ApiKey.id == key_id):
-            raise Conflict(REVOKED_READ_ONLY)
-        raise NotFound("API key not found")
+    async with pool.engine().transaction():
+        old = (
+            await ApiKey.select(*(ApiKey._meta.get_column_by_name(c) for c in _SETTINGS_COLUMNS))
+            .where(ApiKey.id == key_id)
+            .lock_rows("UPDATE")
+            .first()
+        )
+        updated = (
+            await ApiKey.update(**values)
+            .where(ApiKey.id == key_id, ApiKey.active.eq(True))
+            .returning(ApiKey.key_hash, ApiKey.previous_key_hash)
+        )
+        if not updated or old is None:
+            if old is not None:
+                raise Conflict(REVOKED_READ_ONLY)
+            raise NotFound("API key not found")
+        before = _audited(dict(old))
+        after = _audited(values)
+        if webhook_secret is SecretChange.GENERATE:
+            after["webhook_secret"] = "new"  # noqa: S105 (a label: a new secret replaces any old one)
+        changed = [k for k in after if before.get(k) != after[k]]
+        await audit.record(
+            actor,
+            "key.updated",
+            "api_key",
+            key_id,
+            before={k: before.get(k) for k in changed},
+            after={k: after[k] for k in changed},
+        )
     await _changed(redis, updated[0]["key_hash"], updated[0]["previous_key_hash"])
     return new_secret
 
@@ -516,6 +567,13 @@ class RotatedKey:
     previous_valid_until: datetime
 
 
+# The columns `update_key` may change, read before it does for the audit entry's `before`.
+_SETTINGS_COLUMNS = (
+    *KeySettings.__struct_fields__,
+    "webhook_secret",
+)
+
+
 def rotation_grace(hours: float | None) -> timedelta:
     """A grace period given in hours (None: the default, 24 h); InvalidInput out of range."""
     if hours is None:
@@ -526,7 +584,11 @@ def rotation_grace(hours: float | None) -> timedelta:
 
 
 async def rotate_key(
-    redis: ScriptClient | Redis, key_id: UUID, grace: timedelta = DEFAULT_ROTATION_GRACE
+    redis: ScriptClient | Redis,
+    key_id: UUID,
+    grace: timedelta = DEFAULT_ROTATION_GRACE,
+    *,
+    actor: Actor,
 ) -> RotatedKey:
     """Give the key a new secret; the current one keeps working for `grace` (0 to 30 days), then
     stops. A previous rotation's old secret, if still in its grace period, stops at once (one
@@ -535,22 +597,32 @@ async def rotate_key(
         raise InvalidInput(GRACE_OUT_OF_RANGE)
     secret = secrets.token_hex(32)
     until = clock.now() + grace
-    rows = await ApiKey.raw(
-        "UPDATE api_key AS k SET previous_key_hash = k.key_hash, previous_key_expires_at = {}, "
-        "  key_hash = {}, prefix = {} "
-        "FROM (SELECT id, key_hash, previous_key_hash FROM api_key WHERE id = {} FOR UPDATE) "
-        "  AS old "
-        "WHERE k.id = old.id AND k.active "
-        "RETURNING k.name, old.key_hash AS old_hash, old.previous_key_hash AS old_previous",
-        until,
-        hash_key(secret),
-        secret[:8],
-        key_id,
-    )
-    if not rows:
-        if await ApiKey.exists().where(ApiKey.id == key_id):
-            raise Conflict("A revoked API key cannot be rotated")
-        raise NotFound("API key not found")
+    async with pool.engine().transaction():
+        rows = await ApiKey.raw(
+            "UPDATE api_key AS k SET previous_key_hash = k.key_hash, "
+            "  previous_key_expires_at = {}, key_hash = {}, prefix = {} "
+            "FROM (SELECT id, key_hash, previous_key_hash, prefix FROM api_key WHERE id = {} "
+            "  FOR UPDATE) AS old "
+            "WHERE k.id = old.id AND k.active "
+            "RETURNING k.name, old.key_hash AS old_hash, old.previous_key_hash AS old_previous, "
+            "  old.prefix AS old_prefix",
+            until,
+            hash_key(secret),
+            secret[:8],
+            key_id,
+        )
+        if not rows:
+            if await ApiKey.exists().where(ApiKey.id == key_id):
+                raise Conflict("A revoked API key cannot be rotated")
+            raise NotFound("API key not found")
+        await audit.record(
+            actor,
+            "key.rotated",
+            "api_key",
+            key_id,
+            before={"prefix": rows[0]["old_prefix"]},
+            after={"prefix": secret[:8], "previous_valid_until": until},
+        )
     # The current secret is now cut off at `until`, a previous one at once.
     await _changed(redis, rows[0]["old_hash"], rows[0]["old_previous"])
     return RotatedKey(

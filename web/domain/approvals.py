@@ -15,13 +15,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
 import msgspec
 from redis.asyncio import Redis
 
 from web.domain import (
+    audit,
     clock,
     compliance,
     durations,
@@ -34,6 +35,7 @@ from web.domain import (
     queue,
     webhooks,
 )
+from web.domain.actors import Actor, ActorType
 from web.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
@@ -102,25 +104,33 @@ def approval_rules(definition: Definition) -> ApprovalRules:
 @dataclass(frozen=True)
 class Approver:
     """Who decides: a dashboard user (with their groups) or an API key (one approver, in no
-    group). `key` tells approvers apart (`user:<id>`, `api_key:<id>`); `label` is what the
-    rows and the execution record as decided_by / edited_by (an email, `api_key:<name>`)."""
+    group), as the audit trail's `actor`. `key` tells approvers apart (`user:<id>`,
+    `api_key:<id>`); `label` is what the rows and the execution record as decided_by /
+    edited_by (an email, `api_key:<name>`)."""
 
-    key: str
-    label: str
+    actor: Actor
     groups: tuple[str, ...] = ()
     is_admin: bool = False
 
     @classmethod
-    def user(cls, user: SignedInUser) -> Approver:
-        return cls(f"user:{user.id}", user.email, tuple(user.groups), user.is_admin)
+    def user(cls, user: SignedInUser, actor: Actor) -> Approver:
+        return cls(actor, tuple(user.groups), user.is_admin)
 
     @classmethod
-    def api_key(cls, key_id: UUID, name: str) -> Approver:
-        return cls(f"api_key:{key_id}", f"api_key:{name}")
+    def api_key(cls, actor: Actor) -> Approver:
+        return cls(actor)
+
+    @property
+    def key(self) -> str:
+        return f"{self.actor.type}:{self.actor.id}"
+
+    @property
+    def label(self) -> str:
+        return self.actor.decided_by
 
     @property
     def is_api_key(self) -> bool:
-        return self.key.startswith("api_key:")
+        return self.actor.type is ActorType.API_KEY
 
     def may_decide(self, rules: ApprovalRules) -> bool:
         if not rules.approver_groups or self.is_admin:
@@ -240,7 +250,7 @@ async def reject_execution(
     rules = approval_rules(await _definition(execution_id, api_key_id))
     _check_comment(rules, comment)
     check_may_decide(rules, approver)
-    for event_id in await _reject(execution_id, comment, approver.label, once):
+    for event_id in await _reject(execution_id, comment, approver.actor, once):
         await queue.enqueue_webhook(redis, event_id)  # after the commit
     await metrics.approval_decided(execution_id, "rejected")
 
@@ -298,8 +308,9 @@ async def _approve(
                 f"{rules.required_approvals} approvals): another approver must approve it"
             )
         outcome = ApprovalOutcome(execution_id, len(earlier) + 1, rules.required_approvals)
+        chosen: list[dict[str, Any]] = []
         if choices:
-            await _apply_choices(execution_id, choices, approver.label, waiting.definition)
+            chosen = await _apply_choices(execution_id, choices, approver.label, waiting.definition)
         if outcome.final and not rules.allow_self_approval:
             await _refuse_self_approval(execution_id, approver)
         await ApprovalSubmission.insert(
@@ -310,7 +321,30 @@ async def _approve(
                 comment=comment,
             )
         )
-        resume = await _resume(execution_id, comment, approver.label) if outcome.final else None
+        resume, by_default = None, 0
+        if outcome.final:
+            resume, by_default = await _resume(execution_id, comment, approver.label)
+        await audit.record(
+            approver.actor,
+            "execution.approved",
+            "execution",
+            execution_id,
+            execution_id=execution_id,
+            before={
+                "status": "pending_approval",
+                "approvalStatus": "pending",
+                "approvalsReceived": outcome.received - 1,
+            },
+            after={
+                "status": "running" if outcome.final else "pending_approval",
+                "approvalStatus": "approved" if outcome.final else "pending",
+                "approvalsReceived": outcome.received,
+                "approvalsRequired": outcome.required,
+                "rowsApprovedUndecided": by_default,
+                "rows": chosen,
+            },
+            comment=comment,
+        )
         await idempotency.finish(transaction.connection, once, outcome)
     return outcome, resume
 
@@ -329,8 +363,11 @@ async def _refuse_self_approval(execution_id: UUID, approver: Approver) -> None:
         )
 
 
-async def _resume(execution_id: UUID, comment: str | None, decided_by: str) -> tuple[int, int]:
-    """The last approval: the execution runs on, every undecided row approved."""
+async def _resume(
+    execution_id: UUID, comment: str | None, decided_by: str
+) -> tuple[tuple[int, int], int]:
+    """The last approval: the execution runs on, every undecided row approved. Returns the step
+    index the run resumes at with its run attempt, and how many rows were approved by default."""
     rows = await Execution.raw(
         "UPDATE execution SET status = 'running', approval_status = 'approved', "
         "  approval_comment = {}, approval_decided_by = {}, approval_decided_at = now(), "
@@ -340,11 +377,12 @@ async def _resume(execution_id: UUID, comment: str | None, decided_by: str) -> t
         decided_by,
         execution_id,
     )
-    await ExecutionRow.raw(
-        "UPDATE execution_row SET decision = 'approved' WHERE execution = {} AND decision IS NULL",
+    by_default = await ExecutionRow.raw(
+        "UPDATE execution_row SET decision = 'approved' "
+        "WHERE execution = {} AND decision IS NULL RETURNING id",
         execution_id,
     )
-    return int(rows[0]["current_step"]), int(rows[0]["run_attempt"])
+    return (int(rows[0]["current_step"]), int(rows[0]["run_attempt"])), len(by_default)
 
 
 class ApprovalProgress(ReadModel, frozen=True):
@@ -374,15 +412,25 @@ REJECT_SQL = _REJECT + executions.EVENT_COLUMNS
 
 
 async def _reject(
-    execution_id: UUID, comment: str | None, decided_by: str, once: idempotency.Once[UUID] | None
+    execution_id: UUID, comment: str | None, actor: Actor, once: idempotency.Once[UUID] | None
 ) -> list[UUID]:
     """Reject and stop: `cancelled`, approvalStatus `rejected`, every row `rejected`, and the
     `execution.cancelled` webhook event recorded; returns the events to queue now."""
     async with pool.engine().transaction() as transaction:
         await idempotency.begin(transaction.connection, once)
         await _lock_waiting(execution_id)
-        rows = await Execution.raw(REJECT_SQL, comment, decided_by, execution_id)
+        rows = await Execution.raw(REJECT_SQL, comment, actor.decided_by, execution_id)
         events, output = await _end_rows(execution_id, rows[0], REJECTED_REASON)
+        await audit.record(
+            actor,
+            "execution.rejected",
+            "execution",
+            execution_id,
+            execution_id=execution_id,
+            before={"status": "pending_approval", "approvalStatus": "pending"},
+            after={"status": "cancelled", "approvalStatus": "rejected"},
+            comment=comment,
+        )
         await idempotency.finish(transaction.connection, once, execution_id)
     metrics.execution_ended(rows[0], output)  # after the commit
     return events
@@ -500,7 +548,16 @@ async def time_out(execution_id: UUID, *, smtp: bool) -> Queued | float | None:
             execution_id,
         )
         events, output = await _end_rows(execution_id, rows[0], reason)
-        # audit: execution.timed_out
+        await audit.record(
+            Actor.system(),
+            "execution.timed_out",
+            "execution",
+            execution_id,
+            execution_id=execution_id,
+            before={"status": "pending_approval", "approvalStatus": "pending"},
+            after={"status": "cancelled", "approvalStatus": "rejected", "error": reason},
+            comment=reason,
+        )
         sent = await notifications.record(
             execution_id, overdue.definition, notifications.Kind.TIMED_OUT, smtp=smtp
         )
@@ -622,18 +679,27 @@ def _resolve(
 
 async def _apply_choices(
     execution_id: UUID, choices: Sequence[RowChoice], decided_by: str, definition: Definition
-) -> None:
-    """Inside the approval's transaction: every choice, or (InvalidInput) none of them."""
+) -> list[dict[str, Any]]:
+    """Inside the approval's transaction: every choice, or (InvalidInput) none of them; what
+    each did, for the audit entry (an edit with its original and new text)."""
     stored = await ExecutionRow.raw(
         "SELECT id, position, data, generated_content, original_content FROM execution_row "
         "WHERE execution = {} ORDER BY position FOR UPDATE",
         execution_id,
     )
     rules = step_settings(definition, "compliance_check")
+    done = []
     for choice, row in _resolve(choices, [from_row(r, _ChoosableRow) for r in stored]):
+        entry: dict[str, Any] = {"index": row.position, "decision": str(choice.decision)}
+        if choice.reason is not None:
+            entry["reason"] = choice.reason
         if choice.content is not None:
             await _save_edit(row, choice.content.strip(), decided_by, rules)
+            entry["original"] = row.generated_content
+            entry["content"] = choice.content.strip()
         await _save_decision(row.id, choice.decision, decided_by, choice.reason)
+        done.append(entry)
+    return done
 
 
 async def _save_decision(
@@ -912,6 +978,15 @@ async def decide_row(
                 f"{who} changed this row meanwhile (it is now {current.decision or 'undecided'})"
             )
         await _save_decision(row_id, checked, decided_by)
+        await audit.record(
+            approver.actor,
+            f"row.{checked}",
+            "execution_row",
+            row_id,
+            execution_id=execution_id,
+            before={"index": current.position, "decision": current.decision},
+            after={"index": current.position, "decision": str(checked)},
+        )
     return await _row(execution_id, row_id)
 
 
@@ -932,6 +1007,14 @@ async def decide_all_rows(execution_id: UUID, decision: str, approver: Approver)
             decided_by,
             execution_id,
         )
+        await audit.record(
+            approver.actor,
+            f"row.{checked}",
+            "execution",
+            execution_id,
+            execution_id=execution_id,
+            after={"decision": str(checked), "rows": len(rows), "bulk": True},
+        )
     return len(rows)
 
 
@@ -949,5 +1032,14 @@ async def edit_row(execution_id: UUID, row_id: UUID, content: str, approver: App
         row = await _row(execution_id, row_id)
         await _save_edit(
             row, content, approver.label, step_settings(execution.definition, "compliance_check")
+        )
+        await audit.record(
+            approver.actor,
+            "row.edited",
+            "execution_row",
+            row_id,
+            execution_id=execution_id,
+            before={"index": row.position, "content": row.generated_content},
+            after={"index": row.position, "content": content},
         )
     return await _row(execution_id, row_id)

@@ -18,7 +18,8 @@ import msgspec
 from asyncpg.exceptions import CheckViolationError
 from redis.asyncio import Redis
 
-from web.domain import clock, idempotency, limits, list_pages, metrics, pool, queue, webhooks
+from web.domain import audit, clock, idempotency, limits, list_pages, metrics, pool, queue, webhooks
+from web.domain.actors import Actor
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
@@ -558,7 +559,7 @@ async def cancel_execution(
     execution_id: UUID,
     api_key_id: UUID,
     comment: str | None,
-    decided_by: str,
+    actor: Actor,
     *,
     once: idempotency.Once[UUID] | None = None,
 ) -> None:
@@ -572,13 +573,23 @@ async def cancel_execution(
         raise InvalidInput("comment contains a NUL character (\\u0000)")
     async with pool.engine().transaction() as transaction:
         await idempotency.begin(transaction.connection, once)
-        rows = await Execution.raw(CANCEL_SQL, decided_by, comment, execution_id, api_key_id)
+        rows = await Execution.raw(CANCEL_SQL, actor.decided_by, comment, execution_id, api_key_id)
         if not rows:
             current = await get_for_key(execution_id, api_key_id)  # NotFound if not this key's
             raise Conflict(f"Execution is already {current.status}: it cannot be cancelled")
         worked_on = bool(rows[0]["worked_on"])
         output = await _settle_cancelled_rows(execution_id, in_flight_too=not worked_on)
         events = await record_event(webhooks.CANCELLED, rows[0])
+        await audit.record(
+            actor,
+            "execution.cancelled",
+            "execution",
+            execution_id,
+            execution_id=execution_id,
+            before={"status": rows[0]["previous_status"]},
+            after={"status": "cancelled"},
+            comment=comment,
+        )
         await idempotency.finish(transaction.connection, once, execution_id)
     # A worker running it writes the final results itself (finish_cancelled counts those rows).
     metrics.execution_ended(rows[0], output=None if worked_on else output)
@@ -597,11 +608,11 @@ _CANCEL = (
     "  approval_decided_at = CASE WHEN e.approval_status = 'pending' THEN now() "
     "    ELSE e.approval_decided_at END, "
     "  approval_comment = COALESCE({}, e.approval_comment) "
-    "FROM (SELECT id, lease_expires_at > now() AS live FROM execution WHERE id = {} FOR UPDATE) "
-    "  AS before "
+    "FROM (SELECT id, status, lease_expires_at > now() AS live FROM execution WHERE id = {} "
+    "  FOR UPDATE) AS before "
     "WHERE e.id = before.id AND e.api_key = {} "
     "  AND e.status IN ('pending', 'running', 'pending_approval') "
-    "RETURNING COALESCE(before.live, false) AS worked_on, "
+    "RETURNING COALESCE(before.live, false) AS worked_on, before.status AS previous_status, "
 )
 CANCEL_SQL = _CANCEL + EVENT_COLUMNS
 

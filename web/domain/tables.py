@@ -7,6 +7,7 @@ from piccolo.columns import (
     JSONB,
     UUID,
     Array,
+    BigInt,
     Boolean,
     ForeignKey,
     Integer,
@@ -117,6 +118,10 @@ class Execution(Table, tablename="execution"):
     # The approval step's `timeout` counted from entering pending_approval: at this moment the
     # execution ends cancelled (web.domain.approvals.time_out). NULL: no deadline.
     approval_deadline = Timestamptz(null=True, default=None)
+    # The delivery counts last told in an `execution.delivery_updated` webhook, and when: the
+    # event goes out at most once per FLOWGATE_DELIVERY_WEBHOOK_INTERVAL_SECONDS per execution.
+    delivery_notified_counts = JSONB(null=True, default=None)
+    delivery_notified_at = Timestamptz(null=True, default=None)
 
 
 class ApprovalSubmission(Table, tablename="approval_submission"):
@@ -158,10 +163,6 @@ class NotificationAttempt(Table, tablename="notification_attempt"):
     error = Text(null=True, default=None)
     duration_ms = Integer(default=0)
     created_at = Timestamptz(default=TimestamptzNow())
-    # The delivery counts last told in an `execution.delivery_updated` webhook, and when: the
-    # event goes out at most once per FLOWGATE_DELIVERY_WEBHOOK_INTERVAL_SECONDS per execution.
-    delivery_notified_counts = JSONB(null=True, default=None)
-    delivery_notified_at = Timestamptz(null=True, default=None)
 
 
 class ExecutionRow(Table, tablename="execution_row"):
@@ -292,4 +293,47 @@ class Suppression(Table, tablename="suppression"):
     phone = Varchar(length=16, unique=True, index=True)
     reason = Text(null=True, default=None)
     source = Varchar(length=16)  # inbound, cli, dashboard, import
+
+
+class AuditEntry(Table, tablename="audit_entry"):
+    """One decision or administrative act (web.domain.audit). Append-only: a trigger refuses
+    UPDATE, DELETE and TRUNCATE, except the retention purge's DELETE. `id` is gapless (taken
+    from audit_head under its lock), `hash` chains each entry to the one before."""
+
+    id = BigInt(primary_key=True)
+    at = Timestamptz(index=True)
+    actor_type = Varchar(length=16)
+    actor = Varchar(length=320, index=True)  # an email, key:<prefix>, cli or system
+    actor_id = Varchar(length=200, null=True, default=None)  # the user's or key's id
+    action = Varchar(length=64, index=True)
+    target_type = Varchar(length=32, null=True, default=None)
+    target_id = Varchar(length=200, null=True, default=None)
+    execution_id = UUID(null=True, default=None, index=True)
+    before = JSONB(null=True, default=None)
+    after = JSONB(null=True, default=None)
+    comment = Text(null=True, default=None)
+    ip = Varchar(length=64, null=True, default=None)
+    user_agent = Text(null=True, default=None)
+    prev_hash = Varchar(length=64)
+    hash = Varchar(length=64)
+
+
+class AuditHead(Table, tablename="audit_head"):
+    """The chain's head: one row (id 1), locked FOR UPDATE by every append, so appends are
+    serialised and the chain never forks."""
+
+    id = Integer(primary_key=True)
+    seq = BigInt(default=0)
+    hash = Varchar(length=64)
+
+
+class AuditCheckpoint(Table, tablename="audit_checkpoint"):
+    """Written by each batch of the retention purge: the last entry it deleted, so that
+    `flowgate audit verify` starts from there. Append-only like audit_entry."""
+
+    id = UUID(primary_key=True)
+    entry_id = BigInt()
+    entry_hash = Varchar(length=64)
+    entry_at = Timestamptz()
+    purged = Integer()
     created_at = Timestamptz(default=TimestamptzNow())

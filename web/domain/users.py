@@ -25,7 +25,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
 
-from web.domain import clock, pool
+from web.domain import audit, clock, pool
+from web.domain.actors import Actor
 from web.domain.errors import (
     Forbidden,
     NotFound,
@@ -126,9 +127,9 @@ def _check_role(role: str) -> Role:
         raise FieldError("role", "Role must be admin or reviewer") from None
 
 
-async def create_user(email: str, password: str, role: str) -> SignedInUser:
-    """A new active user; FieldError for a bad email, password or role, FieldConflict when the
-    email is taken."""
+async def create_user(email: str, password: str, role: str, *, actor: Actor) -> SignedInUser:
+    """A new active user, with its `user.invited` entry; FieldError for a bad email, password
+    or role, FieldConflict when the email is taken."""
     email = _check_email(email)
     checked_role = _check_role(role)
     password_hash = await _hash(_check_password(password))
@@ -137,6 +138,9 @@ async def create_user(email: str, password: str, role: str) -> SignedInUser:
             raise FieldConflict("email", f"A user with the email {email} already exists")
         user = User(email=email, password_hash=password_hash, role=checked_role)
         await user.save()
+        await audit.record(
+            actor, "user.invited", "user", user.id, after={"email": email, "role": checked_role}
+        )
     return SignedInUser(id=user.id, email=email, role=checked_role)
 
 
@@ -203,6 +207,7 @@ async def sign_in(
     *,
     client_ip: str | None = None,
     attempts_per_minute: int | None = None,
+    user_agent: str | None = None,
 ) -> SignedInUser:
     """The user, or Unauthorized (wrong email or password, inactive user), or TooManyRequests
     while the client IP has made more than `attempts_per_minute` attempts this minute (when
@@ -210,7 +215,11 @@ async def sign_in(
 
     Each attempt is counted before its password is checked, by an atomic INCR: any number of
     parallel guesses (across web processes too) get at most LOCKOUT_FAILURES checks in the
-    window; a correct password clears the email's count."""
+    window; a correct password clears the email's count.
+
+    Audited (`signin.succeeded`, `signin.failed`, and `signin.locked` once, when a lockout
+    starts), each with the client's IP and user agent; an attempt refused for its IP's rate
+    is not (that limit exists to keep floods out of everything, this trail included)."""
     email = email.strip().lower()
     if client_ip is not None and attempts_per_minute is not None:
         attempts, ttl = await _count_attempt(redis, _ip_key(client_ip), SIGN_IN_WINDOW_SECONDS)
@@ -222,6 +231,8 @@ async def sign_in(
     key = _lock_key(email)
     attempts, ttl = await _count_attempt(redis, key, LOCKOUT_SECONDS)
     if attempts > LOCKOUT_FAILURES:
+        if attempts == LOCKOUT_FAILURES + 1:
+            await _record_sign_in("signin.locked", None, email, client_ip, user_agent)
         raise TooManyRequests(
             f"Too many failed sign-ins for this email. Try again in {_in_minutes(ttl)}", ttl
         )
@@ -232,10 +243,35 @@ async def sign_in(
     )
     verified = await _verify(row["password_hash"] if row else _DUMMY_HASH, password)
     if not verified or row is None or not row["active"]:
+        user_id = None if row is None else row["id"]
+        await _record_sign_in("signin.failed", user_id, email, client_ip, user_agent)
         raise Unauthorized(BAD_LOGIN)  # the attempt stays counted
     await redis.delete(key)
-    await User.update({User.last_login_at: clock.now()}).where(User.id == row["id"])
+    async with pool.engine().transaction():
+        await User.update({User.last_login_at: clock.now()}).where(User.id == row["id"])
+        await _record_sign_in(
+            "signin.succeeded", row["id"], row["email"], client_ip, user_agent, in_transaction=True
+        )
     return SignedInUser(id=row["id"], email=row["email"], role=Role(row["role"]))
+
+
+async def _record_sign_in(
+    action: str,
+    user_id: UUID | None,
+    email: str,
+    client_ip: str | None,
+    user_agent: str | None,
+    *,
+    in_transaction: bool = False,
+) -> None:
+    """A sign-in's entry. The actor is the email as typed (a user's id only when it names
+    one), so failures for unknown emails are on record too."""
+    actor = Actor.user(user_id, email, ip=client_ip, user_agent=user_agent)
+    if in_transaction:
+        await audit.record(actor, action, "user", user_id)
+        return
+    async with pool.engine().transaction():
+        await audit.record(actor, action, "user", user_id)
 
 
 async def get_active_user(user_id: UUID) -> SignedInUser | None:
@@ -253,33 +289,17 @@ async def list_users() -> list[UserView]:
     return [_view(row) for row in await User.select(*_SHOWN).order_by(User.email)]
 
 
-async def set_role(user_id: UUID, role: str) -> None:
-    updated = (
-        await User.update({User.role: _check_role(role)})
-        .where(User.id == user_id)
-        .returning(User.id)
-    )
-    if not updated:
-        raise NotFound("User not found")
-
-
-async def set_active(user_id: UUID, active: bool) -> None:
-    updated = await User.update({User.active: active}).where(User.id == user_id).returning(User.id)
-    if not updated:
-        raise NotFound("User not found")
-
-
 # --- managing users from the dashboard ------------------------------------------------------
 
 CANNOT_DEMOTE_SELF = "You cannot change your own role: ask another admin to do it"
 CANNOT_DEACTIVATE_SELF = "You cannot deactivate yourself: ask another admin to do it"
 
 
-async def invite_user(email: str, role: str) -> tuple[SignedInUser, str]:
+async def invite_user(email: str, role: str, *, actor: Actor) -> tuple[SignedInUser, str]:
     """Create a user with a generated password; returns the user and the password (shown once,
     only its argon2 hash is stored)."""
     password = generate_password()
-    return await create_user(email, password, role), password
+    return await create_user(email, password, role, actor=actor), password
 
 
 async def get_user(user_id: UUID) -> UserView:
@@ -290,11 +310,33 @@ async def get_user(user_id: UUID) -> UserView:
     return _view(row)
 
 
-async def change_role(acting: SignedInUser, user_id: UUID, role: str) -> None:
-    """`set_role` on behalf of `acting`, who may not demote themselves (so an admin is left)."""
-    if user_id == acting.id and _check_role(role) != acting.role:
-        raise Forbidden(CANNOT_DEMOTE_SELF)
-    await set_role(user_id, role)
+async def _lock_user(user_id: UUID) -> dict[str, Any]:
+    """Inside a transaction: the user's role and active flag, locked; NotFound if unknown."""
+    rows = await User.raw(
+        "SELECT role, active FROM dashboard_user WHERE id = {} FOR UPDATE", user_id
+    )
+    if not rows:
+        raise NotFound("User not found")
+    return dict(rows[0])
+
+
+async def change_role(actor: Actor, user_id: UUID, role: str) -> None:
+    """Give a user another role, with its `user.role_changed` entry. The actor may not change
+    their own role (so an admin is always left); NotFound for an unknown user."""
+    checked = _check_role(role)
+    async with pool.engine().transaction():
+        old = await _lock_user(user_id)
+        if str(user_id) == actor.id and checked != old["role"]:
+            raise Forbidden(CANNOT_DEMOTE_SELF)
+        await User.update({User.role: checked}).where(User.id == user_id)
+        await audit.record(
+            actor,
+            "user.role_changed",
+            "user",
+            user_id,
+            before={"role": old["role"]},
+            after={"role": checked},
+        )
 
 
 _GROUP = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -342,11 +384,22 @@ async def session_is_current(redis: Redis, user_id: UUID, signed_in_at: float) -
     return ended is None or signed_in_at > float(ended)
 
 
-async def change_active(redis: Redis, acting: SignedInUser, user_id: UUID, active: bool) -> None:
-    """`set_active` on behalf of `acting`, who may not deactivate themselves. Deactivating
-    ends the user's sessions, so reactivating them later needs a new sign-in."""
-    if user_id == acting.id and not active:
+async def change_active(redis: Redis, actor: Actor, user_id: UUID, active: bool) -> None:
+    """Deactivate or reactivate a user, with its `user.deactivated`/`.reactivated` entry; the
+    actor may not deactivate themselves. Deactivating ends the user's sessions, so
+    reactivating them later needs a new sign-in. NotFound for an unknown user."""
+    if str(user_id) == actor.id and not active:
         raise Forbidden(CANNOT_DEACTIVATE_SELF)
-    await set_active(user_id, active)
+    async with pool.engine().transaction():
+        old = await _lock_user(user_id)
+        await User.update({User.active: active}).where(User.id == user_id)
+        await audit.record(
+            actor,
+            "user.reactivated" if active else "user.deactivated",
+            "user",
+            user_id,
+            before={"active": old["active"]},
+            after={"active": active},
+        )
     if not active:
         await end_sessions(redis, user_id)

@@ -23,7 +23,8 @@ from uuid import UUID
 
 from redis.asyncio import Redis
 
-from web.domain import addresses, clock, pool, queue
+from web.domain import addresses, audit, clock, pool, queue
+from web.domain.actors import Actor
 from web.domain.errors import InvalidInput, NotFound
 from web.domain.script_client import ScriptClient
 from web.domain.tables import ApiKey, Execution, WebhookAttempt, WebhookEvent
@@ -280,22 +281,28 @@ async def _next_pending(execution_id: UUID) -> UUID | None:
     return None if row is None else row["id"]
 
 
-async def redeliver_event(redis: ScriptClient | Redis, event_id: UUID) -> None:
+async def redeliver_event(redis: ScriptClient | Redis, event_id: UUID, *, actor: Actor) -> None:
     """Send an event again (same webhook-id, same body): a new cycle of attempts, queued
-    after the event is reset. NotFound for an unknown event."""
-    updated = (
-        await WebhookEvent.update(
-            {
-                WebhookEvent.status: "pending",
-                WebhookEvent.attempts: 0,
-                WebhookEvent.finished_at: None,
-            }
+    after the event is reset (and its `webhook.redelivered` entry committed). NotFound for an
+    unknown event."""
+    async with pool.engine().transaction():
+        updated = await WebhookEvent.raw(
+            "UPDATE webhook_event AS w SET status = 'pending', attempts = 0, finished_at = NULL "
+            "FROM (SELECT id, status FROM webhook_event WHERE id = {} FOR UPDATE) AS old "
+            "WHERE w.id = old.id RETURNING w.execution, w.event, old.status AS old_status",
+            event_id,
         )
-        .where(WebhookEvent.id == event_id)
-        .returning(WebhookEvent.id)
-    )
-    if not updated:
-        raise NotFound("Webhook event not found")
+        if not updated:
+            raise NotFound("Webhook event not found")
+        await audit.record(
+            actor,
+            "webhook.redelivered",
+            "webhook_event",
+            event_id,
+            execution_id=updated[0]["execution"],
+            before={"event": updated[0]["event"], "status": updated[0]["old_status"]},
+            after={"event": updated[0]["event"], "status": "pending"},
+        )
     await queue.enqueue_webhook(redis, event_id)
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import msgspec
 
-from web.domain import clock, pool
+from web.domain import audit, clock, pool
+from web.domain.actors import Actor
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.errors import Forbidden, NotFound
 from web.domain.statuses import ExecutionStatus
@@ -156,13 +157,38 @@ async def save_workflow(definition: Definition, *, replace: bool = True) -> bool
     return written
 
 
-async def import_workflow(definition: Definition) -> bool:
+async def import_workflow(definition: Definition, *, actor: Actor) -> bool:
     """Create or update a workflow from a definition (`flowgate workflows import`), checked
-    first; True when it was created, False when an existing one was replaced."""
+    first, with its `workflow.imported` entry (the stored workflow before, the new one after);
+    True when it was created, False when an existing one was replaced."""
     _check(definition)
     async with pool.engine().transaction():
+        old = await Workflow.select(*_AUDITED).where(Workflow.id == definition["id"]).first()
         _, existed = await _write(definition, replace=True)
+        new = await Workflow.select(*_AUDITED).where(Workflow.id == definition["id"]).first()
+        await audit.record(
+            actor,
+            "workflow.imported",
+            "workflow",
+            definition["id"],
+            before=None if old is None else _shown(old),
+            after=None if new is None else _shown(new),
+        )
     return not existed
+
+
+# A workflow's columns as its audit entries show them.
+_AUDITED = (
+    Workflow.name,
+    Workflow.description,
+    Workflow.active,
+    Workflow.required_fields,
+    Workflow.steps,
+)
+
+
+def _shown(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "steps": _json(row["steps"])}
 
 
 async def seed_workflows() -> bool:
@@ -170,23 +196,35 @@ async def seed_workflows() -> bool:
     return await save_workflow(bfsi_template(), replace=False)
 
 
-async def set_active(workflow_id: str, active: bool) -> None:
-    """Activate or deactivate a workflow; NotFound if unknown. Runs already started finish."""
-    updated = (
-        await Workflow.update({Workflow.active: active})
-        .where(Workflow.id == workflow_id)
-        .returning(Workflow.id)
-    )
-    if not updated:
-        raise NotFound("Workflow not found")
+async def set_active(workflow_id: str, active: bool, *, actor: Actor) -> None:
+    """Activate or deactivate a workflow, with its `workflow.activated`/`.deactivated` entry;
+    NotFound if unknown. Runs already started finish."""
+    async with pool.engine().transaction():
+        updated = await Workflow.raw(
+            "UPDATE workflow AS w SET active = {} "
+            "FROM (SELECT id, active FROM workflow WHERE id = {} FOR UPDATE) AS old "
+            "WHERE w.id = old.id RETURNING old.active AS was_active",
+            active,
+            workflow_id,
+        )
+        if not updated:
+            raise NotFound("Workflow not found")
+        await audit.record(
+            actor,
+            "workflow.activated" if active else "workflow.deactivated",
+            "workflow",
+            workflow_id,
+            before={"active": updated[0]["was_active"]},
+            after={"active": active},
+        )
 
 
-async def activate_workflow(workflow_id: str) -> None:
-    await set_active(workflow_id, True)
+async def activate_workflow(workflow_id: str, *, actor: Actor) -> None:
+    await set_active(workflow_id, True, actor=actor)
 
 
-async def deactivate_workflow(workflow_id: str) -> None:
-    await set_active(workflow_id, False)
+async def deactivate_workflow(workflow_id: str, *, actor: Actor) -> None:
+    await set_active(workflow_id, False, actor=actor)
 
 
 # --- reads -----------------------------------------------------------------------------------
