@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Coroutine
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -21,7 +21,7 @@ import msgspec
 os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
 
 from web import services
-from web.domain import api_keys, queue, users, webhooks, workflow_files, workflows
+from web.domain import api_keys, clock, queue, retention, users, webhooks, workflow_files, workflows
 from web.domain.errors import DomainError
 from web.settings import SettingsError, apply_dev_env, get_settings
 
@@ -38,6 +38,15 @@ def _datetime(value: str) -> datetime:
     if parsed.tzinfo is None:
         raise argparse.ArgumentTypeError("give a time zone, e.g. 2026-01-01T00:00:00Z")
     return parsed
+
+
+def _age(value: str) -> timedelta:
+    try:
+        return retention.parse_age(value)
+    except DomainError:
+        raise argparse.ArgumentTypeError(
+            f"expected {retention.AGE_FORMAT}, got {value!r}"
+        ) from None
 
 
 def _key_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -248,6 +257,17 @@ async def users_set_password(args: argparse.Namespace) -> int:
     return 0
 
 
+async def purge(args: argparse.Namespace) -> int:
+    age: timedelta = args.older_than or timedelta(days=get_settings().retention_days)
+    cutoff = retention.cutoff_for(age)
+    report = await retention.purge_personal_data(cutoff, dry_run=args.dry_run)
+    verb = "would remove (dry run, nothing changed)" if args.dry_run else "removed"
+    print(f"{verb}: personal data of executions that ended before {clock.iso(cutoff)}")
+    for kind, count in report.counts.items():
+        print(f"  {kind:<20} {count}")
+    return 0
+
+
 async def dev_admin(_: argparse.Namespace) -> int:
     """For `make run`: on an empty database, create a demo admin and print its login once."""
     if await users.count_users():
@@ -422,6 +442,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the password from standard input (default: generate one and print it once)",
     )
     p.set_defaults(async_handler=users_set_password)
+
+    p = sub.add_parser(
+        "purge",
+        help="remove the personal data of executions that ended long ago (FLOWGATE_RETENTION_DAYS)",
+    )
+    p.add_argument(
+        "--older-than",
+        type=_age,
+        metavar="AGE",
+        help="ended longer ago than this: 90d, 36h (default: FLOWGATE_RETENTION_DAYS days)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the counts, change nothing")
+    p.set_defaults(async_handler=purge)
 
     p = sub.add_parser("dev-admin", help=argparse.SUPPRESS)
     p.set_defaults(async_handler=dev_admin)

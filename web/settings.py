@@ -240,6 +240,9 @@ class Settings:
     session_max_age_seconds: int
     # Sign-in attempts one client IP may make a minute before its 429s (any email, any result).
     sign_in_attempts_per_minute: int
+    # Retention (web.domain.retention): executions that ended longer ago than this lose their
+    # personal data (row input, messages, phone numbers, webhook bodies); their summary stays.
+    retention_days: int
 
 
 @lru_cache(maxsize=1)
@@ -277,4 +280,5 @@ def get_settings() -> Settings:
         cookie_secure=_bool("FLOWGATE_COOKIE_SECURE", False),
         session_max_age_seconds=_int("FLOWGATE_SESSION_MAX_AGE_SECONDS", 12 * 3600, minimum=1),
         sign_in_attempts_per_minute=_int("FLOWGATE_SIGN_IN_ATTEMPTS_PER_MINUTE", 30, minimum=1),
+        retention_days=_int("FLOWGATE_RETENTION_DAYS", 90, minimum=1, maximum=36_500),
     )

@@ -4,13 +4,15 @@ twice, which the engine's lease and saved steps make harmless."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from arq import Retry
 
-from web.domain import idempotency, queue, recovery
+from web.domain import idempotency, queue, recovery, retention
 from web.domain.errors import is_unavailable
+from web.settings import get_settings
 from worker import delivery, engine
 
 logger = logging.getLogger("flowgate.jobs")
@@ -78,3 +80,17 @@ async def purge_idempotency_answers(ctx: dict[str, Any]) -> dict[str, Any]:
     if removed:
         logger.info("purged %d expired idempotency answer(s)", removed)
     return {"removed": removed}
+
+
+async def purge_personal_data(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Daily: the personal data of executions that ended FLOWGATE_RETENTION_DAYS ago (counts
+    only in the log, never what was removed)."""
+    days = (ctx.get("settings") or get_settings()).retention_days
+    report = await retention.purge_personal_data(retention.cutoff_for(timedelta(days=days)))
+    if report.counts["executions"]:
+        logger.info(
+            "purged the personal data of executions that ended over %d day(s) ago: %s",
+            days,
+            ", ".join(f"{kind} {count}" for kind, count in report.counts.items()),
+        )
+    return {**report.counts, "batches": report.batches}

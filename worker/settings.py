@@ -102,8 +102,26 @@ def delivery_functions() -> list[Function]:
 class WorkerSettings:
     functions = functions()
     # Hourly: answers to Idempotency-Key requests past FLOWGATE_IDEMPOTENCY_TTL_SECONDS.
+    # Daily, 03:41:30 UTC: personal data of executions that ended FLOWGATE_RETENTION_DAYS ago
+    # (in short batches; `unique`: one worker of the deployment runs it).
     cron_jobs = [
-        cron(jobs.purge_idempotency_answers, minute=17, second=30, unique=True, timeout=300),
+        cron(
+            jobs.purge_idempotency_answers,
+            name=f"cron:{queue.PURGE_IDEMPOTENCY_ANSWERS}",
+            minute=17,
+            second=30,
+            unique=True,
+            timeout=300,
+        ),
+        cron(
+            jobs.purge_personal_data,
+            name=f"cron:{queue.PURGE_PERSONAL_DATA}",
+            hour=3,
+            minute=41,
+            second=30,
+            unique=True,
+            timeout=3600,
+        ),
     ]
     # The reconciler is a loop of each worker's own (worker/reconciler.py), not an arq cron job.
     on_startup = start_worker

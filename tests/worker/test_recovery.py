@@ -169,9 +169,10 @@ async def test_every_worker_runs_the_reconciler_at_start_and_every_few_seconds(
 ) -> None:
     assert WorkerSettings.on_startup is start_worker
     assert WorkerSettings.on_shutdown is stop_worker
-    # Not an arq cron job (the hourly idempotency purge is the only one).
+    # Not an arq cron job (the cron jobs are the hourly idempotency and daily retention purges).
     assert [job.name for job in getattr(WorkerSettings, "cron_jobs", [])] == [
-        "cron:purge_idempotency_answers"
+        "cron:purge_idempotency_answers",
+        "cron:purge_personal_data",
     ]
     assert all(1.0 <= reconciler.next_wait(2.0) <= 2.0 for _ in range(100))
     execution_id = UUID(await start(client, api_key))

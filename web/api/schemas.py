@@ -45,6 +45,9 @@ class ResultItem(msgspec.Struct, rename="camel"):
     message_id: str | None
     error: str | msgspec.UnsetType | None = msgspec.UNSET
     reason: str | msgspec.UnsetType | None = msgspec.UNSET
+    # Beside the contract: true once the retention policy removed the row's personal data
+    # (customerId is then null; web.domain.retention).
+    purged: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class ResultsOutput(msgspec.Struct, rename="camel"):

@@ -30,6 +30,11 @@ DELIVER_WEBHOOK = "deliver_webhook"
 
 JOB_NAMES = (RUN_EXECUTION, DELIVER_WEBHOOK)
 
+# Cron jobs of the runs' loop (worker/settings.py cron_jobs; arq names them `cron:<name>`).
+PURGE_IDEMPOTENCY_ANSWERS = "purge_idempotency_answers"
+PURGE_PERSONAL_DATA = "purge_personal_data"
+CRON_JOB_NAMES = (PURGE_IDEMPOTENCY_ANSWERS, PURGE_PERSONAL_DATA)
+
 # Webhook deliveries have an arq queue (and worker loop, worker/settings.py) of their own, so
 # slow receivers can never take the slots that workflow runs need. Runs use arq's default queue.
 RUN_QUEUE = default_queue_name

@@ -109,6 +109,8 @@ class Execution(Table, tablename="execution"):
     # Raised by a trigger whenever status or approval_status changes, which also notifies
     # web.domain.status_events in the same transaction: the id of GET /executions/:id/events.
     status_version = Integer(default=0)
+    # When web.domain.retention removed this execution's personal data (its summary stays).
+    personal_data_purged_at = Timestamptz(null=True, default=None)
 
 
 class ExecutionRow(Table, tablename="execution_row"):

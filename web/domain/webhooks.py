@@ -24,7 +24,7 @@ from uuid import UUID
 from redis.asyncio import Redis
 
 from web.domain import addresses, clock, pool, queue
-from web.domain.errors import InvalidInput, NotFound
+from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.script_client import ScriptClient
 from web.domain.tables import ApiKey, Execution, WebhookAttempt, WebhookEvent
 from web.domain.types import ExecutionOutput, ReadModel, from_row
@@ -273,7 +273,13 @@ async def _next_pending(execution_id: UUID) -> UUID | None:
 
 async def redeliver_event(redis: ScriptClient | Redis, event_id: UUID) -> None:
     """Send an event again (same webhook-id, same body): a new cycle of attempts, queued
-    after the event is reset. NotFound for an unknown event."""
+    after the event is reset. NotFound for an unknown event; Conflict once the retention
+    policy removed its body (web.domain.retention)."""
+    purged = await WebhookEvent.exists().where(
+        (WebhookEvent.id == event_id) & (WebhookEvent.payload == "")
+    )
+    if purged:
+        raise Conflict("Webhook event body was removed by the retention policy")
     updated = (
         await WebhookEvent.update(
             {
