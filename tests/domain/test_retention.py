@@ -235,6 +235,7 @@ async def test_an_old_execution_loses_exactly_its_personal_data_and_keeps_its_su
     detail = await admin_client.get(f"/dashboard/executions/{old}")
     assert detail.status_code == 200
     assert PERSON not in detail.text and PHONE not in detail.text
+    assert "removed by the retention policy" in detail.text
     # Idempotent: a second run finds nothing.
     again = await retention.purge_personal_data(clock.now() - timedelta(days=90))
     assert again.counts == dict.fromkeys(retention.KINDS, 0)

@@ -758,6 +758,8 @@ class ExecutionDetail(ReadModel, frozen=True):
     started_at: datetime
     completed_at: datetime | None
     updated_at: datetime
+    # When the retention policy removed the personal data (web.domain.retention).
+    personal_data_purged_at: datetime | None = None
 
 
 async def get_detail(execution_id: UUID) -> ExecutionDetail:
