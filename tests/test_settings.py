@@ -43,6 +43,8 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         ("FLOWGATE_WEBHOOK_CONCURRENCY", "0", "an integer from 1 to 1000"),
         ("FLOWGATE_WEBHOOK_TIMEOUT_SECONDS", "0", "a number of at least 0.001"),
         ("FLOWGATE_PROVIDER_ALLOW_PRIVATE", "sometimes", "true or false"),
+        ("FLOWGATE_RETENTION_DAYS", "90d", "an integer from 1 to 36500"),
+        ("FLOWGATE_RETENTION_DAYS", "0", "an integer from 1 to 36500"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(
