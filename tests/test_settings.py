@@ -56,6 +56,8 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         ("FLOWGATE_WORKER_METRICS_HOST", "localhost", "an IP address such as 127.0.0.1"),
         ("FLOWGATE_AUDIT_RETENTION_DAYS", "0", "an integer from 1 to 36500"),
         ("FLOWGATE_AUDIT_RETENTION_DAYS", "7y", "an integer from 1 to 36500"),
+        ("FLOWGATE_RETENTION_DAYS", "90d", "an integer from 1 to 36500"),
+        ("FLOWGATE_RETENTION_DAYS", "0", "an integer from 1 to 36500"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_the_value(

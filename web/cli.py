@@ -16,7 +16,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -31,6 +31,7 @@ from web.domain import (
     audit,
     clock,
     queue,
+    retention,
     suppressions,
     users,
     webhooks,
@@ -54,6 +55,15 @@ def _datetime(value: str) -> datetime:
     if parsed.tzinfo is None:
         raise argparse.ArgumentTypeError("give a time zone, e.g. 2026-01-01T00:00:00Z")
     return parsed
+
+
+def _age(value: str) -> timedelta:
+    try:
+        return retention.parse_age(value)
+    except DomainError:
+        raise argparse.ArgumentTypeError(
+            f"expected {retention.AGE_FORMAT}, got {value!r}"
+        ) from None
 
 
 def _key_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -311,6 +321,17 @@ async def users_set_password(args: argparse.Namespace) -> int:
     print(f"Set a new password for {user.role} {user.email} (and unlocked the account).")
     if not args.password_stdin:
         print(f"Password (shown once): {password}")
+    return 0
+
+
+async def purge(args: argparse.Namespace) -> int:
+    age: timedelta = args.older_than or timedelta(days=get_settings().retention_days)
+    cutoff = retention.cutoff_for(age)
+    report = await retention.purge_personal_data(cutoff, dry_run=args.dry_run)
+    verb = "would remove (dry run, nothing changed)" if args.dry_run else "removed"
+    print(f"{verb}: personal data of executions that ended before {clock.iso(cutoff)}")
+    for kind, count in report.counts.items():
+        print(f"  {kind:<20} {count}")
     return 0
 
 
@@ -624,6 +645,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a head kept elsewhere (`head:` of an earlier verify): exit 1 unless it still holds",
     )
     p.set_defaults(async_handler=audit_verify)
+    p = sub.add_parser(
+        "purge",
+        help="remove the personal data of executions that ended long ago (FLOWGATE_RETENTION_DAYS)",
+    )
+    p.add_argument(
+        "--older-than",
+        type=_age,
+        metavar="AGE",
+        help="ended longer ago than this: 90d, 36h (default: FLOWGATE_RETENTION_DAYS days)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the counts, change nothing")
+    p.set_defaults(async_handler=purge)
 
     p = sub.add_parser("dev-admin", help=argparse.SUPPRESS)
     p.set_defaults(async_handler=dev_admin)

@@ -1,7 +1,9 @@
 """Structured logs: one JSON object per line on stderr, for web, worker and CLI alike.
 
-A filter masks anything shaped like an API key (64 hex characters) as defence in depth: code
-never logs secrets on purpose, and this keeps an accidental f-string from leaking one.
+The formatter masks anything shaped like an API key (64 hex characters), an email address or
+a phone number (8 to 15 digits, with or without `+`, standing alone) as defence in depth: code
+never logs secrets or personal data on purpose (tests/test_security.py,
+tests/test_personal_data_logs.py), and this keeps an accidental f-string from leaking one.
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ import sys
 from datetime import UTC, datetime
 
 _SECRET = re.compile(r"\b[0-9a-fA-F]{64}\b")
+_EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+")
+# Not inside a word, a number or an id (a UUID's groups are bounded by "-").
+_PHONE = re.compile(r"(?<![\w.+-])\+?\d{8,15}(?![\w.-])")
 
 
 def redact(text: str) -> str:
-    return _SECRET.sub(lambda m: m.group(0)[:8] + "…[redacted]", text)
+    text = _SECRET.sub(lambda m: m.group(0)[:8] + "…[redacted]", text)
+    text = _EMAIL.sub("[email]", text)
+    return _PHONE.sub("[phone]", text)
 
 
 class JsonFormatter(logging.Formatter):

@@ -275,6 +275,9 @@ class Settings:
     max_body_bytes: int
     # How long the answer to a request sent with an Idempotency-Key is kept for its replays.
     idempotency_ttl_seconds: int
+    # Retention (web.domain.retention): executions that ended longer ago than this lose their
+    # personal data (row input, messages, phone numbers, webhook bodies); their summary stays.
+    retention_days: int
     # How long audit entries are kept before the daily retention purge (web.domain.audit).
     audit_retention_days: int
     # GET /executions/:id/events: a `: keep-alive` comment after this long without an event.
@@ -406,4 +409,5 @@ def get_settings() -> Settings:
         metrics_dir=_raw("FLOWGATE_METRICS_DIR"),
         provider_limits_enabled=_bool("FLOWGATE_PROVIDER_LIMITS_ENABLED", True),
         clock_offset_seconds=_float("FLOWGATE_CLOCK_OFFSET_SECONDS", 0.0, minimum=-1e10),
+        retention_days=_int("FLOWGATE_RETENTION_DAYS", 90, minimum=1, maximum=36_500),
     )

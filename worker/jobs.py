@@ -4,6 +4,7 @@ twice, which the engine's lease and saved steps make harmless."""
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -16,9 +17,11 @@ from web.domain import (
     idempotency,
     queue,
     recovery,
+    retention,
     whatsapp_inbound,
 )
 from web.domain.errors import is_unavailable
+from web.settings import get_settings
 from worker import delivery, engine, notify
 from worker.metrics import observed_job
 
@@ -214,3 +217,17 @@ async def purge_audit_entries(ctx: dict[str, Any]) -> dict[str, Any]:
             purged.checkpoint_id,
         )
     return {"deleted": purged.deleted, "checkpoint": purged.checkpoint_id}
+
+
+async def purge_personal_data(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Daily: the personal data of executions that ended FLOWGATE_RETENTION_DAYS ago (counts
+    only in the log, never what was removed)."""
+    days = (ctx.get("settings") or get_settings()).retention_days
+    report = await retention.purge_personal_data(retention.cutoff_for(timedelta(days=days)))
+    if report.counts["executions"]:
+        logger.info(
+            "purged the personal data of executions that ended over %d day(s) ago: %s",
+            days,
+            ", ".join(f"{kind} {count}" for kind, count in report.counts.items()),
+        )
+    return {**report.counts, "batches": report.batches}

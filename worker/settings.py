@@ -171,6 +171,17 @@ class WorkerSettings:
             unique=True,
             timeout=300,
         ),
+        # Daily, 03:41:30 UTC: personal data of executions that ended FLOWGATE_RETENTION_DAYS ago
+        # (in short batches; `unique`: one worker of the deployment runs it).
+        cron(
+            jobs.purge_personal_data,
+            name=f"cron:{queue.PURGE_PERSONAL_DATA}",
+            hour=3,
+            minute=41,
+            second=30,
+            unique=True,
+            timeout=3600,
+        ),
     ]
     # The reconciler is a loop of each worker's own (worker/reconciler.py), not an arq cron job.
     on_startup = start_worker

@@ -174,6 +174,7 @@ async def test_every_worker_runs_the_reconciler_at_start_and_every_few_seconds(
         "cron:purge_idempotency_answers",
         "cron:purge_audit_entries",
         "cron:purge_whatsapp_notifications",
+        "cron:purge_personal_data",
     ]
     assert all(1.0 <= reconciler.next_wait(2.0) <= 2.0 for _ in range(100))
     execution_id = UUID(await start(client, api_key))

@@ -45,6 +45,9 @@ class ResultItem(msgspec.Struct, rename="camel"):
     message_id: str | None
     error: str | msgspec.UnsetType | None = msgspec.UNSET
     reason: str | msgspec.UnsetType | None = msgspec.UNSET
+    # Beside the contract: true once the retention policy removed the row's personal data
+    # (customerId is then null; web.domain.retention).
+    purged: bool | msgspec.UnsetType = msgspec.UNSET
     # Added beside the contract (issue 16), on rows sent through a provider that reports
     # delivery (whatsapp_cloud): `accepted` until WhatsApp reports sent, delivered, read or
     # failed; `deliveryError` ("131026: Message undeliverable") when it failed.

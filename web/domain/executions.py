@@ -837,6 +837,8 @@ class ExecutionDetail(ReadModel, frozen=True):
     approval_deadline: datetime | None = None
     # While the send step waits for its sending hours: when sending resumes.
     send_resumes_at: datetime | None = None
+    # When the retention policy removed the personal data (web.domain.retention).
+    personal_data_purged_at: datetime | None = None
 
 
 async def get_detail(execution_id: UUID) -> ExecutionDetail:

@@ -52,7 +52,13 @@ JOB_NAMES = (
 PURGE_IDEMPOTENCY_ANSWERS = "purge_idempotency_answers"
 PURGE_AUDIT_ENTRIES = "purge_audit_entries"  # daily: FLOWGATE_AUDIT_RETENTION_DAYS
 PURGE_WHATSAPP_NOTIFICATIONS = "purge_whatsapp_notifications"  # hourly: processed a week ago
-CRON_JOB_NAMES = (PURGE_IDEMPOTENCY_ANSWERS, PURGE_AUDIT_ENTRIES, PURGE_WHATSAPP_NOTIFICATIONS)
+PURGE_PERSONAL_DATA = "purge_personal_data"  # daily: FLOWGATE_RETENTION_DAYS
+CRON_JOB_NAMES = (
+    PURGE_IDEMPOTENCY_ANSWERS,
+    PURGE_AUDIT_ENTRIES,
+    PURGE_WHATSAPP_NOTIFICATIONS,
+    PURGE_PERSONAL_DATA,
+)
 
 # Webhook deliveries have an arq queue (and worker loop, worker/settings.py) of their own, so
 # slow receivers can never take the slots that workflow runs need. Runs use arq's default queue.

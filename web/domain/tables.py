@@ -115,6 +115,8 @@ class Execution(Table, tablename="execution"):
     # Raised by a trigger whenever status or approval_status changes, which also notifies
     # web.domain.status_events in the same transaction: the id of GET /executions/:id/events.
     status_version = Integer(default=0)
+    # When web.domain.retention removed this execution's personal data (its summary stays).
+    personal_data_purged_at = Timestamptz(null=True, default=None)
     # The approval step's `timeout` counted from entering pending_approval: at this moment the
     # execution ends cancelled (web.domain.approvals.time_out). NULL: no deadline.
     approval_deadline = Timestamptz(null=True, default=None)

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from web.domain import addresses, audit, clock, pool, queue
 from web.domain.actors import Actor
-from web.domain.errors import InvalidInput, NotFound
+from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.script_client import ScriptClient
 from web.domain.tables import ApiKey, Execution, WebhookAttempt, WebhookEvent
 from web.domain.types import ExecutionOutput, ReadModel, from_row
@@ -284,16 +284,21 @@ async def _next_pending(execution_id: UUID) -> UUID | None:
 async def redeliver_event(redis: ScriptClient | Redis, event_id: UUID, *, actor: Actor) -> None:
     """Send an event again (same webhook-id, same body): a new cycle of attempts, queued
     after the event is reset (and its `webhook.redelivered` entry committed). NotFound for an
-    unknown event."""
+    unknown event; Conflict once the retention policy removed its body (web.domain.retention)."""
     async with pool.engine().transaction():
+        found = await WebhookEvent.raw(
+            "SELECT payload = '' AS purged FROM webhook_event WHERE id = {} FOR UPDATE", event_id
+        )
+        if not found:
+            raise NotFound("Webhook event not found")
+        if found[0]["purged"]:
+            raise Conflict("Webhook event body was removed by the retention policy")
         updated = await WebhookEvent.raw(
             "UPDATE webhook_event AS w SET status = 'pending', attempts = 0, finished_at = NULL "
-            "FROM (SELECT id, status FROM webhook_event WHERE id = {} FOR UPDATE) AS old "
+            "FROM (SELECT id, status FROM webhook_event WHERE id = {}) AS old "
             "WHERE w.id = old.id RETURNING w.execution, w.event, old.status AS old_status",
             event_id,
         )
-        if not updated:
-            raise NotFound("Webhook event not found")
         await audit.record(
             actor,
             "webhook.redelivered",
