@@ -69,6 +69,7 @@ async def deliver_webhook(ctx: dict[str, Any], event_id: str) -> dict[str, Any]:
     return {"event_id": event_id, "outcome": outcome.state}
 
 
+@observed_job
 async def process_whatsapp_notification(
     ctx: dict[str, Any], notification_id: str
 ) -> dict[str, Any]:
@@ -97,6 +98,7 @@ async def process_whatsapp_notification(
     }
 
 
+@observed_job
 async def notify_delivery_counts(ctx: dict[str, Any], execution_id: str) -> dict[str, Any]:
     """A throttled execution.delivery_updated, once its interval is up."""
     try:
@@ -151,6 +153,7 @@ async def purge_idempotency_answers(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"removed": removed}
 
 
+@observed_job
 async def send_notification(ctx: dict[str, Any], notification_id: str) -> dict[str, Any]:
     """One attempt at a reviewer notification (worker/notify.py), retried as it says."""
     try:
@@ -164,6 +167,7 @@ async def send_notification(ctx: dict[str, Any], notification_id: str) -> dict[s
     return {"notification_id": notification_id, "outcome": outcome.state}
 
 
+@observed_job
 async def approval_deadline(ctx: dict[str, Any], execution_id: str) -> dict[str, Any]:
     """At an execution's approval deadline: time it out unless it was decided (one
     transaction with the row lock an approval takes: exactly one of them wins)."""
@@ -183,6 +187,7 @@ async def approval_deadline(ctx: dict[str, Any], execution_id: str) -> dict[str,
     return {"execution_id": execution_id, "timed_out": queued is not None}
 
 
+@observed_job
 async def approval_reminder(ctx: dict[str, Any], execution_id: str) -> dict[str, Any]:
     """`remindBefore` the deadline: tell the approvers again if it still waits."""
     uid = UUID(execution_id)
@@ -197,6 +202,7 @@ async def approval_reminder(ctx: dict[str, Any], execution_id: str) -> dict[str,
     return {"execution_id": execution_id, "reminded": queued is not None}
 
 
+@observed_job
 async def purge_whatsapp_notifications(ctx: dict[str, Any]) -> dict[str, Any]:
     """Hourly: forget WhatsApp notifications processed a week ago."""
     removed = await whatsapp_inbound.purge_processed()
@@ -205,6 +211,7 @@ async def purge_whatsapp_notifications(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"removed": removed}
 
 
+@observed_job
 async def purge_audit_entries(ctx: dict[str, Any]) -> dict[str, Any]:
     """Daily: audit entries older than FLOWGATE_AUDIT_RETENTION_DAYS, each batch with its
     checkpoint (web.domain.audit.purge_expired), so `flowgate audit verify` still passes."""
@@ -219,6 +226,7 @@ async def purge_audit_entries(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"deleted": purged.deleted, "checkpoint": purged.checkpoint_id}
 
 
+@observed_job
 async def purge_personal_data(ctx: dict[str, Any]) -> dict[str, Any]:
     """Daily: the personal data of executions that ended FLOWGATE_RETENTION_DAYS ago (counts
     only in the log, never what was removed)."""

@@ -22,7 +22,7 @@ import pytest
 from tests.factories import PUBLIC, auth, rows, start
 from web.domain import audit, clock
 from web.domain.actors import Actor
-from web.domain.approvals import decide_row
+from web.domain.approvals import Approver, decide_row
 from web.domain.audit import GENESIS, AuditFilters
 from web.domain.tables import AuditCheckpoint, AuditEntry, ExecutionRow
 from web.settings import get_settings
@@ -189,7 +189,7 @@ async def test_twenty_parallel_row_decisions_keep_one_linear_chain(
 
     await asyncio.gather(
         *(
-            decide_row(UUID(execution_id), row_id, "approved", "", reviewer)
+            decide_row(UUID(execution_id), row_id, "approved", "", Approver(reviewer))
             for row_id, reviewer in zip(row_ids, reviewers, strict=True)
         )
     )
@@ -275,7 +275,7 @@ async def test_audit_list_json_has_the_issue_s_keys_and_filters(
     execution_id = await waiting(client, api_key, run_worker)
     row_id = (await ExecutionRow.select(ExecutionRow.id).first() or {})["id"]
     reviewer = Actor.user(UUID(int=7), "rita@example.com", ip="10.1.1.1", user_agent="Firefox")
-    await decide_row(UUID(execution_id), row_id, "rejected", "", reviewer)
+    await decide_row(UUID(execution_id), row_id, "rejected", "", Approver(reviewer))
     answer = await client.post(f"{PUBLIC}/executions/{execution_id}/approve", headers=auth(api_key))
     assert answer.status_code == 200
 

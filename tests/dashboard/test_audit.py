@@ -175,9 +175,12 @@ async def test_admin_acts_on_keys_workflows_and_users_are_recorded(
     )
     reviewer = await user_id("reviewer@example.com")
     role = await post_form(admin_client, f"/dashboard/users/{reviewer}/role", {"role": "admin"})
+    groups = await post_form(
+        admin_client, f"/dashboard/users/{reviewer}/groups", {"groups": "risk, marketing"}
+    )
     down = await post_form(admin_client, f"/dashboard/users/{reviewer}/deactivate")
     up = await post_form(admin_client, f"/dashboard/users/{reviewer}/reactivate")
-    responses = (updated, rotated, revoked, off, on, invited, role, down, up)
+    responses = (updated, rotated, revoked, off, on, invited, role, groups, down, up)
     assert all(r.status_code == 303 for r in responses), [r.status_code for r in responses]
 
     found = [
@@ -193,6 +196,7 @@ async def test_admin_acts_on_keys_workflows_and_users_are_recorded(
         ("workflow.activated", {"active": False}, {"active": True}),
         ("user.invited", None, {"email": "new@example.com", "role": "reviewer"}),
         ("user.role_changed", {"role": "reviewer"}, {"role": "admin"}),
+        ("user.groups_changed", {"groups": []}, {"groups": ["marketing", "risk"]}),
         ("user.deactivated", {"active": True}, {"active": False}),
         ("user.reactivated", {"active": False}, {"active": True}),
     ]
@@ -203,6 +207,7 @@ async def test_admin_acts_on_keys_workflows_and_users_are_recorded(
     assert found[2]["after"]["prefix"] != key["prefix"]
     assert [e["targetId"] for e in found[6:]] == [
         found[6]["targetId"],
+        reviewer,
         reviewer,
         reviewer,
         reviewer,

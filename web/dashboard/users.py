@@ -112,7 +112,7 @@ class UsersController(Controller):
     ) -> Response[Any]:
         text = str((await request.form()).get("groups", ""))
         try:
-            groups = await users.set_groups(user_id, text)
+            groups = await users.set_groups(actor_of(request), user_id, text)
         except DomainError as exc:
             return await self._changed(request, user_id, "", exc)
         done = f"Approver groups: {', '.join(groups)}" if groups else "Approver groups cleared"

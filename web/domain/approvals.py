@@ -324,25 +324,24 @@ async def _approve(
         resume, by_default = None, 0
         if outcome.final:
             resume, by_default = await _resume(execution_id, comment, approver.label)
+        before: dict[str, Any] = {"status": "pending_approval", "approvalStatus": "pending"}
+        after: dict[str, Any] = {
+            "status": "running" if outcome.final else "pending_approval",
+            "approvalStatus": "approved" if outcome.final else "pending",
+            "rowsApprovedUndecided": by_default,
+            "rows": chosen,
+        }
+        if outcome.required > 1:  # maker-checker: which approval of how many this was
+            before["approvalsReceived"] = outcome.received - 1
+            after |= {"approvalsReceived": outcome.received, "approvalsRequired": outcome.required}
         await audit.record(
             approver.actor,
             "execution.approved",
             "execution",
             execution_id,
             execution_id=execution_id,
-            before={
-                "status": "pending_approval",
-                "approvalStatus": "pending",
-                "approvalsReceived": outcome.received - 1,
-            },
-            after={
-                "status": "running" if outcome.final else "pending_approval",
-                "approvalStatus": "approved" if outcome.final else "pending",
-                "approvalsReceived": outcome.received,
-                "approvalsRequired": outcome.required,
-                "rowsApprovedUndecided": by_default,
-                "rows": chosen,
-            },
+            before=before,
+            after=after,
             comment=comment,
         )
         await idempotency.finish(transaction.connection, once, outcome)

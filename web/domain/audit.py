@@ -57,6 +57,7 @@ ACTIONS = (
     "workflow.deactivated",
     "user.invited",
     "user.role_changed",
+    "user.groups_changed",
     "user.deactivated",
     "user.reactivated",
     "signin.succeeded",

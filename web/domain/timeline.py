@@ -1,6 +1,7 @@
 """An execution's timeline for its dashboard page: started, each step, each decision and the
-approval (from the audit trail), sends, webhook deliveries and the end, oldest first. Built
-from the tables that hold each of them; nothing is stored for it. Imports only web.domain.
+approval (from the audit trail), sends, webhook deliveries, reviewer notifications and the
+end, oldest first. Built from the tables that hold each of them; nothing is stored for it.
+Imports only web.domain.
 """
 
 from __future__ import annotations
@@ -112,9 +113,26 @@ async def _webhooks(execution_id: UUID) -> list[TimelineEvent]:
 
 
 async def _notifications(execution_id: UUID) -> list[TimelineEvent]:
-    """Reviewer notifications (issue 15, section 4): their log table joins the timeline here,
-    one TimelineEvent(kind="notification") per attempt, as _webhooks does for deliveries."""
-    return []
+    """Reviewer notifications (web.domain.notifications): one event per attempt, by kind and
+    channel (never the recipient: an email address or a Slack URL)."""
+    async with pool.connection() as connection:
+        rows = await connection.fetch(
+            "SELECT n.kind, n.channel, a.attempt_number, a.error, a.created_at "
+            "FROM notification_attempt a JOIN notification n ON n.id = a.notification "
+            "WHERE n.execution = $1 ORDER BY a.created_at",
+            execution_id,
+        )
+    return [
+        TimelineEvent(
+            at=row["created_at"],
+            kind="notification",
+            title=(
+                f"Notification {row['kind']} by {row['channel']} (attempt {row['attempt_number']})"
+            ),
+            detail=row["error"] or "sent",
+        )
+        for row in rows
+    ]
 
 
 async def execution_timeline(execution: ExecutionDetail) -> list[TimelineEvent]:

@@ -359,13 +359,23 @@ def parse_groups(text: str) -> list[str]:
     return sorted(set(names))
 
 
-async def set_groups(user_id: UUID, text: str) -> list[str]:
-    """Replace a user's approver groups (web.domain.approvals reads them at every decision);
-    returns them as stored. FieldError for a bad name, NotFound for an unknown user."""
+async def set_groups(actor: Actor, user_id: UUID, text: str) -> list[str]:
+    """Replace a user's approver groups (web.domain.approvals reads them at every decision),
+    with its `user.groups_changed` entry; returns them as stored. FieldError for a bad name,
+    NotFound for an unknown user."""
     groups = parse_groups(text)
-    updated = await User.update({User.groups: groups}).where(User.id == user_id).returning(User.id)
-    if not updated:
-        raise NotFound("User not found")
+    async with pool.engine().transaction():
+        await _lock_user(user_id)
+        before = await User.raw("SELECT groups FROM dashboard_user WHERE id = {}", user_id)
+        await User.update({User.groups: groups}).where(User.id == user_id)
+        await audit.record(
+            actor,
+            "user.groups_changed",
+            "user",
+            user_id,
+            before={"groups": list(before[0]["groups"] or [])},
+            after={"groups": groups},
+        )
     return groups
 
 
