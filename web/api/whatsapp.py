@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, HttpMethod, Request, Response, get, post, route
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import Parameter, Schema
 from litestar.openapi.spec.enums import OpenAPIType
+from litestar.status_codes import HTTP_204_NO_CONTENT
 
 from web.api.schemas import ErrorBody
 from web.domain import whatsapp_inbound
@@ -41,6 +42,13 @@ def _query(name: str, description: str) -> Parameter:
 class WhatsAppWebhookController(Controller):
     path = "/webhooks/whatsapp"
     tags = ["WhatsApp webhooks"]
+
+    # Litestar's own OPTIONS answer names only one of this path's two handlers (POST): say both.
+    @route("/", http_method=[HttpMethod.OPTIONS], include_in_schema=False, sync_to_thread=False)
+    def options(self) -> Response[None]:
+        return Response(
+            None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": "GET, OPTIONS, POST"}
+        )
 
     @get(
         "/",
