@@ -20,7 +20,7 @@ from litestar.plugins.flash import flash
 from litestar.response import Template
 
 from web.dashboard.auth import back_to, current_user, is_htmx, page, require_user
-from web.domain import approvals, executions
+from web.domain import approvals, executions, text_diff
 from web.domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.statuses import ExecutionStatus
@@ -30,7 +30,9 @@ BASE = "/dashboard/approvals"
 ROW_ERROR = "approvals_row_error"
 
 
-def _review_context(execution: executions.ExecutionDetail, rows: list[RowView]) -> dict[str, Any]:
+def _review_context(
+    execution: executions.ExecutionDetail, rows: list[RowView], tab: str = approvals.DEFAULT_TAB
+) -> dict[str, Any]:
     rules = approvals.approval_rules(execution.definition)
     # The message and its compliance status have columns of their own.
     fields = [
@@ -38,20 +40,36 @@ def _review_context(execution: executions.ExecutionDetail, rows: list[RowView]) 
         for f in approvals.shown_fields(rules, [r.data for r in rows])
         if f not in approvals.ROW_EXTRAS
     ]
-    decided = [r for r in rows if r.decision]
     return {
         "execution": execution,
         "rows": rows,
         "fields": fields,
         "rules": rules,
         "waiting": execution.status == ExecutionStatus.PENDING_APPROVAL,
-        "counts": {
-            "approved": sum(1 for r in decided if r.decision == "approved"),
-            "rejected": sum(1 for r in decided if r.decision == "rejected"),
-            "undecided": len(rows) - len(decided),
-            "failing": sum(1 for r in rows if r.compliance_status == "failed"),
+        "counts": approvals.review_counts(rows),
+        "tab": tab,
+        "tabs": approvals.TABS,
+        "diffs": {
+            r.id: text_diff.word_diff(r.original_content, r.generated_content or "")
+            for r in rows
+            if r.original_content is not None
+        },
+        "skipped_because": {
+            r.id: approvals.skipped_because(r) for r in rows if approvals.fails_compliance(r)
         },
     }
+
+
+def _tab(value: str | None) -> str:
+    """The `show` filter: one of approvals.TABS; anything else shows every row."""
+    return value if value in approvals.TABS else approvals.DEFAULT_TAB
+
+
+def _review_url(execution_id: UUID, tab: str, *, editing: UUID | None = None) -> str:
+    query = [f"show={tab}"] if tab != approvals.DEFAULT_TAB else []
+    if editing is not None:
+        query.append(f"editing={editing}")
+    return f"{BASE}/{execution_id}" + (f"?{'&'.join(query)}" if query else "")
 
 
 def _pop_row_error(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -77,15 +95,20 @@ class ApprovalsController(Controller):
         request: Request[Any, Any, Any],
         execution_id: FromPath[UUID],
         editing: FromQuery[UUID | None] = None,
+        show: FromQuery[str | None] = None,
     ) -> Template:
+        """The review screen; `show` picks a triage tab (approvals.TABS), without JavaScript
+        too: the tabs are links."""
         execution = await executions.get_detail(execution_id)
         rows = await executions.list_rows(execution_id)
+        tab = _tab(show)
         return page(
             request,
             "approvals/review.html",
             editing=editing,
             row_errors=_pop_row_error(request),
-            **_review_context(execution, rows),
+            shown_rows=[r for r in rows if approvals.in_tab(r, tab)],
+            **_review_context(execution, rows, tab),
         )
 
     async def _row_response(
@@ -95,12 +118,13 @@ class ApprovalsController(Controller):
         row_id: UUID,
         error: str | None = None,
         editing: bool = False,
+        tab: str = approvals.DEFAULT_TAB,
     ) -> Response[Any]:
         if not is_htmx(request):
             if error is not None:
                 request.session[ROW_ERROR] = [str(row_id), error]
-            suffix = f"?editing={row_id}" if editing else ""
-            return back_to(request, f"{BASE}/{execution_id}{suffix}#row-{row_id}")
+            url = _review_url(execution_id, tab, editing=row_id if editing else None)
+            return back_to(request, f"{url}#row-{row_id}")
         execution = await executions.get_detail(execution_id)
         rows = await executions.list_rows(execution_id)  # the counts above the table need all
         row = next((r for r in rows if r.id == row_id), None)
@@ -112,7 +136,7 @@ class ApprovalsController(Controller):
             row=row,
             error=error,
             editing=row_id if editing else None,
-            **_review_context(execution, rows),
+            **_review_context(execution, rows, tab),
         )
 
     async def _row_action(
@@ -123,42 +147,57 @@ class ApprovalsController(Controller):
         action: Awaitable[RowView],
         shown_in_row: tuple[type[DomainError], ...],
         editing_on_error: bool = False,
+        tab: str = approvals.DEFAULT_TAB,
     ) -> Response[Any]:
         """Run a row action; an error of `shown_in_row` is drawn inside the row."""
         try:
             await action
         except shown_in_row as exc:
             return await self._row_response(
-                request, execution_id, row_id, error=exc.message, editing=editing_on_error
+                request, execution_id, row_id, exc.message, editing_on_error, tab
             )
-        return await self._row_response(request, execution_id, row_id)
+        return await self._row_response(request, execution_id, row_id, tab=tab)
 
     @post("/{execution_id:uuid}/rows/{row_id:uuid}/decision")
     async def decide(
         self, request: Request[Any, Any, Any], execution_id: FromPath[UUID], row_id: FromPath[UUID]
     ) -> Response[Any]:
         form = await request.form()
+        decision = str(form.get("decision", ""))
+        # A decision other than the form's buttons is a bad request, not a row's problem.
+        approvals.parse_row_decision(decision)
         action = approvals.decide_row(
             execution_id,
             row_id,
-            str(form.get("decision", "")),
+            decision,
             str(form.get("seen", "")),
             current_user(request).email,
+            reason=str(form.get("reason", "")),
         )
-        # A decision other than the form's two buttons is a bad request, not a row's problem.
-        return await self._row_action(request, execution_id, row_id, action, (Conflict,))
+        tab = _tab(str(form.get("show", "")))
+        return await self._row_action(
+            request, execution_id, row_id, action, (Conflict, InvalidInput), tab=tab
+        )
 
     @get("/{execution_id:uuid}/rows/{row_id:uuid}/edit")
     async def edit_form(
-        self, request: Request[Any, Any, Any], execution_id: FromPath[UUID], row_id: FromPath[UUID]
+        self,
+        request: Request[Any, Any, Any],
+        execution_id: FromPath[UUID],
+        row_id: FromPath[UUID],
+        show: FromQuery[str | None] = None,
     ) -> Response[Any]:
-        return await self._row_response(request, execution_id, row_id, editing=True)
+        return await self._row_response(request, execution_id, row_id, editing=True, tab=_tab(show))
 
     @get("/{execution_id:uuid}/rows/{row_id:uuid}")
     async def row(
-        self, request: Request[Any, Any, Any], execution_id: FromPath[UUID], row_id: FromPath[UUID]
+        self,
+        request: Request[Any, Any, Any],
+        execution_id: FromPath[UUID],
+        row_id: FromPath[UUID],
+        show: FromQuery[str | None] = None,
     ) -> Response[Any]:
-        return await self._row_response(request, execution_id, row_id)
+        return await self._row_response(request, execution_id, row_id, tab=_tab(show))
 
     @post("/{execution_id:uuid}/rows/{row_id:uuid}/edit")
     async def edit(
@@ -168,8 +207,9 @@ class ApprovalsController(Controller):
         action = approvals.edit_row(
             execution_id, row_id, str(form.get("content", "")), current_user(request).email
         )
+        tab = _tab(str(form.get("show", "")))
         return await self._row_action(
-            request, execution_id, row_id, action, (Conflict, InvalidInput), editing_on_error=True
+            request, execution_id, row_id, action, (Conflict, InvalidInput), True, tab
         )
 
     @post("/{execution_id:uuid}/rows/decision")
@@ -179,8 +219,26 @@ class ApprovalsController(Controller):
         form = await request.form()
         decision = str(form.get("decision", ""))
         count = await approvals.decide_all_rows(execution_id, decision, current_user(request).email)
-        flash(request, f"{count} rows {decision}", category="success")
-        return back_to(request, f"{BASE}/{execution_id}")
+        kept = "rows already decided keep their decision"
+        if decision == "approved":
+            kept += "; rows failing compliance are not approved (they will be skipped)"
+        flash(request, f"{count} undecided rows {decision} ({kept})", category="success")
+        return back_to(request, _review_url(execution_id, _tab(str(form.get("show", "")))))
+
+    async def _confirm_page(
+        self, request: Request[Any, Any, Any], execution_id: UUID, action: str, comment: str | None
+    ) -> Template:
+        """The step before a whole-execution decision: what it will do, asked once more (a
+        page, so it works without JavaScript)."""
+        execution = await executions.get_detail(execution_id)
+        rows = await executions.list_rows(execution_id)
+        return page(
+            request,
+            "approvals/confirm.html",
+            action=action,
+            comment=comment or "",
+            **_review_context(execution, rows),
+        )
 
     @post("/{execution_id:uuid}/submit")
     async def submit(
@@ -190,9 +248,14 @@ class ApprovalsController(Controller):
         arq: NamedDependency[ArqRedis],
     ) -> Response[Any]:
         """Approve the execution with the row decisions made (undecided rows count as approved,
-        as with the public API's approve) and resume the run."""
+        as with the public API's approve) and resume the run: first a confirmation page saying
+        what will be sent, then (with `confirmed`) the approval."""
         form = await request.form()
         comment = str(form.get("comment", "")).strip() or None
+        if form.get("confirmed") != "yes":
+            # The review screen's buttons send no comment: the confirmation page asks for it.
+            await approvals.check_can_decide(execution_id, comment, comment_given="comment" in form)
+            return await self._confirm_page(request, execution_id, "submit", comment)
         await approvals.approve_execution(arq, execution_id, current_user(request).email, comment)
         flash(request, "Approved: the approved rows are being sent", category="success")
         return back_to(request, f"/dashboard/executions/{execution_id}")
@@ -204,8 +267,13 @@ class ApprovalsController(Controller):
         execution_id: FromPath[UUID],
         arq: NamedDependency[ArqRedis],
     ) -> Response[Any]:
+        """Reject the whole execution, after a confirmation page (without `confirmed`)."""
         form = await request.form()
         comment = str(form.get("comment", "")).strip() or None
+        if form.get("confirmed") != "yes":
+            # The review screen's buttons send no comment: the confirmation page asks for it.
+            await approvals.check_can_decide(execution_id, comment, comment_given="comment" in form)
+            return await self._confirm_page(request, execution_id, "reject", comment)
         await approvals.reject_execution(arq, execution_id, current_user(request).email, comment)
         flash(
             request, "Rejected: the execution is cancelled and nothing is sent", category="success"

@@ -40,6 +40,7 @@ class RowView(ReadModel, frozen=True):
     message_id: str | None
     error: str | None
     sent_at: datetime | None
+    decision_reason: str | None = None  # a rejected row's reason, as the reviewer gave it
 
 
 @dataclass(frozen=True)
