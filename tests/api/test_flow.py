@@ -85,6 +85,7 @@ async def test_run_pauses_for_approval_with_the_spec_pending_approval_body(
                     "generated_content": generated[index],
                     "compliance_status": "passed",
                     "index": index,  # added beside the contract: per-row decisions address it
+                    "complianceReasons": [],  # added too: why a row fails compliance
                 }
                 for index, row in enumerate(rows(3))
             ],
@@ -283,3 +284,34 @@ async def test_an_execution_without_a_body_description_is_fine(
 ) -> None:
     execution_id = await start(client, api_key, csv_data=rows(1))
     assert (await execution_row(execution_id))["description"] is None
+
+
+async def test_pending_approval_rows_carry_their_compliance_reasons(
+    client: httpx.AsyncClient, api_key: str, run_worker
+) -> None:
+    data = rows(2)
+    data[1]["phone"] = "555"
+    execution_id = await start(client, api_key, csv_data=data)
+    await run_worker()
+
+    body = (
+        await client.get(
+            f"{PUBLIC}/executions/{execution_id}/pending-approval", headers=auth(api_key)
+        )
+    ).json()
+
+    shown = [(r["compliance_status"], r["complianceReasons"]) for r in body["approvalData"]["rows"]]
+    assert shown == [
+        ("passed", []),
+        ("failed", ["phone is not an E.164 phone number: '555'"]),
+    ]
+    # The spec's keys are all still there, unchanged.
+    assert body["approvalData"]["displayFields"] == [
+        "customerId",
+        "name",
+        "phone",
+        "generated_content",
+        "compliance_status",
+    ]
+    schema = (await client.get("/schema/openapi.json")).json()["components"]["schemas"]
+    assert "`complianceReasons`" in schema["ApprovalData"]["properties"]["rows"]["description"]

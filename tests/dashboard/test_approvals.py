@@ -56,11 +56,22 @@ async def test_the_review_screen_shows_display_fields_and_compliance_reasons(
 
     assert "<h1>Review Generated WhatsApp Messages</h1>" in html
     assert "Please review the AI-generated content" in html
-    for header in ("customerId", "name", "phone", "Message", "Compliance", "Decision"):
-        assert f"<th>{header}</th>" in html
+    headers = re.findall(r"<th>([^<]*)</th>", html)
+    # displayFields, then the contextFields the workflow names (the offer's inputs).
+    assert headers == [
+        "#",
+        "customerId",
+        "name",
+        "phone",
+        "credit_score",
+        "income_bracket",
+        "Message",
+        "Compliance",
+        "Decision",
+    ]
     assert html.count('<tr id="row-') == 3
-    assert "phone is not an E.164 phone number: &#39;555&#39;" in html
-    assert ">Approve all</button>" in html and ">Reject all</button>" in html
+    assert "will be skipped: phone is not an E.164 phone number: &#39;555&#39;" in html
+    assert ">Approve all undecided</button>" in html and ">Reject all undecided</button>" in html
 
 
 async def test_a_row_decision_is_saved_at_once_and_only_that_row_is_swapped(
@@ -75,13 +86,17 @@ async def test_a_row_decision_is_saved_at_once_and_only_that_row_is_swapped(
     )
 
     assert response.status_code == 200
-    assert response.text.startswith(f'<tr id="row-{states[1]["id"]}" class="decision-rejected')
+    assert response.text.startswith(
+        f'<tr id="row-{states[1]["id"]}" class="review-row decision-rejected'
+    )
     assert response.text.count("<tr") == 1
     assert "reviewer@example.com" in response.text
     # The counts above the table follow, swapped out of band.
-    assert '<section id="review-summary" class="card summary" hx-swap-oob="true">' in response.text
+    assert '<section id="review-summary" class="summary review-summary" hx-swap-oob="true"' in (
+        response.text
+    )
     assert "<strong>1</strong> rejected" in response.text
-    assert "<strong>2</strong> undecided" in response.text
+    assert 'Undecided <span class="count">2</span>' in response.text
     saved = (await row_states(execution_id))[1]
     assert saved["decision"] == "rejected"
     assert saved["decided_by"] == "reviewer@example.com"
@@ -175,7 +190,9 @@ async def test_bulk_decisions_and_submit_resume_the_run_with_rejected_rows_repor
         )
 
     submitted = await post_form(
-        reviewer_client, f"/dashboard/approvals/{execution_id}/submit", {"comment": "Two out"}
+        reviewer_client,
+        f"/dashboard/approvals/{execution_id}/submit",
+        {"comment": "Two out", "confirmed": "yes"},
     )
 
     assert submitted.status_code == 303
@@ -208,12 +225,14 @@ async def test_a_second_submit_is_refused_with_a_clear_message(
 ) -> None:
     execution_id = await waiting(client, api_key, run_worker)
     url = f"/dashboard/approvals/{execution_id}/submit"
-    assert (await post_form(admin_client, url)).status_code == 303
+    assert (await post_form(admin_client, url, {"confirmed": "yes"})).status_code == 303
 
-    second = await post_form(reviewer_client, url, {"comment": "me too"})
+    second = await post_form(reviewer_client, url, {"comment": "me too", "confirmed": "yes"})
+    unconfirmed = await post_form(reviewer_client, url, {"comment": "me too"})
 
-    assert second.status_code == 409
-    assert "Execution is not pending approval (status: running)" in second.text
+    for answer in (second, unconfirmed):  # no confirmation page for a decided execution
+        assert answer.status_code == 409
+        assert "Execution is not pending approval (status: running)" in answer.text
     stored = await execution_row(execution_id)
     assert stored["approval_decided_by"] == "admin@example.com"
     assert stored["approval_comment"] is None
@@ -236,7 +255,9 @@ async def test_rejecting_the_whole_execution_cancels_it(
     execution_id = await waiting(client, api_key, run_worker, csv_data=rows(2))
 
     response = await post_form(
-        reviewer_client, f"/dashboard/approvals/{execution_id}/reject", {"comment": "Off brand"}
+        reviewer_client,
+        f"/dashboard/approvals/{execution_id}/reject",
+        {"comment": "Off brand", "confirmed": "yes"},
     )
 
     assert response.status_code == 303
@@ -257,8 +278,12 @@ async def test_a_required_comment_is_enforced_and_bulk_can_be_switched_off(
     execution_id = await waiting(client, api_key, run_worker, workflow_id="workflow_strict")
 
     page = (await reviewer_client.get(f"/dashboard/approvals/{execution_id}")).text
-    assert "Comment (required)" in page and "Approve all" not in page
-    no_comment = await post_form(reviewer_client, f"/dashboard/approvals/{execution_id}/submit")
+    assert "Approve all" not in page
+    confirm = await post_form(reviewer_client, f"/dashboard/approvals/{execution_id}/submit")
+    assert confirm.status_code == 200 and "Comment (required)" in confirm.text
+    no_comment = await post_form(
+        reviewer_client, f"/dashboard/approvals/{execution_id}/submit", {"confirmed": "yes"}
+    )
     assert no_comment.status_code == 400
     assert "A comment is required for this approval" in no_comment.text
     bulk = await post_form(
@@ -282,7 +307,9 @@ async def test_api_and_dashboard_approvals_end_in_the_same_states(
         f"{PUBLIC}/executions/{by_api}/approve", json={"comment": "ok"}, headers=auth(api_key)
     )
     await post_form(
-        reviewer_client, f"/dashboard/approvals/{by_dashboard}/submit", {"comment": "ok"}
+        reviewer_client,
+        f"/dashboard/approvals/{by_dashboard}/submit",
+        {"comment": "ok", "confirmed": "yes"},
     )
     await run_worker()
 
@@ -334,16 +361,19 @@ async def test_the_comment_rule_holds_for_every_caller(
             assert answer.status_code == 400, (action, body)
             assert answer.json()["message"] == message
     for action in ("submit", "reject"):
-        page = await post_form(
-            reviewer_client, f"/dashboard/approvals/{execution_id}/{action}", {"comment": " "}
-        )
-        assert page.status_code == 400, action
-        assert message in page.text
+        for form in ({"comment": " "}, {"comment": " ", "confirmed": "yes"}, {"confirmed": "yes"}):
+            page = await post_form(
+                reviewer_client, f"/dashboard/approvals/{execution_id}/{action}", form
+            )
+            assert page.status_code == 400, (action, form)
+            assert message in page.text
     stored = await execution_row(execution_id)
     assert (stored["status"], stored["approval_status"]) == ("pending_approval", "pending")
 
     done = await post_form(
-        reviewer_client, f"/dashboard/approvals/{execution_id}/reject", {"comment": "Off brand"}
+        reviewer_client,
+        f"/dashboard/approvals/{execution_id}/reject",
+        {"comment": "Off brand", "confirmed": "yes"},
     )
     assert done.status_code == 303
     assert (await execution_row(execution_id))["status"] == "cancelled"

@@ -245,7 +245,10 @@ def test_the_routes_and_their_parameters_are_found() -> None:
         "older": str,
         "newer": str,
     }
-    assert by_path["/dashboard/approvals/{execution_id:uuid}"].query_params == {"editing": UUID}
+    assert by_path["/dashboard/approvals/{execution_id:uuid}"].query_params == {
+        "editing": UUID,
+        "show": str,
+    }
     assert "/dashboard/workflows/{workflow_id:str}" in by_path
     assert len(ROUTES) >= 15
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar.openapi import ResponseSpec
@@ -99,8 +99,21 @@ class ApprovalMetadata(msgspec.Struct, rename="camel"):
     approval_deadline: str | None = None
 
 
+# public-api.md's rows are the step's displayFields; two keys are added beside them.
+PENDING_ROW_DESCRIPTION = (
+    "One row through the approval step's `displayFields` (every field when it names none), "
+    "plus two keys added beside the contract: `index` (the row's position from 0, which a "
+    "per-row decision in `approve` can address) and `complianceReasons` (a list of strings: "
+    "why the row failed the compliance check, empty when it passed; a failing row is never "
+    "sent, whatever is decided)."
+)
+
+
 class ApprovalData(msgspec.Struct, rename="camel"):
-    rows: list[dict[str, Any]]
+    rows: Annotated[
+        list[dict[str, Any]],
+        msgspec.Meta(description=PENDING_ROW_DESCRIPTION),
+    ]
     metadata: ApprovalMetadata
     display_fields: list[str]
 

@@ -20,7 +20,7 @@ from litestar.plugins.flash import flash
 from litestar.response import Template
 
 from web.dashboard.auth import actor_of, back_to, current_user, is_htmx, page, require_user
-from web.domain import approvals, executions, list_pages
+from web.domain import approvals, executions, list_pages, text_diff
 from web.domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.statuses import ExecutionStatus
@@ -38,6 +38,7 @@ def _approver(request: Request[Any, Any, Any]) -> approvals.Approver:
 def _review_context(
     execution: executions.ExecutionDetail,
     rows: list[RowView],
+    tab: str = approvals.DEFAULT_TAB,
     received: list[approvals.ApprovalProgress] | None = None,
 ) -> dict[str, Any]:
     rules = approvals.approval_rules(execution.definition)
@@ -47,7 +48,6 @@ def _review_context(
         for f in approvals.shown_fields(rules, [r.data for r in rows])
         if f not in approvals.ROW_EXTRAS
     ]
-    decided = [r for r in rows if r.decision]
     return {
         "execution": execution,
         "rows": rows,
@@ -55,13 +55,30 @@ def _review_context(
         "rules": rules,
         "waiting": execution.status == ExecutionStatus.PENDING_APPROVAL,
         "received": received or [],
-        "counts": {
-            "approved": sum(1 for r in decided if r.decision == "approved"),
-            "rejected": sum(1 for r in decided if r.decision == "rejected"),
-            "undecided": len(rows) - len(decided),
-            "failing": sum(1 for r in rows if r.compliance_status == "failed"),
+        "counts": approvals.review_counts(rows),
+        "tab": tab,
+        "tabs": approvals.TABS,
+        "diffs": {
+            r.id: text_diff.word_diff(r.original_content, r.generated_content or "")
+            for r in rows
+            if r.original_content is not None
+        },
+        "skipped_because": {
+            r.id: approvals.skipped_because(r) for r in rows if approvals.fails_compliance(r)
         },
     }
+
+
+def _tab(value: str | None) -> str:
+    """The `show` filter: one of approvals.TABS; anything else shows every row."""
+    return value if value in approvals.TABS else approvals.DEFAULT_TAB
+
+
+def _review_url(execution_id: UUID, tab: str, *, editing: UUID | None = None) -> str:
+    query = [f"show={tab}"] if tab != approvals.DEFAULT_TAB else []
+    if editing is not None:
+        query.append(f"editing={editing}")
+    return f"{BASE}/{execution_id}" + (f"?{'&'.join(query)}" if query else "")
 
 
 def _pop_row_error(request: Request[Any, Any, Any]) -> dict[str, str]:
@@ -105,18 +122,25 @@ class ApprovalsController(Controller):
         request: Request[Any, Any, Any],
         execution_id: FromPath[UUID],
         editing: FromQuery[UUID | None] = None,
+        show: FromQuery[str | None] = None,
     ) -> Template:
+        """The review screen; `show` picks a triage tab (approvals.TABS), without JavaScript
+        too: the tabs are links."""
         execution = await executions.get_detail(execution_id)
         # Outside the approverGroups the execution is not for this reviewer to see: 403.
         rules = approvals.approval_rules(execution.definition)
         approvals.check_may_decide(rules, _approver(request))
         rows = await executions.list_rows(execution_id)
+        tab = _tab(show)
         return page(
             request,
             "approvals/review.html",
             editing=editing,
             row_errors=_pop_row_error(request),
-            **_review_context(execution, rows, await approvals.approvals_received(execution_id)),
+            shown_rows=[r for r in rows if approvals.in_tab(r, tab)],
+            **_review_context(
+                execution, rows, tab, await approvals.approvals_received(execution_id)
+            ),
         )
 
     async def _row_response(
@@ -126,12 +150,13 @@ class ApprovalsController(Controller):
         row_id: UUID,
         error: str | None = None,
         editing: bool = False,
+        tab: str = approvals.DEFAULT_TAB,
     ) -> Response[Any]:
         if not is_htmx(request):
             if error is not None:
                 request.session[ROW_ERROR] = [str(row_id), error]
-            suffix = f"?editing={row_id}" if editing else ""
-            return back_to(request, f"{BASE}/{execution_id}{suffix}#row-{row_id}")
+            url = _review_url(execution_id, tab, editing=row_id if editing else None)
+            return back_to(request, f"{url}#row-{row_id}")
         execution = await executions.get_detail(execution_id)
         rows = await executions.list_rows(execution_id)  # the counts above the table need all
         row = next((r for r in rows if r.id == row_id), None)
@@ -143,7 +168,7 @@ class ApprovalsController(Controller):
             row=row,
             error=error,
             editing=row_id if editing else None,
-            **_review_context(execution, rows),
+            **_review_context(execution, rows, tab),
         )
 
     async def _row_action(
@@ -154,42 +179,57 @@ class ApprovalsController(Controller):
         action: Awaitable[RowView],
         shown_in_row: tuple[type[DomainError], ...],
         editing_on_error: bool = False,
+        tab: str = approvals.DEFAULT_TAB,
     ) -> Response[Any]:
         """Run a row action; an error of `shown_in_row` is drawn inside the row."""
         try:
             await action
         except shown_in_row as exc:
             return await self._row_response(
-                request, execution_id, row_id, error=exc.message, editing=editing_on_error
+                request, execution_id, row_id, exc.message, editing_on_error, tab
             )
-        return await self._row_response(request, execution_id, row_id)
+        return await self._row_response(request, execution_id, row_id, tab=tab)
 
     @post("/{execution_id:uuid}/rows/{row_id:uuid}/decision")
     async def decide(
         self, request: Request[Any, Any, Any], execution_id: FromPath[UUID], row_id: FromPath[UUID]
     ) -> Response[Any]:
         form = await request.form()
+        decision = str(form.get("decision", ""))
+        # A decision other than the form's buttons is a bad request, not a row's problem.
+        approvals.parse_row_decision(decision)
         action = approvals.decide_row(
             execution_id,
             row_id,
-            str(form.get("decision", "")),
+            decision,
             str(form.get("seen", "")),
             _approver(request),
+            reason=str(form.get("reason", "")),
         )
-        # A decision other than the form's two buttons is a bad request, not a row's problem.
-        return await self._row_action(request, execution_id, row_id, action, (Conflict,))
+        tab = _tab(str(form.get("show", "")))
+        return await self._row_action(
+            request, execution_id, row_id, action, (Conflict, InvalidInput), tab=tab
+        )
 
     @get("/{execution_id:uuid}/rows/{row_id:uuid}/edit")
     async def edit_form(
-        self, request: Request[Any, Any, Any], execution_id: FromPath[UUID], row_id: FromPath[UUID]
+        self,
+        request: Request[Any, Any, Any],
+        execution_id: FromPath[UUID],
+        row_id: FromPath[UUID],
+        show: FromQuery[str | None] = None,
     ) -> Response[Any]:
-        return await self._row_response(request, execution_id, row_id, editing=True)
+        return await self._row_response(request, execution_id, row_id, editing=True, tab=_tab(show))
 
     @get("/{execution_id:uuid}/rows/{row_id:uuid}")
     async def row(
-        self, request: Request[Any, Any, Any], execution_id: FromPath[UUID], row_id: FromPath[UUID]
+        self,
+        request: Request[Any, Any, Any],
+        execution_id: FromPath[UUID],
+        row_id: FromPath[UUID],
+        show: FromQuery[str | None] = None,
     ) -> Response[Any]:
-        return await self._row_response(request, execution_id, row_id)
+        return await self._row_response(request, execution_id, row_id, tab=_tab(show))
 
     @post("/{execution_id:uuid}/rows/{row_id:uuid}/edit")
     async def edit(
@@ -199,8 +239,9 @@ class ApprovalsController(Controller):
         action = approvals.edit_row(
             execution_id, row_id, str(form.get("content", "")), _approver(request)
         )
+        tab = _tab(str(form.get("show", "")))
         return await self._row_action(
-            request, execution_id, row_id, action, (Conflict, InvalidInput), editing_on_error=True
+            request, execution_id, row_id, action, (Conflict, InvalidInput), True, tab
         )
 
     @post("/{execution_id:uuid}/rows/decision")
@@ -210,8 +251,28 @@ class ApprovalsController(Controller):
         form = await request.form()
         decision = str(form.get("decision", ""))
         count = await approvals.decide_all_rows(execution_id, decision, _approver(request))
-        flash(request, f"{count} rows {decision}", category="success")
-        return back_to(request, f"{BASE}/{execution_id}")
+        kept = "rows already decided keep their decision"
+        if decision == "approved":
+            kept += "; rows failing compliance are not approved (they will be skipped)"
+        flash(request, f"{count} undecided rows {decision} ({kept})", category="success")
+        return back_to(request, _review_url(execution_id, _tab(str(form.get("show", "")))))
+
+    async def _confirm_page(
+        self, request: Request[Any, Any, Any], execution_id: UUID, action: str, comment: str | None
+    ) -> Template:
+        """The step before a whole-execution decision: what it will do, asked once more (a
+        page, so it works without JavaScript)."""
+        execution = await executions.get_detail(execution_id)
+        rows = await executions.list_rows(execution_id)
+        return page(
+            request,
+            "approvals/confirm.html",
+            action=action,
+            comment=comment or "",
+            **_review_context(
+                execution, rows, received=await approvals.approvals_received(execution_id)
+            ),
+        )
 
     @post("/{execution_id:uuid}/submit")
     async def submit(
@@ -221,9 +282,14 @@ class ApprovalsController(Controller):
         arq: NamedDependency[ArqRedis],
     ) -> Response[Any]:
         """Approve the execution with the row decisions made (undecided rows count as approved,
-        as with the public API's approve) and resume the run."""
+        as with the public API's approve) and resume the run: first a confirmation page saying
+        what will be sent, then (with `confirmed`) the approval."""
         form = await request.form()
         comment = str(form.get("comment", "")).strip() or None
+        if form.get("confirmed") != "yes":
+            # The review screen's buttons send no comment: the confirmation page asks for it.
+            await approvals.check_can_decide(execution_id, comment, comment_given="comment" in form)
+            return await self._confirm_page(request, execution_id, "submit", comment)
         # A refusal (the same approver twice, self-approval, outside the approverGroups) is the
         # error page with its message, 409 or 403, as every refused decision here.
         outcome = await approvals.approve_execution(arq, execution_id, _approver(request), comment)
@@ -245,8 +311,13 @@ class ApprovalsController(Controller):
         execution_id: FromPath[UUID],
         arq: NamedDependency[ArqRedis],
     ) -> Response[Any]:
+        """Reject the whole execution, after a confirmation page (without `confirmed`)."""
         form = await request.form()
         comment = str(form.get("comment", "")).strip() or None
+        if form.get("confirmed") != "yes":
+            # The review screen's buttons send no comment: the confirmation page asks for it.
+            await approvals.check_can_decide(execution_id, comment, comment_given="comment" in form)
+            return await self._confirm_page(request, execution_id, "reject", comment)
         await approvals.reject_execution(arq, execution_id, _approver(request), comment)
         flash(
             request, "Rejected: the execution is cancelled and nothing is sent", category="success"

@@ -39,7 +39,7 @@ from web.domain.actors import Actor, ActorType
 from web.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
-from web.domain.statuses import ExecutionStatus, RowDecision
+from web.domain.statuses import ComplianceStatus, ExecutionStatus, RowDecision
 from web.domain.tables import ApprovalSubmission, Execution, ExecutionRow
 from web.domain.types import (
     Definition,
@@ -83,6 +83,11 @@ class ApprovalRules(msgspec.Struct, frozen=True):
     def remind_before_seconds(self) -> float | None:
         return durations.parse(self.remind_before).total_seconds() if self.remind_before else None
 
+    # Review screen only (never in the API's displayFields): the input fields that decided the
+    # offer, shown beside the displayed ones (e.g. credit_score, income_bracket).
+    context_fields: list[str] = []
+    require_reject_reason: bool = False  # a row rejected on the review screen needs a reason
+
 
 def approval_rules(definition: Definition) -> ApprovalRules:
     settings = approval_settings(definition)
@@ -98,6 +103,8 @@ def approval_rules(definition: Definition) -> ApprovalRules:
         approver_groups=tuple(settings.get("approverGroups") or ()),
         timeout=settings.get("timeout"),
         remind_before=settings.get("remindBefore"),
+        context_fields=list(settings.get("contextFields") or []),
+        require_reject_reason=bool(settings.get("requireRejectReason", False)),
     )
 
 
@@ -159,9 +166,14 @@ def shown_fields(rules: ApprovalRules, rows: list[RowData]) -> list[str]:
     """The fields a reviewer sees: the step's displayFields, or else every field of the rows
     (in the order they first appear), then the generated message and its compliance status."""
     if rules.display_fields:
-        return rules.display_fields
-    fields = list(dict.fromkeys(field for row in rows for field in row))
-    return [*(f for f in fields if f not in ROW_EXTRAS), *ROW_EXTRAS]
+        shown = rules.display_fields
+    else:
+        fields = list(dict.fromkeys(field for row in rows for field in row))
+        shown = [*(f for f in fields if f not in ROW_EXTRAS), *ROW_EXTRAS]
+    context = [f for f in rules.context_fields if f not in shown]
+    # The context fields go before the message and its compliance status.
+    extras = [f for f in shown if f in ROW_EXTRAS]
+    return [*(f for f in shown if f not in ROW_EXTRAS), *context, *extras]
 
 
 def _check_comment(rules: ApprovalRules, comment: str | None) -> None:
@@ -764,6 +776,7 @@ async def pending_approval_data(execution: executions.ExecutionView) -> PendingA
             ExecutionRow.data,
             ExecutionRow.generated_content,
             ExecutionRow.compliance_status,
+            ExecutionRow.compliance_reasons,
         )
         .where(ExecutionRow.execution == execution.id)
         .order_by(ExecutionRow.position)
@@ -778,8 +791,10 @@ async def pending_approval_data(execution: executions.ExecutionView) -> PendingA
         }
         fields = rules.display_fields
         entry = {field: values.get(field) for field in fields} if fields else values
-        # Added beside the contract: how a per-row decision addresses the row (RowChoice).
+        # Added beside the contract: how a per-row decision addresses the row (RowChoice),
+        # and why a row failed compliance (empty when it passed): it will not be sent.
         entry["index"] = index
+        entry["complianceReasons"] = list(read.compliance_reasons or [])
         shown.append(entry)
     progress = await Execution.raw(
         "SELECT approval_deadline, (SELECT count(*) FROM approval_submission s "
@@ -795,11 +810,12 @@ async def pending_approval_data(execution: executions.ExecutionView) -> PendingA
 
 
 class _ApprovalRow(ReadModel, frozen=True):
-    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("data",)
+    JSON_COLUMNS: ClassVar[tuple[str, ...]] = ("data", "compliance_reasons")
 
     data: RowData
     generated_content: str | None
     compliance_status: str | None
+    compliance_reasons: list[str] | None
 
 
 # --- row by row, for the review screen ------------------------------------------------------
@@ -954,44 +970,109 @@ async def _row(execution_id: UUID, row_id: UUID) -> RowView:
     return from_row(row, RowView)
 
 
-def _check_decision(decision: str) -> RowDecision:
+# The review screen's "no decision" (its undo puts a row back to it); never an API value.
+UNDECIDED = "undecided"
+
+
+def parse_row_decision(decision: str) -> RowDecision | None:
+    """A row decision from the review screen's form: approved, rejected or `undecided` (None).
+    InvalidInput for anything else."""
+    if decision == UNDECIDED:
+        return None
     try:
         return RowDecision(decision)
     except ValueError:
         raise InvalidInput("Decision must be approved or rejected") from None
 
 
+def _check_decision(decision: str) -> RowDecision:
+    checked = parse_row_decision(decision)
+    if checked is None:
+        raise InvalidInput("Decision must be approved or rejected")
+    return checked
+
+
+def fails_compliance(row: RowView) -> bool:
+    return row.compliance_status == ComplianceStatus.FAILED
+
+
+def skipped_because(row: RowView) -> str:
+    """Why a row failing compliance is not sent, as the review screen says it."""
+    return "; ".join(row.compliance_reasons) or "it failed the compliance check"
+
+
 async def decide_row(
-    execution_id: UUID, row_id: UUID, decision: str, seen: str | None, approver: Approver
+    execution_id: UUID,
+    row_id: UUID,
+    decision: str,
+    seen: str | None,
+    approver: Approver,
+    *,
+    reason: str | None = None,
 ) -> RowView:
-    """Save one row's decision at once. `seen` is the decision the reviewer saw ("" for none):
-    if someone else changed it meanwhile, Conflict instead of a silent overwrite."""
-    checked = _check_decision(decision)
+    """Save one row's decision at once (`undecided` clears it: the review screen's undo).
+    `seen` is the decision the reviewer saw ("" for none): if someone else changed it
+    meanwhile, Conflict instead of a silent overwrite. A row failing compliance cannot be
+    approved (Conflict: it will be skipped whatever the decision); a reject needs a `reason`
+    when the approval step has requireRejectReason (InvalidInput)."""
+    checked = parse_row_decision(decision)
+    reason = (reason or "").strip() or None
+    if reason is not None and "\x00" in reason:
+        raise InvalidInput("The reason contains a NUL character")
     decided_by = approver.label
     async with pool.engine().transaction():
-        check_may_decide(approval_rules((await _lock_pending(execution_id)).definition), approver)
+        execution = await _lock_pending(execution_id)
+        rules = approval_rules(execution.definition)
+        check_may_decide(rules, approver)
         current = await _row(execution_id, row_id)
         if (current.decision or "") != (seen or ""):
             who = current.decided_by or "another reviewer"
             raise Conflict(
                 f"{who} changed this row meanwhile (it is now {current.decision or 'undecided'})"
             )
-        await _save_decision(row_id, checked, decided_by)
+        if checked == RowDecision.APPROVED and fails_compliance(current):
+            raise Conflict(
+                f"This row cannot be approved: it will be skipped: {skipped_because(current)}"
+            )
+        if checked == RowDecision.REJECTED and rules.require_reject_reason and reason is None:
+            raise InvalidInput("Give a reason to reject this row")
+        after: dict[str, Any] = {"index": current.position, "decision": None}
+        if checked is None:  # the review screen's undo
+            await _clear_decision(row_id)
+        else:
+            kept = reason if checked == RowDecision.REJECTED else None
+            await _save_decision(row_id, checked, decided_by, kept)
+            after = {"index": current.position, "decision": str(checked)}
+            if kept:
+                after["reason"] = kept
         await audit.record(
             approver.actor,
-            f"row.{checked}",
+            f"row.{checked or 'undecided'}",
             "execution_row",
             row_id,
             execution_id=execution_id,
             before={"index": current.position, "decision": current.decision},
-            after={"index": current.position, "decision": str(checked)},
+            after=after,
         )
     return await _row(execution_id, row_id)
 
 
+async def _clear_decision(row_id: UUID) -> None:
+    await ExecutionRow.update(
+        {
+            ExecutionRow.decision: None,
+            ExecutionRow.decided_by: None,
+            ExecutionRow.decided_at: None,
+            ExecutionRow.decision_reason: None,
+        }
+    ).where(ExecutionRow.id == row_id)
+
+
 async def decide_all_rows(execution_id: UUID, decision: str, approver: Approver) -> int:
-    """Bulk decision (only when the approval step allows it): every row gets `decision`.
-    Returns how many rows were decided."""
+    """Bulk decision (only when the approval step allows it): every row WITHOUT a decision gets
+    `decision`; rows already approved or rejected keep theirs, and rows failing compliance are
+    never approved (they stay undecided: they will be skipped). Returns how many rows were
+    decided."""
     checked = _check_decision(decision)
     decided_by = approver.label
     async with pool.engine().transaction():
@@ -1001,10 +1082,13 @@ async def decide_all_rows(execution_id: UUID, decision: str, approver: Approver)
             raise Conflict("This workflow does not allow bulk approval")
         rows = await ExecutionRow.raw(
             "UPDATE execution_row SET decision = {}, decided_by = {}, decided_at = now() "
-            "WHERE execution = {} RETURNING id",
+            "WHERE execution = {} AND decision IS NULL "
+            "  AND ({} = 'rejected' OR compliance_status IS DISTINCT FROM 'failed') "
+            "RETURNING id",
             str(checked),
             decided_by,
             execution_id,
+            str(checked),
         )
         await audit.record(
             approver.actor,
@@ -1015,6 +1099,75 @@ async def decide_all_rows(execution_id: UUID, decision: str, approver: Approver)
             after={"decision": str(checked), "rows": len(rows), "bulk": True},
         )
     return len(rows)
+
+
+# --- the review screen's triage ---------------------------------------------------------------
+
+# The filter tabs, in the order the screen shows them (`?show=` takes these names).
+TABS = ("failing", "undecided", "edited", "rejected", "all")
+DEFAULT_TAB = "all"
+
+
+def in_tab(row: RowView, tab: str) -> bool:
+    """Whether `row` belongs under `tab`. Undecided: no decision yet and passing compliance
+    (a failing row needs none: it is skipped whatever is decided)."""
+    if tab == "failing":
+        return fails_compliance(row)
+    if tab == "undecided":
+        return row.decision is None and not fails_compliance(row)
+    if tab == "edited":
+        return row.original_content is not None
+    if tab == "rejected":
+        return row.decision == RowDecision.REJECTED
+    return True
+
+
+class ReviewCounts(msgspec.Struct, frozen=True):
+    """What submitting would do now, and how many rows each tab holds. Every row is one of
+    will_send, skipped (failing compliance, not rejected) or rejected; undecided rows are
+    approved by the submit, as with the API's approve."""
+
+    total: int
+    approved: int
+    rejected: int
+    undecided: int
+    failing: int
+    edited: int
+    will_send: int
+    skipped: int
+
+    def tab(self, name: str) -> int:
+        return {
+            "failing": self.failing,
+            "undecided": self.undecided,
+            "edited": self.edited,
+            "rejected": self.rejected,
+        }.get(name, self.total)
+
+
+def review_counts(rows: Sequence[RowView]) -> ReviewCounts:
+    rejected = sum(1 for r in rows if r.decision == RowDecision.REJECTED)
+    skipped = sum(1 for r in rows if fails_compliance(r) and r.decision != RowDecision.REJECTED)
+    return ReviewCounts(
+        total=len(rows),
+        approved=sum(
+            1 for r in rows if r.decision == RowDecision.APPROVED and not fails_compliance(r)
+        ),
+        rejected=rejected,
+        undecided=sum(1 for r in rows if in_tab(r, "undecided")),
+        failing=sum(1 for r in rows if fails_compliance(r)),
+        edited=sum(1 for r in rows if r.original_content is not None),
+        will_send=len(rows) - rejected - skipped,
+        skipped=skipped,
+    )
+
+
+async def check_can_decide(execution_id: UUID, comment: str | None, *, comment_given: bool) -> None:
+    """Before a confirmation step is shown for a whole-execution decision: NotFound, Conflict
+    unless pending approval, and (when a comment was given at all) the comment rule."""
+    await executions.require_status(execution_id, ExecutionStatus.PENDING_APPROVAL)
+    if comment_given:
+        _check_comment(approval_rules(await _definition(execution_id, None)), comment)
 
 
 async def edit_row(execution_id: UUID, row_id: UUID, content: str, approver: Approver) -> RowView:

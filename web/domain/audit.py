@@ -42,6 +42,7 @@ MAX_ID = 2**63 - 1  # audit_entry.id is a bigint
 ACTIONS = (
     "row.approved",
     "row.rejected",
+    "row.undecided",
     "row.edited",
     "execution.approved",
     "execution.rejected",

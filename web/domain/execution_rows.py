@@ -43,6 +43,7 @@ class RowView(ReadModel, frozen=True):
     # What WhatsApp reported since (web.domain.delivery_statuses); None until a status arrives.
     delivery_status: str | None = None
     delivery_error: str | None = None
+    decision_reason: str | None = None  # a rejected row's reason, as the reviewer gave it
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,10 @@ STEP_SETTINGS: dict[str, dict[str, Setting]] = {
                 "slackWebhookUrl": Setting("url"),
             },
         ),
+        # The review screen's: input fields shown beside displayFields (not in the API's rows),
+        # and whether rejecting one row asks the reviewer for a reason.
+        "contextFields": Setting("strings"),
+        "requireRejectReason": Setting("boolean"),
     },
     "send_message": {
         "provider": Setting("string", choices=tuple(MESSAGING_PROVIDERS)),
