@@ -90,7 +90,9 @@ async def test_a_rejection_in_the_dashboard_sends_it_too(
     execution_id = await start(client, new.secret, csv_data=rows(1))
     await run_worker()
 
-    answer = await post_form(admin_client, f"/dashboard/approvals/{execution_id}/reject")
+    answer = await post_form(
+        admin_client, f"/dashboard/approvals/{execution_id}/reject", {"confirmed": "yes"}
+    )
     assert answer.status_code == 303
     await run_worker()
 

@@ -100,7 +100,9 @@ async def test_two_approvals_an_api_key_and_a_reviewer_resume_the_run_and_the_sa
     assert await SandboxMessage.count() == 0  # nothing is sent on one approval
 
     second = await post_form(
-        reviewer_client, f"/dashboard/approvals/{execution_id}/submit", {"comment": "ok"}
+        reviewer_client,
+        f"/dashboard/approvals/{execution_id}/submit",
+        {"confirmed": "yes", "comment": "ok"},
     )
 
     assert second.status_code == 303
@@ -137,17 +139,17 @@ async def test_two_dashboard_users_count_as_two_and_one_user_twice_is_refused(
     execution_id = await _waiting(client, api_key, run_worker, requiredApprovals=2)
     url = f"/dashboard/approvals/{execution_id}/submit"
 
-    first = await post_form(reviewer_client, url)
+    first = await post_form(reviewer_client, url, {"confirmed": "yes"})
     assert first.status_code == 303
     assert first.headers["location"] == f"/dashboard/approvals/{execution_id}"
     page = (await reviewer_client.get(first.headers["location"])).text
     assert "Your approval is recorded (1 of 2 approvals)" in page
-    twice = await post_form(reviewer_client, url)
+    twice = await post_form(reviewer_client, url, {"confirmed": "yes"})
 
     assert twice.status_code == 409
     assert "You have already approved this execution (1 of 2 approvals)" in twice.text
     assert (await execution_row(execution_id))["status"] == "pending_approval"
-    assert (await post_form(admin_client, url)).status_code == 303
+    assert (await post_form(admin_client, url, {"confirmed": "yes"})).status_code == 303
     assert (await execution_row(execution_id))["status"] == "running"
     assert await _submissions(execution_id) == ["reviewer@example.com", "admin@example.com"]
 
@@ -159,7 +161,9 @@ async def test_a_reject_by_either_approver_ends_it_after_one_approval(
     assert (await _approve(client, api_key, execution_id)).status_code == 200
 
     rejected = await post_form(
-        reviewer_client, f"/dashboard/approvals/{execution_id}/reject", {"comment": "No"}
+        reviewer_client,
+        f"/dashboard/approvals/{execution_id}/reject",
+        {"confirmed": "yes", "comment": "No"},
     )
 
     assert rejected.status_code == 303
@@ -186,10 +190,14 @@ async def test_the_editor_of_a_row_cannot_give_the_last_approval(
         {"content": "Hi, a shorter offer. Reply STOP to opt out."},
     )
     assert edited.status_code == 303
-    first = await post_form(admin_client, f"/dashboard/approvals/{execution_id}/submit")
+    first = await post_form(
+        admin_client, f"/dashboard/approvals/{execution_id}/submit", {"confirmed": "yes"}
+    )
     assert first.status_code == 303
 
-    refused = await post_form(reviewer_client, f"/dashboard/approvals/{execution_id}/submit")
+    refused = await post_form(
+        reviewer_client, f"/dashboard/approvals/{execution_id}/submit", {"confirmed": "yes"}
+    )
 
     assert refused.status_code == 403
     assert (
@@ -209,7 +217,9 @@ async def test_with_self_approval_allowed_the_editor_may_complete_it(
         client, api_key, run_worker, requiredApprovals=2, allowSelfApproval=True
     )
     body = {"rows": [{"index": 0, "decision": "approve", "content": "New text. Reply STOP."}]}
-    await post_form(admin_client, f"/dashboard/approvals/{execution_id}/submit")
+    await post_form(
+        admin_client, f"/dashboard/approvals/{execution_id}/submit", {"confirmed": "yes"}
+    )
 
     response = await client.post(
         f"{PUBLIC}/executions/{execution_id}/approve", json=body, headers=auth(api_key)
@@ -230,7 +240,9 @@ async def test_approver_groups_restrict_the_queue_the_review_and_the_decisions(
 
     queue = (await reviewer_client.get("/dashboard/approvals")).text
     review = await reviewer_client.get(f"/dashboard/approvals/{execution_id}")
-    submit = await post_form(reviewer_client, f"/dashboard/approvals/{execution_id}/submit")
+    submit = await post_form(
+        reviewer_client, f"/dashboard/approvals/{execution_id}/submit", {"confirmed": "yes"}
+    )
     by_api = await _approve(client, api_key, execution_id)
 
     assert execution_id not in queue and "Nothing waits for approval." in queue
@@ -256,7 +268,9 @@ async def test_approver_groups_restrict_the_queue_the_review_and_the_decisions(
     assert (await users.get_user(reviewer["id"])).groups == ["compliance", "risk"]
     assert execution_id in (await reviewer_client.get("/dashboard/approvals")).text
     assert (
-        await post_form(reviewer_client, f"/dashboard/approvals/{execution_id}/submit")
+        await post_form(
+            reviewer_client, f"/dashboard/approvals/{execution_id}/submit", {"confirmed": "yes"}
+        )
     ).status_code == 303
     assert (await execution_row(execution_id))["status"] == "running"
 

@@ -72,7 +72,7 @@ async def test_row_decisions_edits_bulk_and_the_approval_are_recorded_as_the_rev
         reviewer_client, f"{base}/rows/decision", {"decision": "approved"}, headers=headers
     )
     submitted = await post_form(
-        reviewer_client, f"{base}/submit", {"comment": "ok"}, headers=headers
+        reviewer_client, f"{base}/submit", {"confirmed": "yes", "comment": "ok"}, headers=headers
     )
     assert [r.status_code for r in (decided, edit, bulk, submitted)] == [303, 303, 303, 303]
 
@@ -346,7 +346,7 @@ async def test_the_execution_page_shows_its_timeline(
     first = (await row_ids())[0]
     base = f"/dashboard/approvals/{execution_id}"
     await post_form(reviewer_client, f"{base}/rows/{first}/decision", {"decision": "rejected"})
-    await post_form(reviewer_client, f"{base}/submit", {"comment": "fine"})
+    await post_form(reviewer_client, f"{base}/submit", {"confirmed": "yes", "comment": "fine"})
     await run_worker()
 
     html = (await reviewer_client.get(f"/dashboard/executions/{execution_id}")).text

@@ -20,6 +20,7 @@ from arq.connections import ArqRedis
 from tests.factories import PUBLIC, auth, create_key, execute, rows
 from tests.receiver import Receiver
 from web.domain import clock, pool, queue, retention
+from web.domain.actors import Actor
 from web.domain.tables import Execution
 from web.settings import get_settings
 
@@ -254,7 +255,7 @@ async def test_a_purged_event_is_not_redelivered(
     await retention.purge_personal_data(clock.now() - timedelta(days=90))
     (event, *_) = (await _snapshot(old))["events"]
     with pytest.raises(Conflict, match="removed by the retention policy"):
-        await webhooks.redeliver_event(redis, event["id"])
+        await webhooks.redeliver_event(redis, event["id"], actor=Actor.cli())
     assert await redis.zcard(queue.WEBHOOK_QUEUE) == 0
     assert (await _snapshot(old))["events"][0]["status"] == "delivered"
 

@@ -46,19 +46,22 @@ def _steps(execution: ExecutionDetail) -> list[TimelineEvent]:
     return events
 
 
-def _detail(entry: audit.AuditEntryView) -> str | None:
+def _detail(entry: audit.AuditEntryView, *, purged: bool) -> str | None:
+    """Which rows, and the comment: not once the retention policy removed the execution's
+    personal data (a comment may name the customer; the audit trail keeps it for its own,
+    longer retention, for those who may read the trail)."""
     after = entry.after if isinstance(entry.after, dict) else {}
     parts = []
     if entry.target_type == "execution_row" and "index" in after:
         parts.append(f"row {int(after['index']) + 1}")
     if after.get("bulk"):
         parts.append(f"all {after.get('rows')} rows")
-    if entry.comment:
+    if entry.comment and not purged:
         parts.append(f"“{entry.comment}”")
     return " · ".join(parts) or None
 
 
-async def _decisions(execution_id: UUID) -> list[TimelineEvent]:
+async def _decisions(execution_id: UUID, *, purged: bool) -> list[TimelineEvent]:
     entries = await audit.list_entries(
         audit.AuditFilters(execution_id=execution_id), limit=ENTRY_LIMIT, newest_first=False
     )
@@ -67,7 +70,7 @@ async def _decisions(execution_id: UUID) -> list[TimelineEvent]:
             at=entry.at,
             kind="approval" if entry.action.startswith("execution.") else "decision",
             title=entry.action,
-            detail=_detail(entry),
+            detail=_detail(entry, purged=purged),
             actor=entry.actor,
         )
         for entry in entries
@@ -141,7 +144,8 @@ async def execution_timeline(execution: ExecutionDetail) -> list[TimelineEvent]:
         TimelineEvent(at=execution.created_at, kind="started", title="Started", actor=None)
     ]
     events += _steps(execution)
-    events += await _decisions(execution.id)
+    purged = execution.personal_data_purged_at is not None
+    events += await _decisions(execution.id, purged=purged)
     events += await _sends(execution.id)
     events += await _webhooks(execution.id)
     events += await _notifications(execution.id)
