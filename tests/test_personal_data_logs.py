@@ -31,6 +31,7 @@ from tests.fake_providers import FakeChatCompletions, FakeWhatsAppCloud
 from tests.live_server import LiveServer
 from tests.receiver import Receiver
 from web.domain import users
+from web.domain.actors import Actor
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 from web.logs import JsonFormatter
 
@@ -152,7 +153,7 @@ async def test_a_whole_run_in_process_logs_no_personal_data(
         caplog.set_level(logging.DEBUG, logger=name)
     llm, whatsapp = providers
     await _save_workflow(llm, whatsapp)
-    await users.create_user(REVIEWER_EMAIL, PASSWORD, "reviewer")
+    await users.create_user(REVIEWER_EMAIL, PASSWORD, "reviewer", actor=Actor.system())
     new = await create_key(webhook_url=receiver.url)
 
     response = await client.post(
@@ -206,7 +207,7 @@ async def test_a_whole_run_through_real_processes_logs_no_personal_data(
 ) -> None:
     llm, whatsapp = providers
     await _save_workflow(llm, whatsapp)
-    await users.create_user(REVIEWER_EMAIL, PASSWORD, "reviewer")
+    await users.create_user(REVIEWER_EMAIL, PASSWORD, "reviewer", actor=Actor.system())
     new = await create_key(webhook_url=receiver.url)
     env = {**os.environ, "FLOWGATE_LOG_LEVEL": "DEBUG", "FLOWGATE_PROVIDER_ALLOW_PRIVATE": "true"}
     server = LiveServer(**{k: v for k, v in env.items() if k.startswith(("FLOWGATE_",))})

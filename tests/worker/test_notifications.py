@@ -25,9 +25,12 @@ from aiosmtpd.controller import Controller
 from tests.factories import PUBLIC, auth, execution_row, rows, start
 from tests.receiver import Receiver
 from web.domain import clock, users
+from web.domain.actors import Actor
 from web.domain.tables import Notification, NotificationAttempt, SandboxMessage, User
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 from web.settings import Settings, get_settings
+
+SYSTEM = Actor.system()  # who creates the approvers here (the audit trail's actor)
 
 WORKFLOW_ID = "workflow_notified"
 PUBLIC_URL = "https://flowgate.bank.example"
@@ -107,9 +110,13 @@ async def _workflow(**approval: Any) -> None:
 
 
 async def _approvers() -> None:
-    await users.create_user("lead@example.com", "a long password 1", "admin")
-    await users.create_user("checker@example.com", "a long password 2", "reviewer")
-    await users.create_user("gone@example.com", "a long password 3", "reviewer")
+    await users.create_user("lead@example.com", "a long password 1", "admin", actor=SYSTEM)
+    await users.create_user(
+        "checker@example.com", "a long password 2", "reviewer", actor=Actor.system()
+    )
+    await users.create_user(
+        "gone@example.com", "a long password 3", "reviewer", actor=Actor.system()
+    )
     await User.update({User.active: False}).where(User.email == "gone@example.com")
 
 
@@ -189,7 +196,9 @@ async def test_only_members_of_the_approver_groups_are_emailed(
 ) -> None:
     inbox, url = smtp
     await _approvers()
-    await users.create_user("risk@example.com", "a long password 4", "reviewer")
+    await users.create_user(
+        "risk@example.com", "a long password 4", "reviewer", actor=Actor.system()
+    )
     await User.update({User.groups: ["risk"]}).where(User.email == "risk@example.com")
     await _workflow(approverGroups=["risk"])
     await start(client, api_key, workflow_id=WORKFLOW_ID, csv_data=rows(1))
@@ -204,7 +213,9 @@ async def test_a_failing_mail_server_is_retried_until_it_takes_the_message(
     client: httpx.AsyncClient, flaky_smtp: tuple[Inbox, str], run_worker: Any, api_key: str
 ) -> None:
     inbox, url = flaky_smtp
-    await users.create_user("checker@example.com", "a long password 2", "reviewer")
+    await users.create_user(
+        "checker@example.com", "a long password 2", "reviewer", actor=Actor.system()
+    )
     await _workflow()
     execution_id = await start(client, api_key, workflow_id=WORKFLOW_ID, csv_data=rows(1))
 
@@ -230,7 +241,9 @@ async def test_a_failing_mail_server_is_retried_until_it_takes_the_message(
 async def test_a_dead_mail_server_never_delays_or_fails_the_run(
     client: httpx.AsyncClient, run_worker: Any, api_key: str
 ) -> None:
-    await users.create_user("checker@example.com", "a long password 2", "reviewer")
+    await users.create_user(
+        "checker@example.com", "a long password 2", "reviewer", actor=Actor.system()
+    )
     await _workflow()
     silent = socket.socket()  # accepts connections and never says a word
     silent.bind(("127.0.0.1", 0))
