@@ -628,7 +628,7 @@ def script_rows(env: dict[str, str]) -> list[dict[str, Any]]:
             rows.append(
                 {
                     **empty,
-                    "figure": f"9 {text}, limiter {'on' if shared == 'shared' else 'off'}",
+                    "figure": f"10 {text}, limiter {'on' if shared == 'shared' else 'off'}",
                     "rps": figure["achieved_per_s"],
                     "ratio": figure["achieved_share"],
                     "target_text": (">= 0.9, <= 1% 429" if kind == "llm" else ">= 0.9, 0 429 >1s")
