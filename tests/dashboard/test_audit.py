@@ -105,7 +105,7 @@ async def test_row_decisions_edits_bulk_and_the_approval_are_recorded_as_the_rev
             "row.approved",
             "execution",
             None,
-            {"decision": "approved", "rows": 3, "bulk": True},
+            {"decision": "approved", "rows": 2, "bulk": True},
         ),
         (
             "user",
