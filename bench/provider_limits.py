@@ -43,6 +43,7 @@ import httpx
 from tests.fake_providers import FakeChatCompletions, FakeServer, FakeWhatsAppCloud
 from web.app import create_app
 from web.domain import api_keys, queue
+from web.domain.actors import Actor
 from web.domain.pool import start_pool
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 
@@ -198,7 +199,8 @@ async def main(seconds: float) -> dict[str, Any]:
         api_keys.KeySettings(
             name="provider limits", monthly_limit=10**9, rate_limit_burst=10**9,
             rate_limit_refill_per_second=10**6,
-        )
+        ),
+        actor=Actor.cli(),
     )  # fmt: skip
     headers = {"Authorization": f"Bearer {key.secret}"}
     result: dict[str, Any] = {"executions": EXECUTIONS, "rows": ROWS, "workers": 2}
