@@ -36,22 +36,24 @@ class SandboxMessenger:
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds * len(messages))
         ids = [m.row_id for m in messages]
-        await SandboxMessage.raw(
-            "INSERT INTO sandbox_message "
-            "  (id, execution_row, channel, recipient, body, message_id, created_at) "
-            "SELECT gen_random_uuid(), v.row_id, {}, v.recipient, v.body, "
-            "  {} || replace(gen_random_uuid()::text, '-', ''), now() "
-            "FROM unnest({}::uuid[], {}::text[], {}::text[]) AS v(row_id, recipient, body) "
-            "ON CONFLICT (execution_row) DO NOTHING",
+        # One round trip: the rows recorded now (RETURNING) and those recorded by an earlier
+        # attempt (the outer SELECT does not see the CTE's inserts, so no row comes twice).
+        recorded = await SandboxMessage.raw(
+            "WITH added AS ("
+            "  INSERT INTO sandbox_message "
+            "    (id, execution_row, channel, recipient, body, message_id, created_at) "
+            "  SELECT gen_random_uuid(), v.row_id, {}, v.recipient, v.body, "
+            "    {} || replace(gen_random_uuid()::text, '-', ''), now() "
+            "  FROM unnest({}::uuid[], {}::text[], {}::text[]) AS v(row_id, recipient, body) "
+            "  ON CONFLICT (execution_row) DO NOTHING RETURNING execution_row, message_id) "
+            "SELECT execution_row, message_id FROM added "
+            "UNION ALL SELECT execution_row, message_id FROM sandbox_message "
+            "WHERE execution_row = ANY({}::uuid[])",
             self.channel,
             f"{self.channel}_msg_",
             ids,
             [m.recipient for m in messages],
             [m.body for m in messages],
-        )
-        recorded = await SandboxMessage.raw(
-            "SELECT execution_row, message_id FROM sandbox_message "
-            "WHERE execution_row = ANY({}::uuid[])",
             ids,
         )
         by_row = {row["execution_row"]: row["message_id"] for row in recorded}
