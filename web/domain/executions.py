@@ -427,9 +427,12 @@ class _Claimed(ReadModel, frozen=True):
 
 
 # What a webhook payload needs, as RETURNING columns of a transition of `execution AS e`.
+# `webhook_events`: the events the execution's key wants, NULL without a webhook URL; read in
+# the transition's own statement, so recording an event costs no query of the key.
 EVENT_COLUMNS = (
     "e.id, e.workflow, e.api_key, e.status, e.started_at, e.completed_at, e.output, e.error, "
-    "e.approval_status"
+    "e.approval_status, (SELECT k.webhook_events FROM api_key AS k "
+    "  WHERE k.id = e.api_key AND k.webhook_url <> '') AS webhook_events"
 )
 
 

@@ -27,7 +27,7 @@ from web.domain import addresses, audit, clock, pool, queue
 from web.domain.actors import Actor
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.script_client import ScriptClient
-from web.domain.tables import ApiKey, Execution, WebhookAttempt, WebhookEvent
+from web.domain.tables import Execution, WebhookAttempt, WebhookEvent
 from web.domain.types import ExecutionOutput, ReadModel, from_row
 
 USER_AGENT = "Workflow-Automation-Platform/1.0"  # public-api.md "Webhook Headers"
@@ -88,6 +88,8 @@ class EventSource(ReadModel, frozen=True):
     approval_status: str | None = None
     # execution.delivery_updated: the counts it reports (web.domain.delivery_statuses).
     delivery: dict[str, int] | None = None
+    # The events its key wants; None when the key has no webhook URL (EVENT_COLUMNS).
+    webhook_events: list[str] | None = None
 
 
 def build_payload(event: str, execution: EventSource) -> str:
@@ -163,12 +165,7 @@ class NewEvent:
 async def record_event(event: str, execution: EventSource) -> NewEvent | None:
     """Write `event` for `execution` if its key wants it. Call inside the transaction that
     changed the execution's status (its row is locked, which orders the sequence numbers)."""
-    key = (
-        await ApiKey.select(ApiKey.webhook_url, ApiKey.webhook_events)
-        .where(ApiKey.id == execution.api_key)
-        .first()
-    )
-    if key is None or not key["webhook_url"] or event not in (key["webhook_events"] or []):
+    if event not in (execution.webhook_events or ()):
         return None
     rows = await WebhookEvent.raw(
         "SELECT COALESCE(MAX(sequence), 0) + 1 AS next, "
