@@ -172,7 +172,8 @@ class _Run:
         runner = RUNNERS.get(kind) if isinstance(kind, str) else None
         if runner is None:
             raise StepError(f"unknown step type {kind!r}")
-        await self.renew_lease()
+        # No lease renewal here: the claim or the last finish_step has just set the lease (and
+        # seen the execution running); the heartbeat renews it while the step works.
         context = StepContext(
             execution_id=self.claim.id,
             index=self.index,
@@ -184,6 +185,7 @@ class _Run:
             deadline=self.deadline,
             stop_requested=lambda: self.cancelled,
             redis=self.redis,
+            definition=self.claim.definition,
         )
         return await keeping_lease(context, runner(context))
 
