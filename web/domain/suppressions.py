@@ -17,7 +17,6 @@ from uuid import UUID
 from web.domain import pool
 from web.domain.errors import NotFound
 from web.domain.field_errors import FieldError
-from web.domain.tables import ExecutionRow
 from web.domain.types import ReadModel, from_row
 
 OPTED_OUT = "recipient opted out"  # the reason of a row skipped for it (issue 16)
@@ -189,24 +188,18 @@ async def suppressed_rows(
     return [row_id for row_id, key in keys.items() if key in listed]
 
 
-async def skip_opted_out(execution_id: UUID, to_field: str) -> int:
-    """Rows of the execution not settled yet whose recipient opted out end `skipped` with
-    OPTED_OUT, before any content is generated for them; how many."""
-    rows = (
-        await ExecutionRow.select(ExecutionRow.id, ExecutionRow.data)
-        .where(ExecutionRow.execution == execution_id, ExecutionRow.send_status.is_null())
-        .output(load_json=True)
-    )
-    opted_out = await suppressed_rows([(row["id"], row["data"].get(to_field)) for row in rows])
-    if not opted_out:
-        return 0
-    await pool.fetch_rows(
-        "UPDATE execution_row SET send_status = 'skipped', error = $2 "
-        "WHERE id = ANY($1::uuid[]) AND send_status IS NULL RETURNING id",
-        opted_out,
-        OPTED_OUT,
-    )
-    return len(opted_out)
+async def skip_opted_out(rows: list[tuple[UUID, Any]]) -> list[UUID]:
+    """Of (row id, recipient field value) of rows not settled yet, those whose recipient opted
+    out end `skipped` with OPTED_OUT, before any content is generated for them; their ids."""
+    opted_out = await suppressed_rows(rows)
+    if opted_out:
+        await pool.fetch_rows(
+            "UPDATE execution_row SET send_status = 'skipped', error = $2 "
+            "WHERE id = ANY($1::uuid[]) AND send_status IS NULL RETURNING id",
+            opted_out,
+            OPTED_OUT,
+        )
+    return opted_out
 
 
 def send_field(definition: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -16,6 +16,7 @@ from uuid import UUID
 import httpx
 from redis.asyncio import Redis
 
+from web.domain.types import Definition
 from web.settings import Settings
 from worker.providers.types import ProviderLimits
 
@@ -66,6 +67,8 @@ class StepContext:
     stop_requested: Callable[[], bool] = lambda: False
     # The worker's Redis (arq's pool): provider limits shared by every worker live there.
     redis: Redis | None = None
+    # The whole workflow as stored with the execution (what a step needs of the others).
+    definition: Definition = field(default_factory=dict)
 
     def out_of_time(self) -> bool:
         return time.monotonic() >= self.deadline or self.stop_requested()

@@ -17,8 +17,11 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from web.domain import execution_rows, executions, suppressions
+from msgspec.structs import replace
+
+from web.domain import execution_rows, suppressions
 from web.domain.execution_rows import RowState
+from web.domain.statuses import SendStatus
 from worker.concurrency import map_bounded
 from worker.providers.content import content_provider
 from worker.providers.types import (
@@ -76,24 +79,39 @@ async def run(ctx: StepContext) -> dict[str, Any]:
         )
     except ProviderConfigError as exc:
         raise StepError(str(exc)) from exc
+    rows = await execution_rows.load(ctx.execution_id)
     # A recipient on the suppression list costs no generation: the row ends `skipped` now.
-    to_field = suppressions.send_field(await executions.get_definition(ctx.execution_id))
-    await suppressions.skip_opted_out(ctx.execution_id, to_field)
+    to_field = suppressions.send_field(ctx.definition)
+    opted_out = set(
+        await suppressions.skip_opted_out(
+            [(r.id, r.data.get(to_field)) for r in rows if r.send_status is None]
+        )
+    )
     rows = [
-        r
-        for r in await execution_rows.load(ctx.execution_id)
-        if r.generated_content is None and r.error is None
+        replace(r, send_status=SendStatus.SKIPPED, error=suppressions.OPTED_OUT)
+        if r.id in opted_out
+        else r
+        for r in rows
     ]
+    todo = [r for r in rows if r.generated_content is None and r.error is None]
     try:
         if provider.remote:
-            if None in await _generate_remote(ctx, provider, rows):
+            items = await _generate_remote(ctx, provider, todo)
+            if None in items:
                 raise Unfinished
         else:
-            items = [await _generate(provider, row) for row in rows]
-            await execution_rows.save_generated(items)
+            items = [await _generate(provider, row) for row in todo]
+            await execution_rows.save_generated([i for i in items if i is not None])
     except ProviderUnusable as exc:
         raise StepError(str(exc)) from None
-    return _summary(await execution_rows.load(ctx.execution_id))
+    # Every row as saved now: those done by earlier jobs as loaded, this job's from its items.
+    done = {item[0]: item for item in items if item is not None}
+    return _summary([_with(row, done[row.id]) if row.id in done else row for row in rows])
+
+
+def _with(row: RowState, item: Item) -> RowState:
+    _, content, error, usage = item
+    return replace(row, generated_content=content, error=error, content_usage=usage)
 
 
 def _summary(rows: list[RowState]) -> dict[str, Any]:

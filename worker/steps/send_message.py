@@ -206,17 +206,13 @@ async def run(ctx: StepContext) -> dict[str, Any]:
         await _send_in_batches(ctx, provider, to_send, batch_size, window)
     else:
         await _send_each_once(ctx, provider, to_send, window)
-    states = await execution_rows.load(ctx.execution_id)
+    tally = await execution_rows.send_tally(ctx.execution_id, DELIVERY_UNKNOWN_PREFIX)
     summary: dict[str, Any] = {
-        key: sum(1 for row in states if row.send_status == value)
-        for key, value in (
-            ("sent", SendStatus.SENT),
-            ("failed", SendStatus.FAILED),
-            ("skipped", SendStatus.SKIPPED),
-            ("rejected", SendStatus.REJECTED),
-        )
+        "sent": tally.sent,
+        "failed": tally.failed,
+        "skipped": tally.skipped,
+        "rejected": tally.rejected,
     }
-    unsure = sum(1 for row in states if (row.error or "").startswith(DELIVERY_UNKNOWN_PREFIX))
-    if unsure:
-        summary["delivery_unknown"] = unsure
+    if tally.unknown:
+        summary["delivery_unknown"] = tally.unknown
     return summary
