@@ -7,13 +7,14 @@ same run (issue #17):
   step, pause; then claim, read, insert the sandbox messages, write the send results, complete),
   20 executions at a time like the worker's max_jobs (target >= 0.5);
 - two worker processes against one (each `--drain` in a process of its own, timed from the
-  first worker's start to the last one's end, imports excluded; target >= 1.6 on a machine with
-  at least 2 free cores: this one has `cpus` in all, and `other_cpu_percent` says how busy).
+  first worker's startup done to the last one's end, imports and startup excluded; target >=
+  1.6 on a machine with at least 2 free cores: this one has `cpus` in all, and
+  `other_cpu_percent` says how busy).
 
 Runs in one process: the public API under an ASGI client to start and approve, and one real arq
 worker (burst mode) to run. Needs DATABASE_URL (a database of its own; it is truncated) and
-REDIS_URL; `bench/run.py` passes its bench database. `--profile` writes a pyinstrument report of
-the worker phases to bench/results/worker_profile.txt.
+REDIS_URL; `bench/run.py` passes its bench database. `--profile` writes a cProfile report of
+the worker phases (by own time) to bench/results/worker_profile.txt.
 
     DATABASE_URL=... REDIS_URL=... .venv/bin/python bench/worker_throughput.py [--profile]
 """
@@ -22,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
+import pstats
 import subprocess
 import sys
 import time
@@ -57,14 +60,21 @@ def _rows() -> list[dict[str, str]]:
 
 
 async def _drain(redis: Any, poll_delay: float = 0) -> float:
-    started = time.perf_counter()
+    """Seconds from the worker's startup done (its HTTP clients and TLS contexts made: the
+    baseline's pool is made untimed too) to its queue drained."""
+    started = [time.perf_counter()]
+
+    async def timed_startup(ctx: dict[str, Any]) -> None:
+        await startup(ctx)
+        started[0] = time.perf_counter()
+
     worker = Worker(
         functions=functions(),
         redis_pool=redis,
         burst=True,
         poll_delay=poll_delay,
         handle_signals=False,
-        on_startup=startup,
+        on_startup=timed_startup,
         on_shutdown=shutdown,
         max_jobs=20,
     )
@@ -72,7 +82,7 @@ async def _drain(redis: Any, poll_delay: float = 0) -> float:
         await worker.main()
     finally:
         await shutdown(worker.ctx)  # not worker.close(): that would close our Redis pool
-    return time.perf_counter() - started
+    return time.perf_counter() - started[0]
 
 
 def _cpu_ticks() -> tuple[int, int]:
@@ -128,11 +138,11 @@ async def _drain_main() -> None:
 
     await start_pool(DB, min_size=2, max_size=20)
     redis = queue.connect(os.environ["REDIS_URL"], 5.0)
-    start = time.time()
     # 50 ms like `flowgate worker` (README: workers poll every 50 ms): with 0, two idle
     # workers would spin on Redis for the CPU the busy one needs.
-    await _drain(redis, poll_delay=0.05)
+    took = await _drain(redis, poll_delay=0.05)
     end = time.time()
+    start = end - took
     await redis.aclose()
     await DB.close_connection_pool()
     print(json.dumps({"start": start, "end": end}))
@@ -179,8 +189,9 @@ _COMPLETE = (
 
 
 async def _baseline(dsn: str, ids: list[str], phase: str) -> float:
-    import asyncpg
     from uuid import UUID
+
+    import asyncpg
 
     connections = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
     gate = asyncio.Semaphore(20)
@@ -230,11 +241,7 @@ async def main(profile: bool, ratios: bool = True) -> dict[str, Any]:
     )  # fmt: skip
     headers = {"Authorization": f"Bearer {key.secret}"}
     app = create_app()
-    profiler = None
-    if profile:
-        from pyinstrument import Profiler
-
-        profiler = Profiler(async_mode="enabled")
+    profiler = cProfile.Profile() if profile else None
     async with (
         app.lifespan(),
         httpx.AsyncClient(
@@ -250,20 +257,20 @@ async def main(profile: bool, ratios: bool = True) -> dict[str, Any]:
             )
             ids.append(response.json()["executionId"])
         if profiler:
-            profiler.start()
+            profiler.enable()
         first = await _drain(redis)  # generate + compliance, then pause for approval
         if profiler:
-            profiler.stop()
+            profiler.disable()
         for execution_id in ids:
             approved = await client.post(
                 f"{PUBLIC}/executions/{execution_id}/approve", headers=headers
             )
             assert approved.status_code == 200, approved.text
         if profiler:
-            profiler.start()
+            profiler.enable()
         second = await _drain(redis)  # send
         if profiler:
-            profiler.stop()
+            profiler.disable()
         done = 0
         for execution_id in ids:
             status = (
@@ -317,7 +324,8 @@ async def main(profile: bool, ratios: bool = True) -> dict[str, Any]:
         )
     if profiler:
         out = Path(__file__).resolve().parent / "results" / "worker_profile.txt"
-        out.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
+        with out.open("w") as report:
+            pstats.Stats(profiler, stream=report).sort_stats("tottime").print_stats(60)
         result["profile"] = str(out)
     return result
 
