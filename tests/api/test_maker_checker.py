@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 
@@ -247,7 +247,10 @@ async def test_approver_groups_restrict_the_queue_the_review_and_the_decisions(
 
     assert execution_id not in queue and "Nothing waits for approval." in queue
     message = "Only members of the approver groups compliance (and admins) can decide"
-    assert review.status_code == 403 and message in review.text
+    # Outside the groups the execution is not there: the unknown id's page, not a 403.
+    unknown = await reviewer_client.get(f"/dashboard/approvals/{uuid4()}")
+    assert review.status_code == 404 and "Execution not found" in review.text
+    assert review.text == unknown.text
     assert submit.status_code == 403 and message in submit.text
     assert by_api.status_code == 403
     assert by_api.json() == {

@@ -19,7 +19,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.plugins.flash import flash
 from litestar.response import Template
 
-from web.dashboard.auth import actor_of, back_to, current_user, is_htmx, page, require_user
+from web.dashboard.auth import approver_of, back_to, is_htmx, page, require_user
 from web.domain import approvals, executions, list_pages, text_diff
 from web.domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
@@ -29,10 +29,6 @@ BASE = "/dashboard/approvals"
 PER_PAGE = 50
 # The session key of a row action's error after a plain form post: [row id, message].
 ROW_ERROR = "approvals_row_error"
-
-
-def _approver(request: Request[Any, Any, Any]) -> approvals.Approver:
-    return approvals.Approver.user(current_user(request), actor_of(request))
 
 
 def _review_context(
@@ -102,7 +98,7 @@ class ApprovalsController(Controller):
         newer: FromQuery[str | None] = None,
     ) -> Template:
         listed = await approvals.list_waiting(
-            _approver(request),
+            approver_of(request),
             PER_PAGE,
             older=list_pages.decode_position(older, "older"),
             newer=list_pages.decode_position(newer, "newer"),
@@ -126,10 +122,8 @@ class ApprovalsController(Controller):
     ) -> Template:
         """The review screen; `show` picks a triage tab (approvals.TABS), without JavaScript
         too: the tabs are links."""
-        execution = await executions.get_detail(execution_id)
-        # Outside the approverGroups the execution is not for this reviewer to see: 403.
-        rules = approvals.approval_rules(execution.definition)
-        approvals.check_may_decide(rules, _approver(request))
+        # Outside the approverGroups the execution is not for this reviewer to see: 404.
+        execution = await executions.get_detail(execution_id, viewer=approver_of(request))
         rows = await executions.list_rows(execution_id)
         tab = _tab(show)
         return page(
@@ -157,7 +151,7 @@ class ApprovalsController(Controller):
                 request.session[ROW_ERROR] = [str(row_id), error]
             url = _review_url(execution_id, tab, editing=row_id if editing else None)
             return back_to(request, f"{url}#row-{row_id}")
-        execution = await executions.get_detail(execution_id)
+        execution = await executions.get_detail(execution_id, viewer=approver_of(request))
         rows = await executions.list_rows(execution_id)  # the counts above the table need all
         row = next((r for r in rows if r.id == row_id), None)
         if row is None:
@@ -203,7 +197,7 @@ class ApprovalsController(Controller):
             row_id,
             decision,
             str(form.get("seen", "")),
-            _approver(request),
+            approver_of(request),
             reason=str(form.get("reason", "")),
         )
         tab = _tab(str(form.get("show", "")))
@@ -237,7 +231,7 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         action = approvals.edit_row(
-            execution_id, row_id, str(form.get("content", "")), _approver(request)
+            execution_id, row_id, str(form.get("content", "")), approver_of(request)
         )
         tab = _tab(str(form.get("show", "")))
         return await self._row_action(
@@ -250,7 +244,7 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         decision = str(form.get("decision", ""))
-        count = await approvals.decide_all_rows(execution_id, decision, _approver(request))
+        count = await approvals.decide_all_rows(execution_id, decision, approver_of(request))
         kept = "rows already decided keep their decision"
         if decision == "approved":
             kept += "; rows failing compliance are not approved (they will be skipped)"
@@ -262,7 +256,7 @@ class ApprovalsController(Controller):
     ) -> Template:
         """The step before a whole-execution decision: what it will do, asked once more (a
         page, so it works without JavaScript)."""
-        execution = await executions.get_detail(execution_id)
+        execution = await executions.get_detail(execution_id, viewer=approver_of(request))
         rows = await executions.list_rows(execution_id)
         return page(
             request,
@@ -292,7 +286,8 @@ class ApprovalsController(Controller):
             return await self._confirm_page(request, execution_id, "submit", comment)
         # A refusal (the same approver twice, self-approval, outside the approverGroups) is the
         # error page with its message, 409 or 403, as every refused decision here.
-        outcome = await approvals.approve_execution(arq, execution_id, _approver(request), comment)
+        approver = approver_of(request)
+        outcome = await approvals.approve_execution(arq, execution_id, approver, comment)
         if not outcome.final:
             flash(
                 request,
@@ -318,7 +313,7 @@ class ApprovalsController(Controller):
             # The review screen's buttons send no comment: the confirmation page asks for it.
             await approvals.check_can_decide(execution_id, comment, comment_given="comment" in form)
             return await self._confirm_page(request, execution_id, "reject", comment)
-        await approvals.reject_execution(arq, execution_id, _approver(request), comment)
+        await approvals.reject_execution(arq, execution_id, approver_of(request), comment)
         flash(
             request, "Rejected: the execution is cancelled and nothing is sent", category="success"
         )

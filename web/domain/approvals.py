@@ -22,6 +22,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from web.domain import (
+    approvers,
     audit,
     clock,
     compliance,
@@ -35,7 +36,8 @@ from web.domain import (
     queue,
     webhooks,
 )
-from web.domain.actors import Actor, ActorType
+from web.domain.actors import Actor
+from web.domain.approvers import Approver
 from web.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
@@ -49,7 +51,6 @@ from web.domain.types import (
     StepSettings,
     from_row,
 )
-from web.domain.users import SignedInUser
 from web.domain.workflows import approval_settings, step_settings
 
 REJECTED_REASON = "Rejected by reviewer"
@@ -108,46 +109,9 @@ def approval_rules(definition: Definition) -> ApprovalRules:
     )
 
 
-@dataclass(frozen=True)
-class Approver:
-    """Who decides: a dashboard user (with their groups) or an API key (one approver, in no
-    group), as the audit trail's `actor`. `key` tells approvers apart (`user:<id>`,
-    `api_key:<id>`); `label` is what the rows and the execution record as decided_by /
-    edited_by (an email, `api_key:<name>`)."""
-
-    actor: Actor
-    groups: tuple[str, ...] = ()
-    is_admin: bool = False
-
-    @classmethod
-    def user(cls, user: SignedInUser, actor: Actor) -> Approver:
-        return cls(actor, tuple(user.groups), user.is_admin)
-
-    @classmethod
-    def api_key(cls, actor: Actor) -> Approver:
-        return cls(actor)
-
-    @property
-    def key(self) -> str:
-        return f"{self.actor.type}:{self.actor.id}"
-
-    @property
-    def label(self) -> str:
-        return self.actor.decided_by
-
-    @property
-    def is_api_key(self) -> bool:
-        return self.actor.type is ActorType.API_KEY
-
-    def may_decide(self, rules: ApprovalRules) -> bool:
-        if not rules.approver_groups or self.is_admin:
-            return True
-        return bool(set(self.groups) & set(rules.approver_groups))
-
-
 def check_may_decide(rules: ApprovalRules, approver: Approver) -> None:
     """Forbidden unless the approver is in the step's approverGroups (or an admin)."""
-    if approver.may_decide(rules):
+    if approver.may_see(rules.approver_groups):
         return
     groups = ", ".join(rules.approver_groups)
     if approver.is_api_key:
@@ -870,10 +834,7 @@ FROM (SELECT id, workflow, created_at, updated_at, api_key, row_count, definitio
 JOIN api_key k ON k.id = e.api_key
 ORDER BY e.queue_at, e.id
 """
-_MAY_DECIDE = """($2 OR (SELECT g IS NULL OR jsonb_typeof(g) <> 'array' OR jsonb_array_length(g) = 0
-       OR g ?| $3::text[]
-     FROM jsonb_path_query_first(definition,
-       '$.steps[*] ? (@.type == "approval").settings.approverGroups') AS g))"""
+_MAY_DECIDE = f"($2 OR {approvers.may_see_sql('$3')})"
 _WAITING_FIRST = _WAITING.format(queue_at=_QUEUE_AT, may_decide=_MAY_DECIDE, after="", direction="")
 _WAITING_NEWER = _WAITING.format(
     queue_at=_QUEUE_AT, may_decide=_MAY_DECIDE, after=f"AND ({_QUEUE_AT}, id) > ($4, $5)",
