@@ -77,6 +77,17 @@ def _review_url(execution_id: UUID, tab: str, *, editing: UUID | None = None) ->
     return f"{BASE}/{execution_id}" + (f"?{'&'.join(query)}" if query else "")
 
 
+def _withdrawn_notice(withdrawn: list[str]) -> str | None:
+    """What the reviewer whose change withdrew earlier approvals is told (None: it withdrew
+    none)."""
+    if not withdrawn:
+        return None
+    return (
+        f"Earlier approvals withdrawn ({', '.join(withdrawn)}): they were given before your "
+        "change, so they no longer count and the execution needs its approvals again"
+    )
+
+
 def _pop_row_error(request: Request[Any, Any, Any]) -> dict[str, str]:
     """{row id: message} of the row action that failed just before this page was asked for."""
     if "session" not in request.scope or not request.session:
@@ -145,10 +156,16 @@ class ApprovalsController(Controller):
         error: str | None = None,
         editing: bool = False,
         tab: str = approvals.DEFAULT_TAB,
+        notice: str | None = None,
     ) -> Response[Any]:
+        """The row after an action: the row and the summary (HTMX, with `notice` and the
+        approvals' progress swapped in out of band), or a redirect to the review screen (the
+        notice flashed on it)."""
         if not is_htmx(request):
             if error is not None:
                 request.session[ROW_ERROR] = [str(row_id), error]
+            if notice is not None:
+                flash(request, notice, category="warning")
             url = _review_url(execution_id, tab, editing=row_id if editing else None)
             return back_to(request, f"{url}#row-{row_id}")
         execution = await executions.get_detail(execution_id, viewer=approver_of(request))
@@ -156,13 +173,15 @@ class ApprovalsController(Controller):
         row = next((r for r in rows if r.id == row_id), None)
         if row is None:
             raise NotFound("Row not found")
+        received = await approvals.approvals_received(execution_id) if notice else None
         return page(
             request,
             "approvals/_row_update.html",
             row=row,
             error=error,
             editing=row_id if editing else None,
-            **_review_context(execution, rows, tab),
+            notice=notice,
+            **_review_context(execution, rows, tab, received),
         )
 
     async def _row_action(
@@ -170,19 +189,20 @@ class ApprovalsController(Controller):
         request: Request[Any, Any, Any],
         execution_id: UUID,
         row_id: UUID,
-        action: Awaitable[RowView],
+        action: Awaitable[approvals.RowChange],
         shown_in_row: tuple[type[DomainError], ...],
         editing_on_error: bool = False,
         tab: str = approvals.DEFAULT_TAB,
     ) -> Response[Any]:
         """Run a row action; an error of `shown_in_row` is drawn inside the row."""
         try:
-            await action
+            change = await action
         except shown_in_row as exc:
             return await self._row_response(
                 request, execution_id, row_id, exc.message, editing_on_error, tab
             )
-        return await self._row_response(request, execution_id, row_id, tab=tab)
+        notice = _withdrawn_notice(change.withdrawn)
+        return await self._row_response(request, execution_id, row_id, tab=tab, notice=notice)
 
     @post("/{execution_id:uuid}/rows/{row_id:uuid}/decision")
     async def decide(
@@ -244,11 +264,13 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         decision = str(form.get("decision", ""))
-        count = await approvals.decide_all_rows(execution_id, decision, approver_of(request))
+        done = await approvals.decide_all_rows(execution_id, decision, approver_of(request))
         kept = "rows already decided keep their decision"
         if decision == "approved":
             kept += "; rows failing compliance are not approved (they will be skipped)"
-        flash(request, f"{count} undecided rows {decision} ({kept})", category="success")
+        flash(request, f"{done.rows} undecided rows {decision} ({kept})", category="success")
+        if (notice := _withdrawn_notice(done.withdrawn)) is not None:
+            flash(request, notice, category="warning")
         return back_to(request, _review_url(execution_id, _tab(str(form.get("show", "")))))
 
     async def _confirm_page(
