@@ -17,10 +17,13 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
-from web.domain import approvals, executions, list_pages
+from web.domain import approvals, approvers, executions, list_pages
 from web.domain.actors import Actor
 
 ROOT = Path(__file__).resolve().parent.parent
+# A reviewer in no group: the seeded workflows name no approverGroups, so every execution (the
+# executions list applies its approverGroups filter to a non-admin: these pages go through it).
+ANYONE = approvers.Approver(Actor.user(uuid4(), "reviewer@example.com", user_agent=None))
 
 
 def _seed_module() -> ModuleType:
@@ -138,7 +141,7 @@ async def test_keyset_pages_a_filtered_list_without_gaps_or_repeats_while_new_on
     assert len(expected) > 30
     filters = executions.ExecutionFilters(status="completed")
     seen: list[UUID] = []
-    page = await executions.list_executions(filters, 7)
+    page = await executions.list_executions(filters, 7, viewer=ANYONE)
     arrived: list[UUID] = []
     while True:
         seen += [e.id for e in page.entries]
@@ -147,7 +150,7 @@ async def test_keyset_pages_a_filtered_list_without_gaps_or_repeats_while_new_on
         await _arrive("failed", 1)  # other filters' executions arrive too
         if page.older is None:
             break
-        page = await executions.list_executions(filters, 7, older=page.older)
+        page = await executions.list_executions(filters, 7, older=page.older, viewer=ANYONE)
     assert seen == expected
     assert page.total.count == len(expected) + len(arrived) - 2  # counted before the last 2
     # And back up through "Newer": every page once more, no repeats, up to the first page,
@@ -155,7 +158,7 @@ async def test_keyset_pages_a_filtered_list_without_gaps_or_repeats_while_new_on
     last = [e.id for e in page.entries]
     pages_back: list[list[UUID]] = []
     while page.newer is not None:
-        page = await executions.list_executions(filters, 7, newer=page.newer)
+        page = await executions.list_executions(filters, 7, newer=page.newer, viewer=ANYONE)
         pages_back.append([e.id for e in page.entries])
     shown = [i for p in pages_back[:-1] for i in p]
     assert len(shown) == len(set(shown))
@@ -171,9 +174,9 @@ async def test_keyset_pages_a_filtered_list_without_gaps_or_repeats_while_new_on
 
 async def test_counts_stop_at_the_cap(seeded: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(list_pages, "COUNT_CAP", 40)
-    everything = await executions.list_executions(executions.ExecutionFilters(), 50)
+    everything = await executions.list_executions(executions.ExecutionFilters(), 50, viewer=ANYONE)
     waiting = await executions.list_executions(
-        executions.ExecutionFilters(status="pending_approval"), 50
+        executions.ExecutionFilters(status="pending_approval"), 50, viewer=ANYONE
     )
     assert (everything.total.count, everything.total.capped, everything.total.label) == (
         40,
@@ -181,10 +184,6 @@ async def test_counts_stop_at_the_cap(seeded: None, monkeypatch: pytest.MonkeyPa
         "40+",
     )
     assert (waiting.total.capped, waiting.total.label) == (False, "14")
-
-
-# A reviewer in no group: the seeded workflows name no approverGroups, so every execution.
-ANYONE = approvals.Approver(Actor.user(uuid4(), "reviewer@example.com", user_agent=None))
 
 
 async def test_the_approvals_queue_pages_oldest_first(seeded: None) -> None:

@@ -22,7 +22,8 @@ import pytest
 from tests.factories import PUBLIC, auth, rows, start
 from web.domain import audit, clock
 from web.domain.actors import Actor
-from web.domain.approvals import Approver, decide_row
+from web.domain.approvals import decide_row
+from web.domain.approvers import Approver
 from web.domain.audit import GENESIS, AuditFilters
 from web.domain.tables import AuditCheckpoint, AuditEntry, ExecutionRow
 from web.settings import get_settings

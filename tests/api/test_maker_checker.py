@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import copy
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 
 from tests.factories import PUBLIC, auth, execution_row, post_form, row_states, rows, start
-from web.domain import users
+from web.domain import audit, users
 from web.domain.tables import ApprovalSubmission, SandboxMessage, User
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 
@@ -216,17 +216,21 @@ async def test_with_self_approval_allowed_the_editor_may_complete_it(
     execution_id = await _waiting(
         client, api_key, run_worker, requiredApprovals=2, allowSelfApproval=True
     )
-    body = {"rows": [{"index": 0, "decision": "approve", "content": "New text. Reply STOP."}]}
+    row_id = (await row_states(execution_id))[0]["id"]
     await post_form(
+        admin_client,
+        f"/dashboard/approvals/{execution_id}/rows/{row_id}/edit",
+        {"content": "New text. Reply STOP."},
+    )
+    assert (await _approve(client, api_key, execution_id)).json()["approvalsReceived"] == 1
+
+    response = await post_form(
         admin_client, f"/dashboard/approvals/{execution_id}/submit", {"confirmed": "yes"}
     )
 
-    response = await client.post(
-        f"{PUBLIC}/executions/{execution_id}/approve", json=body, headers=auth(api_key)
-    )
-
-    assert response.status_code == 200
-    assert response.json()["approvalsReceived"] == 2
+    assert response.status_code == 303
+    assert (await execution_row(execution_id))["status"] == "running"
+    assert await _submissions(execution_id) == ["api_key:test customer", "admin@example.com"]
 
 
 async def test_approver_groups_restrict_the_queue_the_review_and_the_decisions(
@@ -247,7 +251,10 @@ async def test_approver_groups_restrict_the_queue_the_review_and_the_decisions(
 
     assert execution_id not in queue and "Nothing waits for approval." in queue
     message = "Only members of the approver groups compliance (and admins) can decide"
-    assert review.status_code == 403 and message in review.text
+    # Outside the groups the execution is not there: the unknown id's page, not a 403.
+    unknown = await reviewer_client.get(f"/dashboard/approvals/{uuid4()}")
+    assert review.status_code == 404 and "Execution not found" in review.text
+    assert review.text == unknown.text
     assert submit.status_code == 403 and message in submit.text
     assert by_api.status_code == 403
     assert by_api.json() == {
@@ -291,3 +298,191 @@ async def test_a_bad_group_name_is_refused_on_the_users_page_and_changes_nothing
     assert response.status_code == 400
     assert "is not a group name" in response.text
     assert (await users.get_user(reviewer["id"])).groups == []
+
+
+async def _trail(execution_id: str) -> list[tuple[str, str, Any]]:
+    """(actor, action, after) of the execution's audit entries, oldest first."""
+    entries = await audit.list_entries(
+        audit.AuditFilters(execution_id=UUID(execution_id)), limit=100, newest_first=False
+    )
+    return [(e.actor, e.action, e.after) for e in entries]
+
+
+async def _metadata(client: httpx.AsyncClient, secret: str, execution_id: str) -> Any:
+    pending = await client.get(
+        f"{PUBLIC}/executions/{execution_id}/pending-approval", headers=auth(secret)
+    )
+    assert pending.status_code == 200
+    metadata = pending.json()["approvalData"]["metadata"]
+    return (metadata["approvalsReceived"], metadata["approvalProgress"])
+
+
+WITHDRAWN = (
+    "Earlier approvals withdrawn (reviewer@example.com): they were given before your change, "
+    "so they no longer count and the execution needs its approvals again"
+)
+
+
+async def test_an_edit_after_an_approval_withdraws_it_and_the_editor_still_cannot_complete(
+    client: httpx.AsyncClient,
+    reviewer_client: httpx.AsyncClient,
+    admin_client: httpx.AsyncClient,
+    run_worker: Any,
+    api_key: str,
+) -> None:
+    execution_id = await _waiting(client, api_key, run_worker, requiredApprovals=2)
+    submit = f"/dashboard/approvals/{execution_id}/submit"
+    assert (await post_form(reviewer_client, submit, {"confirmed": "yes"})).status_code == 303
+    assert await _submissions(execution_id) == ["reviewer@example.com"]
+    row_id = (await row_states(execution_id))[1]["id"]
+    new_text = "Hi Priya, a shorter offer. Reply STOP to opt out."
+
+    edited = await post_form(
+        admin_client,
+        f"/dashboard/approvals/{execution_id}/rows/{row_id}/edit",
+        {"content": new_text},
+    )
+
+    assert edited.status_code == 303
+    assert await _submissions(execution_id) == []
+    _, action, after = (await _trail(execution_id))[-1]
+    assert action == "row.edited"
+    withdrawn = ["reviewer@example.com"]
+    assert after == {"index": 1, "content": new_text, "approvalsWithdrawn": withdrawn}
+    assert await _metadata(client, api_key, execution_id) == (0, "0 of 2 approvals")
+    review = (await admin_client.get(edited.headers["location"])).text
+    assert WITHDRAWN in review  # told once, on the page the edit leads back to
+    assert "0 of 2 approvals</strong> ·" in review
+    assert WITHDRAWN not in (await admin_client.get(f"/dashboard/approvals/{execution_id}")).text
+    detail = (await admin_client.get(f"/dashboard/executions/{execution_id}")).text
+    assert "approvals withdrawn: reviewer@example.com" in detail  # the timeline
+
+    again = await post_form(reviewer_client, submit, {"confirmed": "yes"})
+    by_editor = await post_form(admin_client, submit, {"confirmed": "yes"})
+
+    assert again.status_code == 303
+    assert await _metadata(client, api_key, execution_id) == (1, "1 of 2 approvals")
+    assert by_editor.status_code == 403
+    assert "You edited the message of row 1: another approver must complete" in by_editor.text
+    last = await _approve(client, api_key, execution_id)
+    assert last.json()["approvalStatus"] == "approved"
+    await run_worker()
+    assert (await execution_row(execution_id))["status"] == "completed"
+    assert await _submissions(execution_id) == ["reviewer@example.com", "api_key:test customer"]
+    sent = await SandboxMessage.select(SandboxMessage.body)
+    assert new_text in [m["body"] for m in sent]
+
+
+async def test_a_row_decision_or_a_bulk_decision_withdraws_approvals_and_the_same_decision_does_not(
+    client: httpx.AsyncClient, reviewer_client: httpx.AsyncClient, run_worker: Any, api_key: str
+) -> None:
+    execution_id = await _waiting(client, api_key, run_worker, requiredApprovals=2)
+    assert (await _approve(client, api_key, execution_id)).status_code == 200
+    first = (await row_states(execution_id))[0]["id"]
+    decide = f"/dashboard/approvals/{execution_id}/rows/{first}/decision"
+    htmx = {"HX-Request": "true"}
+
+    rejected = await post_form(
+        reviewer_client, decide, {"decision": "rejected", "seen": ""}, headers=htmx
+    )
+
+    assert rejected.status_code == 200
+    assert await _submissions(execution_id) == []
+    assert "Earlier approvals withdrawn (api_key:test customer)" in rejected.text
+    assert '<section id="approvals-progress"' in rejected.text
+    assert "0 of 2 approvals</strong>" in rejected.text
+    _, action, after = (await _trail(execution_id))[-1]
+    assert (action, after) == (
+        "row.rejected",
+        {"index": 0, "decision": "rejected", "approvalsWithdrawn": ["api_key:test customer"]},
+    )
+    assert await _metadata(client, api_key, execution_id) == (0, "0 of 2 approvals")
+
+    # Approved again, then the same decision once more: nothing changed, nothing withdrawn.
+    assert (await _approve(client, api_key, execution_id)).json()["approvalsReceived"] == 1
+    same = await post_form(
+        reviewer_client, decide, {"decision": "rejected", "seen": "rejected"}, headers=htmx
+    )
+    assert same.status_code == 200 and "withdrawn" not in same.text
+    assert await _submissions(execution_id) == ["api_key:test customer"]
+    assert "approvalsWithdrawn" not in (await _trail(execution_id))[-1][2]
+
+    bulk_url = f"/dashboard/approvals/{execution_id}/rows/decision"
+    bulk = await post_form(reviewer_client, bulk_url, {"decision": "approved"})
+
+    assert bulk.status_code == 303
+    assert await _submissions(execution_id) == []
+    _, action, after = (await _trail(execution_id))[-1]
+    assert (action, after) == (
+        "row.approved",
+        {
+            "decision": "approved",
+            "rows": 2,
+            "bulk": True,
+            "approvalsWithdrawn": ["api_key:test customer"],
+        },
+    )
+    page = (await reviewer_client.get(bulk.headers["location"])).text
+    assert "2 undecided rows approved" in page
+    assert "Earlier approvals withdrawn (api_key:test customer)" in page
+    assert "0 of 2 approvals</strong>" in page
+    assert await _metadata(client, api_key, execution_id) == (0, "0 of 2 approvals")
+
+
+async def test_an_api_approval_changing_a_row_withdraws_the_others_one_repeating_rows_keeps_them(
+    client: httpx.AsyncClient,
+    reviewer_client: httpx.AsyncClient,
+    admin_client: httpx.AsyncClient,
+    run_worker: Any,
+    api_key: str,
+) -> None:
+    submit = {"confirmed": "yes"}
+    # Changing a row: the reviewer's earlier approval goes, the key's own counts (1 of 2).
+    changed = await _waiting(client, api_key, run_worker, requiredApprovals=2)
+    await post_form(reviewer_client, f"/dashboard/approvals/{changed}/submit", submit)
+    choice = {"index": 2, "decision": "reject", "reason": "Asked not to be contacted"}
+
+    answer = await client.post(
+        f"{PUBLIC}/executions/{changed}/approve",
+        json={"comment": "one row out", "rows": [choice]},
+        headers=auth(api_key),
+    )
+
+    assert answer.status_code == 200
+    assert answer.json() == {
+        "executionId": changed,
+        "status": "approved",
+        "message": "Approval recorded (1 of 2 approvals): the execution waits for 1 more",
+        "approvalStatus": "pending",
+        "approvalsReceived": 1,
+        "approvalsRequired": 2,
+    }
+    assert await _submissions(changed) == ["api_key:test customer"]
+    _, action, after = (await _trail(changed))[-1]
+    assert action == "execution.approved"
+    assert after["approvalsWithdrawn"] == ["reviewer@example.com"]
+    assert after["approvalsReceived"] == 1
+    assert await _metadata(client, api_key, changed) == (1, "1 of 2 approvals")
+    review = (await reviewer_client.get(f"/dashboard/approvals/{changed}")).text
+    assert "1 of 2 approvals</strong>: api_key:test customer" in review
+
+    # Repeating what a row already says changes nothing: the reviewer's approval stays.
+    kept = await _waiting(client, api_key, run_worker, requiredApprovals=2)
+    row = (await row_states(kept))[0]["id"]
+    await post_form(
+        admin_client,
+        f"/dashboard/approvals/{kept}/rows/{row}/decision",
+        {"decision": "rejected", "seen": ""},
+    )
+    await post_form(reviewer_client, f"/dashboard/approvals/{kept}/submit", submit)
+
+    final = await client.post(
+        f"{PUBLIC}/executions/{kept}/approve",
+        json={"rows": [{"index": 0, "decision": "reject"}]},
+        headers=auth(api_key),
+    )
+
+    assert final.status_code == 200
+    assert (final.json()["approvalStatus"], final.json()["approvalsReceived"]) == ("approved", 2)
+    assert await _submissions(kept) == ["reviewer@example.com", "api_key:test customer"]
+    assert "approvalsWithdrawn" not in (await _trail(kept))[-1][2]

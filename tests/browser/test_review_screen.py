@@ -18,7 +18,7 @@ from tests import factories
 from tests.browser.conftest import VIEWPORT
 from tests.factories import row_states, rows
 from tests.live_server import LiveServer
-from web.domain import approvals
+from web.domain import approvals, approvers
 from web.domain.actors import Actor
 from web.domain.tables import SandboxMessage
 
@@ -296,7 +296,7 @@ async def test_every_dashboard_page_passes_axe_at_1280_and_390_px(
     data[1]["phone"] = "555"
     execution_id = await waiting_for_approval(api, key.secret, run_worker, data)
     first = (await row_states(execution_id))[0]
-    someone = approvals.Approver(Actor.user(None, "x@y", user_agent=None))
+    someone = approvers.Approver(Actor.user(None, "x@y", user_agent=None))
     await approvals.edit_row(
         UUID(execution_id), first["id"], "Dear John, a new offer. Reply STOP to opt out.", someone
     )

@@ -39,6 +39,7 @@ from web.api.schemas import (
 )
 from web.domain import (
     approvals,
+    approvers,
     clock,
     delivery_statuses,
     execution_pages,
@@ -371,7 +372,7 @@ class PublicExecutionsController(Controller):
         outcome = await approvals.approve_execution(
             auth.scripts_of(request),
             uid,
-            approvals.Approver.api_key(auth.actor_of(request)),
+            approvers.Approver.api_key(auth.actor_of(request)),
             data.comment if data else None,
             api_key_id=api_key.id,
             once=await _once(request, HTTP_200_OK, _approved),
@@ -397,7 +398,7 @@ class PublicExecutionsController(Controller):
         await approvals.reject_execution(
             auth.scripts_of(request),
             uid,
-            approvals.Approver.api_key(auth.actor_of(request)),
+            approvers.Approver.api_key(auth.actor_of(request)),
             data.comment if data else None,
             api_key_id=api_key.id,
             once=await _once(request, HTTP_200_OK, _rejected),

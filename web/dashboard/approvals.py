@@ -19,7 +19,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.plugins.flash import flash
 from litestar.response import Template
 
-from web.dashboard.auth import actor_of, back_to, current_user, is_htmx, page, require_user
+from web.dashboard.auth import approver_of, back_to, is_htmx, page, require_user
 from web.domain import approvals, executions, list_pages, text_diff
 from web.domain.errors import Conflict, DomainError, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
@@ -29,10 +29,6 @@ BASE = "/dashboard/approvals"
 PER_PAGE = 50
 # The session key of a row action's error after a plain form post: [row id, message].
 ROW_ERROR = "approvals_row_error"
-
-
-def _approver(request: Request[Any, Any, Any]) -> approvals.Approver:
-    return approvals.Approver.user(current_user(request), actor_of(request))
 
 
 def _review_context(
@@ -81,6 +77,17 @@ def _review_url(execution_id: UUID, tab: str, *, editing: UUID | None = None) ->
     return f"{BASE}/{execution_id}" + (f"?{'&'.join(query)}" if query else "")
 
 
+def _withdrawn_notice(withdrawn: list[str]) -> str | None:
+    """What the reviewer whose change withdrew earlier approvals is told (None: it withdrew
+    none)."""
+    if not withdrawn:
+        return None
+    return (
+        f"Earlier approvals withdrawn ({', '.join(withdrawn)}): they were given before your "
+        "change, so they no longer count and the execution needs its approvals again"
+    )
+
+
 def _pop_row_error(request: Request[Any, Any, Any]) -> dict[str, str]:
     """{row id: message} of the row action that failed just before this page was asked for."""
     if "session" not in request.scope or not request.session:
@@ -102,7 +109,7 @@ class ApprovalsController(Controller):
         newer: FromQuery[str | None] = None,
     ) -> Template:
         listed = await approvals.list_waiting(
-            _approver(request),
+            approver_of(request),
             PER_PAGE,
             older=list_pages.decode_position(older, "older"),
             newer=list_pages.decode_position(newer, "newer"),
@@ -126,10 +133,8 @@ class ApprovalsController(Controller):
     ) -> Template:
         """The review screen; `show` picks a triage tab (approvals.TABS), without JavaScript
         too: the tabs are links."""
-        execution = await executions.get_detail(execution_id)
-        # Outside the approverGroups the execution is not for this reviewer to see: 403.
-        rules = approvals.approval_rules(execution.definition)
-        approvals.check_may_decide(rules, _approver(request))
+        # Outside the approverGroups the execution is not for this reviewer to see: 404.
+        execution = await executions.get_detail(execution_id, viewer=approver_of(request))
         rows = await executions.list_rows(execution_id)
         tab = _tab(show)
         return page(
@@ -151,24 +156,32 @@ class ApprovalsController(Controller):
         error: str | None = None,
         editing: bool = False,
         tab: str = approvals.DEFAULT_TAB,
+        notice: str | None = None,
     ) -> Response[Any]:
+        """The row after an action: the row and the summary (HTMX, with `notice` and the
+        approvals' progress swapped in out of band), or a redirect to the review screen (the
+        notice flashed on it)."""
         if not is_htmx(request):
             if error is not None:
                 request.session[ROW_ERROR] = [str(row_id), error]
+            if notice is not None:
+                flash(request, notice, category="warning")
             url = _review_url(execution_id, tab, editing=row_id if editing else None)
             return back_to(request, f"{url}#row-{row_id}")
-        execution = await executions.get_detail(execution_id)
+        execution = await executions.get_detail(execution_id, viewer=approver_of(request))
         rows = await executions.list_rows(execution_id)  # the counts above the table need all
         row = next((r for r in rows if r.id == row_id), None)
         if row is None:
             raise NotFound("Row not found")
+        received = await approvals.approvals_received(execution_id) if notice else None
         return page(
             request,
             "approvals/_row_update.html",
             row=row,
             error=error,
             editing=row_id if editing else None,
-            **_review_context(execution, rows, tab),
+            notice=notice,
+            **_review_context(execution, rows, tab, received),
         )
 
     async def _row_action(
@@ -176,19 +189,20 @@ class ApprovalsController(Controller):
         request: Request[Any, Any, Any],
         execution_id: UUID,
         row_id: UUID,
-        action: Awaitable[RowView],
+        action: Awaitable[approvals.RowChange],
         shown_in_row: tuple[type[DomainError], ...],
         editing_on_error: bool = False,
         tab: str = approvals.DEFAULT_TAB,
     ) -> Response[Any]:
         """Run a row action; an error of `shown_in_row` is drawn inside the row."""
         try:
-            await action
+            change = await action
         except shown_in_row as exc:
             return await self._row_response(
                 request, execution_id, row_id, exc.message, editing_on_error, tab
             )
-        return await self._row_response(request, execution_id, row_id, tab=tab)
+        notice = _withdrawn_notice(change.withdrawn)
+        return await self._row_response(request, execution_id, row_id, tab=tab, notice=notice)
 
     @post("/{execution_id:uuid}/rows/{row_id:uuid}/decision")
     async def decide(
@@ -203,7 +217,7 @@ class ApprovalsController(Controller):
             row_id,
             decision,
             str(form.get("seen", "")),
-            _approver(request),
+            approver_of(request),
             reason=str(form.get("reason", "")),
         )
         tab = _tab(str(form.get("show", "")))
@@ -237,7 +251,7 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         action = approvals.edit_row(
-            execution_id, row_id, str(form.get("content", "")), _approver(request)
+            execution_id, row_id, str(form.get("content", "")), approver_of(request)
         )
         tab = _tab(str(form.get("show", "")))
         return await self._row_action(
@@ -250,11 +264,13 @@ class ApprovalsController(Controller):
     ) -> Response[Any]:
         form = await request.form()
         decision = str(form.get("decision", ""))
-        count = await approvals.decide_all_rows(execution_id, decision, _approver(request))
+        done = await approvals.decide_all_rows(execution_id, decision, approver_of(request))
         kept = "rows already decided keep their decision"
         if decision == "approved":
             kept += "; rows failing compliance are not approved (they will be skipped)"
-        flash(request, f"{count} undecided rows {decision} ({kept})", category="success")
+        flash(request, f"{done.rows} undecided rows {decision} ({kept})", category="success")
+        if (notice := _withdrawn_notice(done.withdrawn)) is not None:
+            flash(request, notice, category="warning")
         return back_to(request, _review_url(execution_id, _tab(str(form.get("show", "")))))
 
     async def _confirm_page(
@@ -262,7 +278,7 @@ class ApprovalsController(Controller):
     ) -> Template:
         """The step before a whole-execution decision: what it will do, asked once more (a
         page, so it works without JavaScript)."""
-        execution = await executions.get_detail(execution_id)
+        execution = await executions.get_detail(execution_id, viewer=approver_of(request))
         rows = await executions.list_rows(execution_id)
         return page(
             request,
@@ -292,7 +308,8 @@ class ApprovalsController(Controller):
             return await self._confirm_page(request, execution_id, "submit", comment)
         # A refusal (the same approver twice, self-approval, outside the approverGroups) is the
         # error page with its message, 409 or 403, as every refused decision here.
-        outcome = await approvals.approve_execution(arq, execution_id, _approver(request), comment)
+        approver = approver_of(request)
+        outcome = await approvals.approve_execution(arq, execution_id, approver, comment)
         if not outcome.final:
             flash(
                 request,
@@ -318,7 +335,7 @@ class ApprovalsController(Controller):
             # The review screen's buttons send no comment: the confirmation page asks for it.
             await approvals.check_can_decide(execution_id, comment, comment_given="comment" in form)
             return await self._confirm_page(request, execution_id, "reject", comment)
-        await approvals.reject_execution(arq, execution_id, _approver(request), comment)
+        await approvals.reject_execution(arq, execution_id, approver_of(request), comment)
         flash(
             request, "Rejected: the execution is cancelled and nothing is sent", category="success"
         )

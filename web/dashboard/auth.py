@@ -19,6 +19,7 @@ from litestar.status_codes import HTTP_303_SEE_OTHER
 from web.dashboard import sessions
 from web.domain import metrics, users
 from web.domain.actors import Actor
+from web.domain.approvers import Approver
 from web.domain.errors import TooManyRequests, Unauthorized
 from web.domain.users import SignedInUser
 from web.settings import Settings
@@ -72,6 +73,12 @@ def actor_of(request: Request[Any, Any, Any]) -> Actor:
     return Actor.user(
         user.id, user.email, ip=client_ip(request), user_agent=request.headers.get("user-agent")
     )
+
+
+def approver_of(request: Request[Any, Any, Any]) -> Approver:
+    """The signed-in user as an approver: who decides, and who looks (their groups decide
+    which executions they see)."""
+    return Approver.user(current_user(request), actor_of(request))
 
 
 def page(

@@ -12,7 +12,15 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
 from litestar.response import Template
 
-from web.dashboard.auth import actor_of, back_to, is_htmx, page, require_admin, require_user
+from web.dashboard.auth import (
+    actor_of,
+    approver_of,
+    back_to,
+    is_htmx,
+    page,
+    require_admin,
+    require_user,
+)
 from web.domain import (
     api_keys,
     delivery_statuses,
@@ -82,6 +90,7 @@ class ExecutionsController(Controller):
             PER_PAGE,
             older=list_pages.decode_position(older, "older"),
             newer=list_pages.decode_position(newer, "newer"),
+            viewer=approver_of(request),
         )
         context: dict[str, Any] = {
             "rows": listed.entries,
@@ -118,7 +127,7 @@ class ExecutionsController(Controller):
         once it is not). On the detail page (`shown` = the status it was rendered with), a
         change reloads the page so rows and results appear; on the list, the row's approval
         cell is updated with it (an out-of-band swap)."""
-        detail = await executions.get_detail(execution_id)
+        detail = await executions.get_detail(execution_id, viewer=approver_of(request))
         response = page(
             request,
             "executions/_status.html",
@@ -134,7 +143,7 @@ class ExecutionsController(Controller):
     async def detail_page(
         self, request: Request[Any, Any, Any], execution_id: FromPath[UUID]
     ) -> Template:
-        detail = await executions.get_detail(execution_id)
+        detail = await executions.get_detail(execution_id, viewer=approver_of(request))
         steps = detail.definition.get("steps", [])
         results = {r["index"]: r for r in detail.step_results}
         return page(

@@ -22,6 +22,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from web.domain import (
+    approvers,
     audit,
     clock,
     compliance,
@@ -35,7 +36,8 @@ from web.domain import (
     queue,
     webhooks,
 )
-from web.domain.actors import Actor, ActorType
+from web.domain.actors import Actor
+from web.domain.approvers import Approver
 from web.domain.errors import Conflict, Forbidden, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
@@ -49,7 +51,6 @@ from web.domain.types import (
     StepSettings,
     from_row,
 )
-from web.domain.users import SignedInUser
 from web.domain.workflows import approval_settings, step_settings
 
 REJECTED_REASON = "Rejected by reviewer"
@@ -108,46 +109,9 @@ def approval_rules(definition: Definition) -> ApprovalRules:
     )
 
 
-@dataclass(frozen=True)
-class Approver:
-    """Who decides: a dashboard user (with their groups) or an API key (one approver, in no
-    group), as the audit trail's `actor`. `key` tells approvers apart (`user:<id>`,
-    `api_key:<id>`); `label` is what the rows and the execution record as decided_by /
-    edited_by (an email, `api_key:<name>`)."""
-
-    actor: Actor
-    groups: tuple[str, ...] = ()
-    is_admin: bool = False
-
-    @classmethod
-    def user(cls, user: SignedInUser, actor: Actor) -> Approver:
-        return cls(actor, tuple(user.groups), user.is_admin)
-
-    @classmethod
-    def api_key(cls, actor: Actor) -> Approver:
-        return cls(actor)
-
-    @property
-    def key(self) -> str:
-        return f"{self.actor.type}:{self.actor.id}"
-
-    @property
-    def label(self) -> str:
-        return self.actor.decided_by
-
-    @property
-    def is_api_key(self) -> bool:
-        return self.actor.type is ActorType.API_KEY
-
-    def may_decide(self, rules: ApprovalRules) -> bool:
-        if not rules.approver_groups or self.is_admin:
-            return True
-        return bool(set(self.groups) & set(rules.approver_groups))
-
-
 def check_may_decide(rules: ApprovalRules, approver: Approver) -> None:
     """Forbidden unless the approver is in the step's approverGroups (or an admin)."""
-    if approver.may_decide(rules):
+    if approver.may_see(rules.approver_groups):
         return
     groups = ", ".join(rules.approver_groups)
     if approver.is_api_key:
@@ -319,10 +283,16 @@ async def _approve(
                 f"You have already approved this execution ({len(earlier)} of "
                 f"{rules.required_approvals} approvals): another approver must approve it"
             )
-        outcome = ApprovalOutcome(execution_id, len(earlier) + 1, rules.required_approvals)
         chosen: list[dict[str, Any]] = []
+        withdrawn: list[str] = []
         if choices:
-            chosen = await _apply_choices(execution_id, choices, approver.label, waiting.definition)
+            chosen, changed = await _apply_choices(
+                execution_id, choices, approver.label, waiting.definition
+            )
+            if changed:  # the others approved the rows as they were: this approval starts over
+                withdrawn = await _withdraw_approvals(execution_id)
+        received = len(earlier) - len(withdrawn) + 1
+        outcome = ApprovalOutcome(execution_id, received, rules.required_approvals)
         if outcome.final and not rules.allow_self_approval:
             await _refuse_self_approval(execution_id, approver)
         await ApprovalSubmission.insert(
@@ -344,8 +314,10 @@ async def _approve(
             "rows": chosen,
         }
         if outcome.required > 1:  # maker-checker: which approval of how many this was
-            before["approvalsReceived"] = outcome.received - 1
+            before["approvalsReceived"] = len(earlier)
             after |= {"approvalsReceived": outcome.received, "approvalsRequired": outcome.required}
+        if withdrawn:
+            after["approvalsWithdrawn"] = withdrawn
         await audit.record(
             approver.actor,
             "execution.approved",
@@ -372,6 +344,20 @@ async def _refuse_self_approval(execution_id: UUID, approver: Approver) -> None:
             f"You edited the message of row {edited[0]['position']}: another approver must "
             "complete this approval (the workflow does not allow self-approval)"
         )
+
+
+async def _withdraw_approvals(execution_id: UUID) -> list[str]:
+    """Inside the transaction of a change to the rows (a decision or a message): every approval
+    recorded so far is withdrawn, because its approver approved the rows as they were. Returns
+    the approvers' labels, oldest approval first (for the change's audit entry and the
+    dashboard's notice); none when nobody had approved yet."""
+    gone = await ApprovalSubmission.raw(
+        "WITH gone AS (DELETE FROM approval_submission WHERE execution = {} "
+        "  RETURNING approver_label, created_at) "
+        "SELECT approver_label FROM gone ORDER BY created_at",
+        execution_id,
+    )
+    return [str(row["approver_label"]) for row in gone]
 
 
 async def _resume(
@@ -642,6 +628,8 @@ class _ChoosableRow(ReadModel, frozen=True):
     data: RowData
     generated_content: str | None
     original_content: str | None
+    decision: str | None = None
+    decision_reason: str | None = None
 
 
 def _customer_id(row: _ChoosableRow) -> str | None:
@@ -690,17 +678,23 @@ def _resolve(
 
 async def _apply_choices(
     execution_id: UUID, choices: Sequence[RowChoice], decided_by: str, definition: Definition
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], bool]:
     """Inside the approval's transaction: every choice, or (InvalidInput) none of them; what
-    each did, for the audit entry (an edit with its original and new text)."""
+    each did, for the audit entry (an edit with its original and new text), and whether any
+    changed a row (another decision or reason, or a new text) rather than repeat it."""
     stored = await ExecutionRow.raw(
-        "SELECT id, position, data, generated_content, original_content FROM execution_row "
-        "WHERE execution = {} ORDER BY position FOR UPDATE",
+        "SELECT id, position, data, generated_content, original_content, decision, "
+        "  decision_reason FROM execution_row WHERE execution = {} ORDER BY position FOR UPDATE",
         execution_id,
     )
     rules = step_settings(definition, "compliance_check")
     done = []
+    changed = False
     for choice, row in _resolve(choices, [from_row(r, _ChoosableRow) for r in stored]):
+        changed = changed or (row.decision, row.decision_reason) != (
+            choice.decision,
+            choice.reason,
+        )
         entry: dict[str, Any] = {"index": row.position, "decision": str(choice.decision)}
         if choice.reason is not None:
             entry["reason"] = choice.reason
@@ -708,9 +702,10 @@ async def _apply_choices(
             await _save_edit(row, choice.content.strip(), decided_by, rules)
             entry["original"] = row.generated_content
             entry["content"] = choice.content.strip()
+            changed = changed or choice.content.strip() != row.generated_content
         await _save_decision(row.id, choice.decision, decided_by, choice.reason)
         done.append(entry)
-    return done
+    return done, changed
 
 
 async def _save_decision(
@@ -870,10 +865,7 @@ FROM (SELECT id, workflow, created_at, updated_at, api_key, row_count, definitio
 JOIN api_key k ON k.id = e.api_key
 ORDER BY e.queue_at, e.id
 """
-_MAY_DECIDE = """($2 OR (SELECT g IS NULL OR jsonb_typeof(g) <> 'array' OR jsonb_array_length(g) = 0
-       OR g ?| $3::text[]
-     FROM jsonb_path_query_first(definition,
-       '$.steps[*] ? (@.type == "approval").settings.approverGroups') AS g))"""
+_MAY_DECIDE = f"($2 OR {approvers.may_see_sql('$3')})"
 _WAITING_FIRST = _WAITING.format(queue_at=_QUEUE_AT, may_decide=_MAY_DECIDE, after="", direction="")
 _WAITING_NEWER = _WAITING.format(
     queue_at=_QUEUE_AT, may_decide=_MAY_DECIDE, after=f"AND ({_QUEUE_AT}, id) > ($4, $5)",
@@ -1001,6 +993,23 @@ def skipped_because(row: RowView) -> str:
     return "; ".join(row.compliance_reasons) or "it failed the compliance check"
 
 
+@dataclass(frozen=True)
+class RowChange:
+    """A row's decision or edit, saved: the row as it is now, and the approvals that change
+    withdrew (their approvers' labels; empty when none had been given)."""
+
+    row: RowView
+    withdrawn: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BulkDecision:
+    """A bulk decision, saved: how many rows it decided and the approvals it withdrew."""
+
+    rows: int
+    withdrawn: list[str] = field(default_factory=list)
+
+
 async def decide_row(
     execution_id: UUID,
     row_id: UUID,
@@ -1009,12 +1018,13 @@ async def decide_row(
     approver: Approver,
     *,
     reason: str | None = None,
-) -> RowView:
+) -> RowChange:
     """Save one row's decision at once (`undecided` clears it: the review screen's undo).
     `seen` is the decision the reviewer saw ("" for none): if someone else changed it
     meanwhile, Conflict instead of a silent overwrite. A row failing compliance cannot be
     approved (Conflict: it will be skipped whatever the decision); a reject needs a `reason`
-    when the approval step has requireRejectReason (InvalidInput)."""
+    when the approval step has requireRejectReason (InvalidInput). A change (not the same
+    decision again) withdraws the approvals already given, in the same transaction."""
     checked = parse_row_decision(decision)
     reason = (reason or "").strip() or None
     if reason is not None and "\x00" in reason:
@@ -1037,14 +1047,19 @@ async def decide_row(
         if checked == RowDecision.REJECTED and rules.require_reject_reason and reason is None:
             raise InvalidInput("Give a reason to reject this row")
         after: dict[str, Any] = {"index": current.position, "decision": None}
+        kept = reason if checked == RowDecision.REJECTED else None
         if checked is None:  # the review screen's undo
             await _clear_decision(row_id)
         else:
-            kept = reason if checked == RowDecision.REJECTED else None
             await _save_decision(row_id, checked, decided_by, kept)
             after = {"index": current.position, "decision": str(checked)}
             if kept:
                 after["reason"] = kept
+        withdrawn: list[str] = []
+        if (current.decision, current.decision_reason) != (checked, kept):
+            withdrawn = await _withdraw_approvals(execution_id)
+        if withdrawn:
+            after["approvalsWithdrawn"] = withdrawn
         await audit.record(
             approver.actor,
             f"row.{checked or 'undecided'}",
@@ -1054,7 +1069,7 @@ async def decide_row(
             before={"index": current.position, "decision": current.decision},
             after=after,
         )
-    return await _row(execution_id, row_id)
+    return RowChange(await _row(execution_id, row_id), withdrawn)
 
 
 async def _clear_decision(row_id: UUID) -> None:
@@ -1068,11 +1083,11 @@ async def _clear_decision(row_id: UUID) -> None:
     ).where(ExecutionRow.id == row_id)
 
 
-async def decide_all_rows(execution_id: UUID, decision: str, approver: Approver) -> int:
+async def decide_all_rows(execution_id: UUID, decision: str, approver: Approver) -> BulkDecision:
     """Bulk decision (only when the approval step allows it): every row WITHOUT a decision gets
     `decision`; rows already approved or rejected keep theirs, and rows failing compliance are
     never approved (they stay undecided: they will be skipped). Returns how many rows were
-    decided."""
+    decided; when any was, the approvals already given are withdrawn with it."""
     checked = _check_decision(decision)
     decided_by = approver.label
     async with pool.engine().transaction():
@@ -1090,15 +1105,19 @@ async def decide_all_rows(execution_id: UUID, decision: str, approver: Approver)
             execution_id,
             str(checked),
         )
+        withdrawn = await _withdraw_approvals(execution_id) if rows else []
+        after: dict[str, Any] = {"decision": str(checked), "rows": len(rows), "bulk": True}
+        if withdrawn:
+            after["approvalsWithdrawn"] = withdrawn
         await audit.record(
             approver.actor,
             f"row.{checked}",
             "execution",
             execution_id,
             execution_id=execution_id,
-            after={"decision": str(checked), "rows": len(rows), "bulk": True},
+            after=after,
         )
-    return len(rows)
+    return BulkDecision(len(rows), withdrawn)
 
 
 # --- the review screen's triage ---------------------------------------------------------------
@@ -1170,9 +1189,10 @@ async def check_can_decide(execution_id: UUID, comment: str | None, *, comment_g
         _check_comment(approval_rules(await _definition(execution_id, None)), comment)
 
 
-async def edit_row(execution_id: UUID, row_id: UUID, content: str, approver: Approver) -> RowView:
+async def edit_row(execution_id: UUID, row_id: UUID, content: str, approver: Approver) -> RowChange:
     """Replace a row's generated message before approval; the first original is kept and the
-    new text is checked for compliance again with the workflow's own rules."""
+    new text is checked for compliance again with the workflow's own rules. A new text (not
+    the same one again) withdraws the approvals already given, in the same transaction."""
     content = content.strip()
     if not content:
         raise InvalidInput("The message cannot be empty")
@@ -1185,6 +1205,12 @@ async def edit_row(execution_id: UUID, row_id: UUID, content: str, approver: App
         await _save_edit(
             row, content, approver.label, step_settings(execution.definition, "compliance_check")
         )
+        withdrawn = []
+        if content != row.generated_content:
+            withdrawn = await _withdraw_approvals(execution_id)
+        after: dict[str, Any] = {"index": row.position, "content": content}
+        if withdrawn:
+            after["approvalsWithdrawn"] = withdrawn
         await audit.record(
             approver.actor,
             "row.edited",
@@ -1192,6 +1218,6 @@ async def edit_row(execution_id: UUID, row_id: UUID, content: str, approver: App
             row_id,
             execution_id=execution_id,
             before={"index": row.position, "content": row.generated_content},
-            after={"index": row.position, "content": content},
+            after=after,
         )
-    return await _row(execution_id, row_id)
+    return RowChange(await _row(execution_id, row_id), withdrawn)

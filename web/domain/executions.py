@@ -16,11 +16,24 @@ from uuid import UUID, uuid4
 
 import msgspec
 from asyncpg.exceptions import CheckViolationError
+from piccolo.columns.combination import WhereRaw
 from redis.asyncio import Redis
 
-from web.domain import audit, clock, idempotency, limits, list_pages, metrics, pool, queue, webhooks
+from web.domain import (
+    approvers,
+    audit,
+    clock,
+    idempotency,
+    limits,
+    list_pages,
+    metrics,
+    pool,
+    queue,
+    webhooks,
+)
 from web.domain.actors import Actor
 from web.domain.api_keys import AuthenticatedKey
+from web.domain.approvers import Approver
 from web.domain.errors import Conflict, InvalidInput, NotFound
 from web.domain.execution_rows import RowView
 from web.domain.script_client import ScriptClient
@@ -725,11 +738,15 @@ async def list_executions(
     per_page: int,
     older: list_pages.Position | None = None,
     newer: list_pages.Position | None = None,
+    *,
+    viewer: Approver,
 ) -> list_pages.Page[ExecutionListEntry]:
-    """One page of executions, newest first: the first, or the one just older than `older`, or
-    just newer than `newer`; with the positions of its older/newer links and how many match
-    (capped at list_pages.COUNT_CAP). Every filter and page is LIMIT n entries of one index
-    (execution_created_id, _status_created, _workflow_created, _api_key_created)."""
+    """One page of the executions `viewer` may see, newest first: the first, or the one just
+    older than `older`, or just newer than `newer`; with the positions of its older/newer links
+    and how many match (capped at list_pages.COUNT_CAP). Every filter and page is LIMIT n
+    entries of one index (execution_created_id, _status_created, _workflow_created,
+    _api_key_created); for a non-admin, the approverGroups rule filters the entries that index
+    walks (approvers.may_see_sql), so a page and the count hide the same executions."""
     conditions: list[str] = []
     args: list[object] = []
 
@@ -749,6 +766,8 @@ async def list_executions(
         condition("e.created_at >= {}", filters.created_from)
     if filters.created_before:
         condition("e.created_at < {}", filters.created_before)
+    if not viewer.is_admin:  # admins see everything: no condition at all
+        condition(approvers.may_see_sql("{}", "e.definition"), list(viewer.groups))
     base = list(conditions)
     base_args = list(args)
 
@@ -844,16 +863,18 @@ class ExecutionDetail(ReadModel, frozen=True):
     personal_data_purged_at: datetime | None = None
 
 
-async def get_detail(execution_id: UUID) -> ExecutionDetail:
-    """Everything the dashboard shows about one execution; NotFound if there is none."""
-    row = (
-        await Execution.select(
-            *Execution.all_columns(exclude=[Execution.lease_token]),
-            Execution.api_key.name.as_alias("key_name"),
-        )
-        .where(Execution.id == execution_id)
-        .first()
-    )
+async def get_detail(execution_id: UUID, *, viewer: Approver) -> ExecutionDetail:
+    """Everything the dashboard shows about one execution; NotFound if there is none, and the
+    same NotFound if `viewer` may not see it (outside its approverGroups), so whether it exists
+    does not show."""
+    query = Execution.select(
+        *Execution.all_columns(exclude=[Execution.lease_token]),
+        Execution.api_key.name.as_alias("key_name"),
+    ).where(Execution.id == execution_id)
+    if not viewer.is_admin:
+        seen = approvers.may_see_sql("{}", '"execution"."definition"')
+        query = query.where(WhereRaw(seen, list(viewer.groups)))
+    row = await query.first()
     if row is None:
         raise NotFound(EXECUTION_NOT_FOUND)
     return from_row(row, ExecutionDetail)

@@ -56,6 +56,8 @@ def _detail(entry: audit.AuditEntryView, *, purged: bool) -> str | None:
         parts.append(f"row {int(after['index']) + 1}")
     if after.get("bulk"):
         parts.append(f"all {after.get('rows')} rows")
+    if after.get("approvalsWithdrawn"):  # approvals given before this change (maker-checker)
+        parts.append(f"approvals withdrawn: {', '.join(map(str, after['approvalsWithdrawn']))}")
     if entry.comment and not purged:
         parts.append(f"“{entry.comment}”")
     return " · ".join(parts) or None
