@@ -295,6 +295,7 @@ class Suppression(Table, tablename="suppression"):
     phone = Varchar(length=16, unique=True, index=True)
     reason = Text(null=True, default=None)
     source = Varchar(length=16)  # inbound, cli, dashboard, import
+    created_at = Timestamptz(default=TimestamptzNow())
 
 
 class AuditEntry(Table, tablename="audit_entry"):
