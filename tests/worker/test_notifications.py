@@ -8,21 +8,20 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
-import email
 import json
 import socket
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
-from email.policy import default as default_policy
 from typing import Any
 from uuid import UUID
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
+from tests import mail_server
 from tests.factories import PUBLIC, auth, execution_row, rows, start
+from tests.mail_server import Inbox
 from tests.receiver import Receiver
 from web.domain import clock, users
 from web.domain.actors import Actor
@@ -37,45 +36,9 @@ PUBLIC_URL = "https://flowgate.bank.example"
 SENDER = "approvals@bank.example"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-class Inbox:
-    """aiosmtpd's handler: keeps every message; answers the first `fail` DATA with 451."""
-
-    def __init__(self, fail: int = 0) -> None:
-        self.messages: list[tuple[list[str], EmailMessage]] = []
-        self.fail = fail
-        self.refused = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.refused < self.fail:
-            self.refused += 1
-            return "451 4.3.0 Mailbox busy, try again later"
-        message = email.message_from_bytes(envelope.content, policy=default_policy)
-        assert isinstance(message, EmailMessage)
-        self.messages.append((list(envelope.rcpt_tos), message))
-        return "250 OK"
-
-    async def wait_for(self, count: int, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.messages) < count:
-            assert time.monotonic() < deadline, f"{len(self.messages)} of {count} emails"
-            await asyncio.sleep(0.02)
-
-
 def _smtp(inbox: Inbox) -> Iterator[tuple[Inbox, str]]:
-    port = _free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, f"smtp://127.0.0.1:{port}"
-    finally:
-        controller.stop()
+    with mail_server.serving(inbox) as url:
+        yield inbox, url
 
 
 @pytest.fixture
