@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -106,3 +108,59 @@ async def test_the_latest_migration_goes_back_and_forward_again(scratch_database
     forward = run(scratch_database, "-m", "web.cli", "migrate")
     assert forward.returncode == 0, forward.stderr
     assert await tables(scratch_database) == TABLES
+
+
+async def test_executions_already_waiting_get_the_moment_of_their_reminder_unless_it_was_sent(
+    scratch_database: str,
+) -> None:
+    assert run(scratch_database, "-m", "web.cli", "migrate").returncode == 0
+    ids = migration_ids()
+    remind_column = ids[-2]  # then ids[-1]: its index, and this backfill
+    approval = {"type": "approval", "settings": {"timeout": "2h", "remindBefore": "1h30m"}}
+    definition = json.dumps({"steps": [{"type": "generate_content"}, approval]})
+    connection = await asyncpg.connect(scratch_database)
+    try:
+        key = await connection.fetchval(
+            "INSERT INTO api_key (name, key_hash, prefix) VALUES ('old', 'abc', 'abcdefgh') "
+            "RETURNING id"
+        )
+        waiting, reminded, done = [
+            await connection.fetchval(
+                "INSERT INTO execution (workflow, api_key, status, definition, "
+                "  approval_deadline) "
+                "VALUES ('workflow_bfsi_marketing_template', $1, $2, $3::jsonb, "
+                "  now() + interval '2 hours') RETURNING id",
+                key,
+                status,
+                definition,
+            )
+            for status in ("pending_approval", "pending_approval", "completed")
+        ]
+        await connection.execute(
+            "INSERT INTO notification (execution, kind, channel, recipient) "
+            "VALUES ($1, 'reminder', 'email', 'lead@example.com')",
+            reminded,
+        )
+        back = run(
+            scratch_database, "-m", "piccolo.main", "migrations", "backwards", "domain",
+            f"--migration_id={remind_column}", "--auto_agree",
+        )  # fmt: skip
+        assert back.returncode == 0, back.stdout + back.stderr
+        forward = run(scratch_database, "-m", "web.cli", "migrate")
+        assert forward.returncode == 0, forward.stderr
+        found = {
+            row["id"]: row["late"]
+            for row in await connection.fetch(
+                "SELECT id, approval_deadline - approval_remind_at AS late FROM execution"
+            )
+        }
+        indexes = {
+            row["indexname"]
+            for row in await connection.fetch(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'execution'"
+            )
+        }
+    finally:
+        await connection.close()
+    assert found == {waiting: timedelta(minutes=90), reminded: None, done: None}
+    assert "execution_approval_due" in indexes and "execution_approval_deadline" not in indexes

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import mail_server
 from web import settings as settings_module
 from web.settings import SettingsError, apply_dev_env, find_dev_env, get_settings, read_env_file
 
@@ -47,6 +48,7 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         ("FLOWGATE_SMTP_URL", "http://mail.example.com", "an smtp://, smtp+starttls://"),
         ("FLOWGATE_SMTP_URL", "smtp://u:hunter2@mail.example.com", "an smtp://, smtp+starttls"),
         ("FLOWGATE_SMTP_URL", "smtp://mail.example.com:x", "an smtp://, smtp+starttls://"),
+        ("FLOWGATE_SMTP_CA_FILE", "/nonexistent/ca.pem", "a readable PEM file of CA certificates"),
         ("FLOWGATE_SMTP_FROM", "approvals", "an email address"),
         ("FLOWGATE_PUBLIC_URL", "flowgate.example.com", "an http:// or https:// URL"),
         ("FLOWGATE_NOTIFICATION_RETRY_DELAYS", "5,soon", "comma-separated numbers"),
@@ -215,3 +217,32 @@ def test_notification_settings_are_read(fresh_settings: pytest.MonkeyPatch) -> N
     assert settings.smtp_from == "approvals@bank.example"
     assert settings.public_url == "https://flowgate.bank.example"
     assert settings.notification_retry_delays == (1.0, 2.0)
+
+
+def test_the_smtp_ca_file_must_hold_certificates_and_needs_a_tls_url(
+    fresh_settings: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ca = mail_server.make_certificates(tmp_path / "relay").ca
+    not_pem = tmp_path / "ca.txt"
+    not_pem.write_text("not a certificate\n")
+    fresh_settings.setenv("FLOWGATE_SMTP_URL", "smtps://mailer@mail.bank.internal")
+    for bad in (not_pem, tmp_path):  # a file without a certificate; a directory
+        fresh_settings.setenv("FLOWGATE_SMTP_CA_FILE", str(bad))
+        with pytest.raises(SettingsError) as raised:
+            get_settings()
+        assert str(raised.value) == (
+            f"FLOWGATE_SMTP_CA_FILE: expected a readable PEM file of CA certificates, "
+            f"got {str(bad)!r}"
+        )
+        get_settings.cache_clear()
+
+    fresh_settings.setenv("FLOWGATE_SMTP_CA_FILE", str(ca))
+    assert get_settings().smtp_ca_file == str(ca)
+    get_settings.cache_clear()
+
+    fresh_settings.setenv("FLOWGATE_SMTP_URL", "smtp://mail.bank.internal:25")
+    with pytest.raises(SettingsError) as raised:
+        get_settings()
+    assert str(raised.value).startswith(
+        "FLOWGATE_SMTP_CA_FILE: expected no CA file with a plain smtp:// FLOWGATE_SMTP_URL"
+    )

@@ -16,6 +16,7 @@ import ipaddress
 import os
 import re
 import secrets
+import ssl
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -244,6 +245,27 @@ def _smtp_url(name: str) -> str | None:
     return value
 
 
+def _smtp_ca_file(name: str, smtp_url: str | None) -> str | None:
+    """A PEM file of the CA certificates the SMTP server's certificate must chain to (instead
+    of the system's), for an smtp+starttls:// or smtps:// FLOWGATE_SMTP_URL; None if unset."""
+    value = _raw(name)
+    if value is None:
+        return None
+    if smtp_url is not None and urlsplit(smtp_url).scheme == "smtp":
+        raise SettingsError(
+            name, "no CA file with a plain smtp:// FLOWGATE_SMTP_URL (nothing is encrypted: "
+            "use smtp+starttls:// or smtps://)", value,
+        )  # fmt: skip
+    expected = "a readable PEM file of CA certificates"
+    try:
+        context = ssl.create_default_context(cafile=value)
+    except (OSError, ValueError):  # missing, unreadable, a directory, not PEM (ssl.SSLError)
+        raise SettingsError(name, expected, value) from None
+    if not context.cert_store_stats()["x509"]:
+        raise SettingsError(name, expected, value)
+    return value
+
+
 def _http_url(name: str, default: str) -> str:
     value = _raw(name)
     if value is None:
@@ -322,9 +344,11 @@ class Settings:
     # Reviewer notifications (web.domain.notifications): the SMTP server as a URL
     # (`smtp://host:25`, `smtp+starttls://user@host:587`, `smtps://user@host:465`; None: no
     # email), its password, the From address, the dashboard's public base URL for the review
-    # link, and the delays between the attempts of a notification that failed.
+    # link, and the delays between the attempts of a notification that failed. With TLS, the
+    # server's certificate is checked against the system's CAs, or only those of smtp_ca_file.
     smtp_url: str | None = None
     smtp_password: str | None = None
+    smtp_ca_file: str | None = None
     smtp_from: str = "flowgate@localhost"
     public_url: str = "http://localhost:3001"
     notification_retry_delays: tuple[float, ...] = (5.0, 30.0, 120.0)
@@ -390,6 +414,7 @@ def get_settings() -> Settings:
         sign_in_attempts_per_minute=_int("FLOWGATE_SIGN_IN_ATTEMPTS_PER_MINUTE", 30, minimum=1),
         smtp_url=_smtp_url("FLOWGATE_SMTP_URL"),
         smtp_password=_raw("FLOWGATE_SMTP_PASSWORD"),
+        smtp_ca_file=_smtp_ca_file("FLOWGATE_SMTP_CA_FILE", _smtp_url("FLOWGATE_SMTP_URL")),
         smtp_from=_email("FLOWGATE_SMTP_FROM", "flowgate@localhost"),
         public_url=_http_url("FLOWGATE_PUBLIC_URL", "http://localhost:3001"),
         notification_retry_delays=_floats("FLOWGATE_NOTIFICATION_RETRY_DELAYS", (5.0, 30.0, 120.0)),

@@ -126,6 +126,12 @@ async def reconcile(ctx: dict[str, Any]) -> dict[str, Any]:
             len(requeued.timed_out),
             ", ".join(str(e) for e in requeued.timed_out[:20]),
         )
+    if requeued.reminded:
+        logger.warning(
+            "reconciler reminded the approvers of %d execution(s) whose reminder was due: %s",
+            len(requeued.reminded),
+            ", ".join(str(e) for e in requeued.reminded[:20]),
+        )
     if requeued.whatsapp_notifications:
         logger.warning(
             "reconciler queued %d WhatsApp notification(s) again",
@@ -189,7 +195,8 @@ async def approval_deadline(ctx: dict[str, Any], execution_id: str) -> dict[str,
 
 @observed_job
 async def approval_reminder(ctx: dict[str, Any], execution_id: str) -> dict[str, Any]:
-    """`remindBefore` the deadline: tell the approvers again if it still waits."""
+    """`remindBefore` the deadline: tell the approvers again if it still waits and nothing
+    reminded them yet (the reconciler's backstop may have; a second run does nothing)."""
     uid = UUID(execution_id)
     try:
         queued = await approvals.remind(uid, smtp=ctx["settings"].smtp_url is not None)
@@ -199,6 +206,8 @@ async def approval_reminder(ctx: dict[str, Any], execution_id: str) -> dict[str,
         if not is_unavailable(exc):
             raise
         raise _retry_later(ctx) from exc
+    if queued is not None:
+        logger.info("execution %s: approvers reminded", execution_id)
     return {"execution_id": execution_id, "reminded": queued is not None}
 
 

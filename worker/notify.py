@@ -9,6 +9,7 @@ Nothing here logs a recipient, a name or the message.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -53,6 +54,13 @@ async def _send_email(n: ToSend, settings: Settings) -> str | None:
         return "FLOWGATE_SMTP_URL is not set"
     parts = urlsplit(settings.smtp_url)
     try:
+        # With TLS the server's certificate is checked (name and chain) against the system's
+        # CAs (aiosmtplib's default context), or only those of FLOWGATE_SMTP_CA_FILE (a bank's
+        # internal relay, its internal CA): read each attempt, so a replaced file counts
+        # without a restart; off the event loop, as aiosmtplib loads its own.
+        tls = None
+        if settings.smtp_ca_file and parts.scheme != "smtp":
+            tls = await asyncio.to_thread(ssl.create_default_context, cafile=settings.smtp_ca_file)
         async with asyncio.timeout(settings.notification_timeout_seconds):
             await aiosmtplib.send(
                 build_email(n, settings),
@@ -62,6 +70,7 @@ async def _send_email(n: ToSend, settings: Settings) -> str | None:
                 password=settings.smtp_password if parts.username else None,
                 use_tls=parts.scheme == "smtps",
                 start_tls=parts.scheme == "smtp+starttls",
+                tls_context=tls,
                 timeout=settings.notification_timeout_seconds,
             )
     except TimeoutError:

@@ -1,7 +1,9 @@
 """Approval deadlines (issue 15, section 3): a deadline fails closed, enforced by a job deferred
 to it and, when every worker was down, by the next worker's reconciler; an approval racing the
-deadline, exactly one wins. Real server, arq workers (and a real `flowgate worker` process),
-PostgreSQL, Redis and webhook receiver. Measured figures are printed (`pytest -s`)."""
+deadline, exactly one wins. The reminder (`remindBefore`) has the same backstop and is sent
+exactly once, whichever of its job and the reconciler comes first. Real server, arq workers (and
+a real `flowgate worker` process), PostgreSQL, Redis, SMTP server and webhook receiver. Measured
+figures are printed (`pytest -s`)."""
 
 from __future__ import annotations
 
@@ -17,13 +19,18 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import httpx
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
 
+from tests import mail_server
 from tests.factories import PUBLIC, WorkerRunner, auth, create_key, execution_row, rows, start
 from tests.receiver import Receiver
-from web.domain import approvals, clock, queue, recovery
-from web.domain.tables import Execution, SandboxMessage
+from tests.worker.test_recovery_times import WorkerProcess
+from web.domain import approvals, clock, queue, recovery, users
+from web.domain.actors import Actor
+from web.domain.tables import ApiKey, Execution, Notification, SandboxMessage
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 from worker.settings import functions, startup
 
@@ -272,3 +279,168 @@ async def test_the_queue_shows_the_time_left_and_puts_the_soonest_deadline_first
     assert '<span class="time-left">2 h 0 min</span>' in html
     assert "<td>0 of 1 approvals</td>" in html
     assert '<span class="muted">no deadline</span>' in html
+
+
+# --- reminders ---------------------------------------------------------------------------------
+
+REMINDER = "Reminder: approval due"
+
+
+async def _approvers() -> None:
+    await users.create_user("lead@example.com", "a long password 1", "admin", actor=Actor.system())
+    await users.create_user(
+        "checker@example.com", "a long password 2", "reviewer", actor=Actor.system()
+    )
+
+
+async def _reminders(execution_id: str) -> list[dict[str, Any]]:
+    return list(
+        await Notification.select(Notification.channel, Notification.status)
+        .where(Notification.execution == UUID(execution_id), Notification.kind == "reminder")
+        .order_by(Notification.channel)
+    )
+
+
+async def test_a_reminder_due_while_no_worker_ran_is_sent_once_when_the_next_one_starts(
+    client: httpx.AsyncClient, redis: ArqRedis, api_key: str, receiver: Receiver
+) -> None:
+    await _approvers()
+    await _workflow(
+        timeout="60s", remindBefore="58s", notifications={"slackWebhookUrl": receiver.url}
+    )
+    execution_id = await start(client, api_key, workflow_id=WORKFLOW_ID, csv_data=rows(2))
+    await _runs_only(redis)
+    waiting = await execution_row(execution_id)
+    assert waiting["status"] == "pending_approval"
+    remind_at: datetime = waiting["approval_remind_at"]
+    assert remind_at == waiting["approval_deadline"] - timedelta(seconds=58)
+    await redis.flushdb()  # every worker down and the deferred reminder job lost with Redis
+    await asyncio.sleep(max(0.0, (remind_at - clock.now()).total_seconds()) + 0.5)
+    assert await _reminders(execution_id) == []  # its moment passed: nothing sent it
+
+    inbox = mail_server.Inbox()
+    with mail_server.serving(inbox) as smtp_url:
+        worker = WorkerProcess(FLOWGATE_SMTP_URL=smtp_url, FLOWGATE_NOTIFICATION_RETRY_DELAYS="0.1")
+        try:
+            started = time.monotonic()
+            while sum(REMINDER in s for s in inbox.subjects()) < 2 or not any(
+                REMINDER in json.loads(r.body)["text"] for r in receiver.requests
+            ):
+                assert time.monotonic() - started < 40, worker.log
+                await asyncio.sleep(0.05)
+            took = time.monotonic() - started
+            said = "reconciler reminded the approvers of 1 execution(s) whose reminder was due"
+            while said not in worker.log:
+                assert time.monotonic() - started < 40, worker.log
+                await asyncio.sleep(0.05)
+
+            # A second pass, and the reminder job running late after all: nothing more.
+            assert (await recovery.requeue_stalled(redis, 60.0, smtp=True)).reminded == []
+            assert await queue.enqueue_reminder(redis, UUID(execution_id), remind_at)
+            job_key = f"{job_key_prefix}{queue.APPROVAL_REMINDER}:{execution_id}:"
+            job_key += str(round(remind_at.timestamp()))
+            while await redis.exists(job_key):  # the worker ran it (no result is kept)
+                assert time.monotonic() - started < 40, worker.log
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # what it might have queued would have gone out by now
+        finally:
+            worker.kill()
+
+    print(f"\na reminder due while no worker ran: sent {took:.1f} s after a worker started")
+    reminded_to = sorted(to for to, m in inbox.messages if REMINDER in str(m["Subject"]))
+    assert reminded_to == [["checker@example.com"], ["lead@example.com"]]
+    slack = [json.loads(r.body)["text"] for r in receiver.requests]
+    assert sum(REMINDER in text for text in slack) == 1
+    assert await _reminders(execution_id) == [
+        {"channel": "email", "status": "sent"},
+        {"channel": "email", "status": "sent"},
+        {"channel": "slack", "status": "sent"},
+    ]
+    stored = await execution_row(execution_id)
+    assert (stored["status"], stored["approval_remind_at"]) == ("pending_approval", None)
+    assert worker.log.count(said) == 1
+
+
+async def test_a_reminder_is_recorded_once_whichever_of_its_job_and_the_backstop_comes_first(
+    client: httpx.AsyncClient, redis: ArqRedis, api_key: str
+) -> None:
+    await _approvers()
+    await _workflow(timeout="1h", remindBefore="30m")
+    ids = [
+        await start(client, api_key, workflow_id=WORKFLOW_ID, csv_data=rows(1)) for _ in range(4)
+    ]
+    await _runs_only(redis)
+    await Execution.raw(
+        "UPDATE execution SET approval_remind_at = now() - interval '1 second' "
+        "WHERE id = ANY({}::uuid[])",
+        [UUID(e) for e in ids],
+    )
+
+    # The job and the backstop at the same moment, for each of them; then both once more.
+    outcomes = await asyncio.gather(
+        recovery.requeue_stalled(redis, 60.0, smtp=True),
+        *(approvals.remind(UUID(e), smtp=True) for e in ids),
+    )
+    by_backstop = set(outcomes[0].reminded)  # type: ignore[union-attr]
+    by_job = {UUID(e) for e, done in zip(ids, outcomes[1:], strict=True) if done is not None}
+    again = await asyncio.gather(
+        recovery.requeue_stalled(redis, 60.0, smtp=True),
+        *(approvals.remind(UUID(e), smtp=True) for e in ids),
+    )
+
+    print(f"\nreminders: {len(by_job)} by their job, {len(by_backstop)} by the backstop")
+    assert by_backstop | by_job == {UUID(e) for e in ids} and not by_backstop & by_job
+    assert again[0].reminded == []  # type: ignore[union-attr]
+    assert again[1:] == [None] * len(ids)
+    for execution_id in ids:
+        assert [n["channel"] for n in await _reminders(execution_id)] == ["email", "email"]
+
+
+async def test_a_reminder_whose_deadline_passed_too_is_not_sent_the_timeout_is(
+    client: httpx.AsyncClient, redis: ArqRedis, api_key: str
+) -> None:
+    await _approvers()
+    await _workflow(timeout="1h", remindBefore="30m")
+    execution_id = await start(client, api_key, workflow_id=WORKFLOW_ID, csv_data=rows(1))
+    await _runs_only(redis)
+    await Execution.raw(
+        "UPDATE execution SET approval_remind_at = now() - interval '2 seconds', "
+        "  approval_deadline = now() - interval '1 second' WHERE id = {}",
+        UUID(execution_id),
+    )
+
+    requeued = await recovery.requeue_stalled(redis, 60.0, smtp=True)
+
+    assert (requeued.timed_out, requeued.reminded) == ([UUID(execution_id)], [])
+    assert await _reminders(execution_id) == []
+    assert await approvals.remind(UUID(execution_id), smtp=True) is None  # its job, late
+    kinds = await Notification.select(Notification.kind).where(
+        Notification.execution == UUID(execution_id)
+    )
+    assert [n["kind"] for n in kinds] == ["timed_out"] * 2  # (the run's worker had no SMTP)
+
+
+async def test_the_backstops_query_reads_only_what_is_due_through_its_partial_index(
+    client: httpx.AsyncClient, redis: ArqRedis, api_key: str
+) -> None:
+    # Thousands of finished runs and of runs waiting whose reminder and deadline are far off.
+    key = (await ApiKey.select(ApiKey.id).first())["id"]
+    await start(client, api_key)
+    await Execution.raw(
+        "INSERT INTO execution (id, workflow, api_key, status, approval_deadline, "
+        "  approval_remind_at) "
+        "SELECT gen_random_uuid(), 'workflow_bfsi_marketing_template', {}, "
+        "  CASE WHEN n % 2 = 0 THEN 'completed' ELSE 'pending_approval' END, "
+        "  now() + interval '1 day', now() + interval '20 hours' "
+        "FROM generate_series(1, 5000) AS n",
+        key,
+    )
+    connection = await asyncpg.connect(os.environ["DATABASE_URL"])
+    try:
+        await connection.execute("ANALYZE execution")
+        plan = "\n".join(r[0] for r in await connection.fetch(f"EXPLAIN {approvals._DUE}"))
+    finally:
+        await connection.close()
+    assert "Index Scan using execution_approval_due on execution" in plan, plan
+    assert "Sort" not in plan, plan
+    assert await recovery.requeue_stalled(redis, 60.0) == recovery.Requeued([], [])

@@ -6,23 +6,24 @@ that never delays the run. Real server, arq workers, PostgreSQL and Redis."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import dataclasses
-import email
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
-from email.policy import default as default_policy
 from typing import Any
 from uuid import UUID
 
 import httpx
 import pytest
-from aiosmtpd.controller import Controller
 
+from tests import mail_server
 from tests.factories import PUBLIC, auth, execution_row, rows, start
+from tests.mail_server import Inbox
 from tests.receiver import Receiver
 from web.domain import clock, users
 from web.domain.actors import Actor
@@ -37,45 +38,9 @@ PUBLIC_URL = "https://flowgate.bank.example"
 SENDER = "approvals@bank.example"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-class Inbox:
-    """aiosmtpd's handler: keeps every message; answers the first `fail` DATA with 451."""
-
-    def __init__(self, fail: int = 0) -> None:
-        self.messages: list[tuple[list[str], EmailMessage]] = []
-        self.fail = fail
-        self.refused = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.refused < self.fail:
-            self.refused += 1
-            return "451 4.3.0 Mailbox busy, try again later"
-        message = email.message_from_bytes(envelope.content, policy=default_policy)
-        assert isinstance(message, EmailMessage)
-        self.messages.append((list(envelope.rcpt_tos), message))
-        return "250 OK"
-
-    async def wait_for(self, count: int, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.messages) < count:
-            assert time.monotonic() < deadline, f"{len(self.messages)} of {count} emails"
-            await asyncio.sleep(0.02)
-
-
 def _smtp(inbox: Inbox) -> Iterator[tuple[Inbox, str]]:
-    port = _free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield inbox, f"smtp://127.0.0.1:{port}"
-    finally:
-        controller.stop()
+    with mail_server.serving(inbox) as url:
+        yield inbox, url
 
 
 @pytest.fixture
@@ -279,3 +244,144 @@ async def test_a_dead_mail_server_never_delays_or_fails_the_run(
         NotificationAttempt.notification == note["id"]
     )
     assert [e["error"] for e in errors] == ["Timed out after 2 s"] * 2
+
+
+# --- TLS and AUTH: smtp+starttls:// and smtps:// ---------------------------------------------
+
+PASSWORD = "correct horse battery staple"
+TLS_MODES = pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "smtps"])
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> mail_server.Certificates:
+    """The mail relay's: a CA of its own (as a bank's internal one) and its certificate."""
+    return mail_server.make_certificates(tmp_path_factory.mktemp("relay"))
+
+
+@pytest.fixture(scope="module")
+def another_ca(tmp_path_factory: pytest.TempPathFactory) -> mail_server.Certificates:
+    return mail_server.make_certificates(tmp_path_factory.mktemp("other"), name="Another CA")
+
+
+async def _notify_one(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any, settings: Settings
+) -> tuple[str, int, list[str | None]]:
+    """One approver told that one execution waits: its notification's status, attempts and
+    the error of each attempt."""
+    await users.create_user(
+        "checker@example.com", "a long password 2", "reviewer", actor=Actor.system()
+    )
+    await _workflow()
+    execution_id = await start(client, api_key, workflow_id=WORKFLOW_ID, csv_data=rows(1))
+    await run_worker(settings)
+    note = await Notification.select().where(Notification.execution == UUID(execution_id)).first()
+    assert note is not None
+    attempts = (
+        await NotificationAttempt.select(NotificationAttempt.error)
+        .where(NotificationAttempt.notification == note["id"])
+        .order_by(NotificationAttempt.attempt_number)
+    )
+    return note["status"], note["attempts"], [a["error"] for a in attempts]
+
+
+@TLS_MODES
+async def test_email_goes_over_tls_as_the_urls_user_with_the_password_setting(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    certificates: mail_server.Certificates,
+    implicit: bool,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inbox, accounts = Inbox(), mail_server.Accounts("mailer", PASSWORD)
+    caplog.set_level(logging.DEBUG)
+    with mail_server.serving_tls(inbox, accounts, certificates, implicit=implicit) as url:
+        settings = _settings(url, smtp_password=PASSWORD, smtp_ca_file=str(certificates.ca))
+        outcome = await _notify_one(client, api_key, run_worker, settings)
+
+    assert url.startswith("smtps://mailer@" if implicit else "smtp+starttls://mailer@")
+    assert outcome == ("sent", 1, [None])
+    assert [to for to, _ in inbox.messages] == [["checker@example.com"]]
+    assert inbox.senders == [("mailer", True)]  # authenticated, over TLS
+    assert [(user, password) for _, user, password in accounts.attempts] == [("mailer", PASSWORD)]
+    # Nothing of ours logs the password, even at DEBUG (mail.log is the test server's own).
+    ours = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("mail."))
+    assert "arq.worker" in {r.name for r in caplog.records}
+    assert PASSWORD not in ours
+    assert base64.b64encode(f"\0mailer\0{PASSWORD}".encode()).decode() not in ours
+
+
+@TLS_MODES
+async def test_a_wrong_password_is_a_failed_attempt_each_time(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    certificates: mail_server.Certificates,
+    implicit: bool,
+) -> None:
+    inbox, accounts = Inbox(), mail_server.Accounts("mailer", PASSWORD)
+    with mail_server.serving_tls(inbox, accounts, certificates, implicit=implicit) as url:
+        settings = _settings(
+            url,
+            smtp_password="not the password",
+            smtp_ca_file=str(certificates.ca),
+            notification_retry_delays=(0.1,),
+        )
+        started = time.monotonic()
+        outcome = await _notify_one(client, api_key, run_worker, settings)
+        took = time.monotonic() - started
+
+    assert outcome == ("failed", 2, ["SMTP 535: 5.7.8 Authentication credentials invalid"] * 2)
+    assert took < 10
+    assert inbox.messages == []
+    # Each attempt tries every mechanism both offer (PLAIN, then LOGIN), all refused.
+    assert (
+        accounts.attempts
+        == [(mechanism, "mailer", "not the password") for mechanism in ("PLAIN", "LOGIN")] * 2
+    )
+
+
+@TLS_MODES
+@pytest.mark.parametrize("trusting", ["the system's CAs", "another CA"])
+async def test_a_server_certificate_the_client_does_not_trust_is_a_failed_attempt(
+    client: httpx.AsyncClient,
+    api_key: str,
+    run_worker: Any,
+    certificates: mail_server.Certificates,
+    another_ca: mail_server.Certificates,
+    implicit: bool,
+    trusting: str,
+) -> None:
+    inbox, accounts = Inbox(), mail_server.Accounts("mailer", PASSWORD)
+    ca_file = str(another_ca.ca) if trusting == "another CA" else None
+    with mail_server.serving_tls(inbox, accounts, certificates, implicit=implicit) as url:
+        settings = _settings(
+            url, smtp_password=PASSWORD, smtp_ca_file=ca_file, notification_retry_delays=(0.1,)
+        )
+        started = time.monotonic()
+        status, attempts, errors = await _notify_one(client, api_key, run_worker, settings)
+        took = time.monotonic() - started
+
+    print(f"\nuntrusted certificate ({'smtps' if implicit else 'starttls'}): {errors[0]}")
+    assert (status, attempts) == ("failed", 2)
+    assert all(e is not None and "certificate verify failed" in e for e in errors), errors
+    assert took < 10
+    assert inbox.messages == []
+    assert accounts.attempts == []  # the password never went to a server it could not verify
+
+
+async def test_starttls_to_a_server_that_does_not_offer_it_fails_instead_of_sending_in_clear(
+    client: httpx.AsyncClient, api_key: str, run_worker: Any
+) -> None:
+    inbox = Inbox()
+    with mail_server.serving(inbox) as url:
+        plain = url.replace("smtp://", "smtp+starttls://mailer@")
+        settings = _settings(plain, smtp_password=PASSWORD, notification_retry_delays=(0.1,))
+        outcome = await _notify_one(client, api_key, run_worker, settings)
+
+    assert outcome == (
+        "failed",
+        2,
+        ["SMTPException: SMTP STARTTLS extension not supported by server."] * 2,
+    )
+    assert inbox.messages == []

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
@@ -479,20 +479,24 @@ async def enqueue(redis: ScriptClient | Redis, queued: Queued, execution_id: UUI
 
 async def start_waiting(claim: executions.Claim, index: int, *, smtp: bool) -> Queued | None:
     """The worker's run reached its approval step: `pending_approval` (approvalStatus
-    `pending`) with its deadline counted from now (the step's `timeout`), the
-    `execution.pending_approval` event and the approvers' notifications recorded, all in one
-    transaction. None if this worker no longer holds the run."""
+    `pending`) with its deadline counted from now (the step's `timeout`) and the moment of its
+    reminder (`remindBefore` that), the `execution.pending_approval` event and the approvers'
+    notifications recorded, all in one transaction. None if this worker no longer holds the
+    run."""
     rules = approval_rules(claim.definition)
+    timeout, remind = rules.timeout_seconds, rules.remind_before_seconds
     async with pool.engine().transaction():
         rows = await Execution.raw(
             "UPDATE execution AS e SET "  # noqa: S608 (constant columns, values bound)
             "  status = 'pending_approval', approval_status = 'pending', "
             "  approval_requested_at = now(), "
             "  approval_deadline = now() + make_interval(secs => {}), "
+            "  approval_remind_at = now() + make_interval(secs => {}), "
             "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
             "WHERE id = {} AND lease_token = {} AND status = 'running' AND current_step = {} "
-            f"RETURNING e.approval_deadline, {executions.EVENT_COLUMNS}",
-            rules.timeout_seconds,
+            f"RETURNING e.approval_deadline, e.approval_remind_at, {executions.EVENT_COLUMNS}",
+            timeout,
+            timeout - remind if timeout and remind else None,  # NULL: no reminder
             claim.id,
             claim.token,
             index,
@@ -503,10 +507,7 @@ async def start_waiting(claim: executions.Claim, index: int, *, smtp: bool) -> Q
         sent = await notifications.record(
             claim.id, claim.definition, notifications.Kind.WAITING, smtp=smtp
         )
-    deadline: datetime | None = rows[0]["approval_deadline"]
-    remind = rules.remind_before_seconds
-    remind_at = deadline - timedelta(seconds=remind) if deadline and remind else None
-    return Queued(events, sent, deadline, remind_at)
+    return Queued(events, sent, rows[0]["approval_deadline"], rows[0]["approval_remind_at"])
 
 
 class _Overdue(ReadModel, frozen=True):
@@ -562,32 +563,63 @@ async def time_out(execution_id: UUID, *, smtp: bool) -> Queued | float | None:
     return Queued(events, sent)
 
 
-async def expire_overdue(redis: ScriptClient | Redis, *, smtp: bool) -> list[UUID]:
-    """The reconciler's backstop: time out every execution whose approval deadline passed
-    (while every worker was down, or its job was lost with Redis); returns those ended."""
-    rows = await Execution.raw(
-        "SELECT id FROM execution WHERE status = 'pending_approval' "
-        "  AND approval_deadline <= now() ORDER BY approval_deadline LIMIT 1000"
-    )
-    ended = []
-    for row in rows:
-        queued = await time_out(row["id"], smtp=smtp)
+# The reconciler's one query for waiting executions, on the partial index execution_approval_due
+# (the same expression, WHERE the same): what is due first of each is its reminder while that
+# is unsent (its moment is before the deadline; LEAST ignores NULL), else its deadline. So an
+# execution reminded, or without a reminder, is found once its deadline passes, not before.
+_DUE = (
+    "SELECT id, approval_deadline <= now() AS overdue FROM execution "
+    "WHERE status = 'pending_approval' AND approval_deadline IS NOT NULL "
+    "  AND LEAST(approval_remind_at, approval_deadline) <= now() "
+    "ORDER BY LEAST(approval_remind_at, approval_deadline) LIMIT 1000"
+)
+
+
+@dataclass(frozen=True)
+class Enforced:
+    """What one backstop pass did: executions timed out, and those reminded late."""
+
+    timed_out: list[UUID] = field(default_factory=list)
+    reminded: list[UUID] = field(default_factory=list)
+
+
+async def enforce_due(redis: ScriptClient | Redis, *, smtp: bool) -> Enforced:
+    """The reconciler's backstop of the deadline and reminder jobs (their moment passed while
+    every worker was down, or the job was lost with Redis): time out every execution past its
+    approval deadline, and remind the approvers of every one whose reminder is due and whose
+    deadline has not passed (late, but before the deadline: after it, the timeout's
+    notification says more). One indexed query; each is then done under the execution's row
+    lock, so a job running at the same moment does it at most once with this."""
+    enforced = Enforced()
+    for row in await Execution.raw(_DUE):
+        if row["overdue"]:
+            queued = await time_out(row["id"], smtp=smtp)
+            done = enforced.timed_out
+        else:
+            queued = await remind(row["id"], smtp=smtp)
+            done = enforced.reminded
         if isinstance(queued, Queued):
             await enqueue(redis, queued, row["id"])
-            ended.append(row["id"])
-    return ended
+            done.append(row["id"])
+    return enforced
 
 
 async def remind(execution_id: UUID, *, smtp: bool) -> Queued | None:
-    """The reminder job: the approvers of an execution still waiting are told again (once)."""
+    """The reminder (its job, or the reconciler's backstop): the approvers of an execution
+    still waiting before its deadline are told again. Exactly once: the transaction clears
+    `approval_remind_at` under the row lock, and finds nothing to do once it is clear (a job
+    run twice, the job after the backstop). None when there was nothing to do."""
     async with pool.engine().transaction():
         found = await Execution.raw(
             "SELECT definition FROM execution WHERE id = {} AND status = 'pending_approval' "
-            "  AND approval_deadline > now() FOR UPDATE",
+            "  AND approval_deadline > now() AND approval_remind_at IS NOT NULL FOR UPDATE",
             execution_id,
         )
         if not found:
             return None
+        await Execution.raw(
+            "UPDATE execution SET approval_remind_at = NULL WHERE id = {}", execution_id
+        )
         definition = from_row(found[0], _DefinitionRow).definition
         sent = await notifications.record(
             execution_id, definition, notifications.Kind.REMINDER, smtp=smtp

@@ -24,8 +24,10 @@ it still waits, with no worker busy.
 Webhook events still `pending` that have not been attempted for `stalled_after` seconds are
 queued again under their own deterministic id (a no-op while that job is queued or running),
 and so are reviewer notifications. An execution whose approval deadline has passed is timed out
-here too (web.domain.approvals.expire_overdue): the backstop of its deferred job, so a deadline
-that passed while every worker was down is enforced by the first pass of the next one.
+here too, and one whose reminder is due (`remindBefore` its deadline, not passed yet) reminded
+(web.domain.approvals.enforce_due, one indexed query): the backstop of their deferred jobs, so
+a deadline or a reminder whose moment passed while every worker was down is dealt with by the
+first pass of the next one.
 WhatsApp notifications stored but not processed for `stalled_after` seconds (their job lost
 with Redis) are queued again too; processing one twice is harmless (web.domain.whatsapp_inbound).
 Imports only web.domain.
@@ -74,10 +76,12 @@ class Requeued:
     executions: list[UUID]
     webhook_events: list[UUID]
     # Executions whose approval deadline had passed, ended now (the deadline job's backstop),
-    # reviewer notifications not sent yet, and stored WhatsApp notifications, queued again.
+    # reviewer notifications not sent yet, and stored WhatsApp notifications, queued again;
+    # executions whose reminder was due and not sent, reminded now (the reminder job's backstop).
     timed_out: list[UUID] = field(default_factory=list)
     notifications: list[UUID] = field(default_factory=list)
     whatsapp_notifications: list[UUID] = field(default_factory=list)
+    reminded: list[UUID] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,7 @@ async def requeue_stalled(redis: ArqRedis, stalled_after: float, *, smtp: bool =
         for event_id in await stalled_webhook_events(stalled_after)
         if await queue.enqueue_webhook(redis, event_id)
     ]
-    timed_out = await approvals.expire_overdue(redis, smtp=smtp)
+    due = await approvals.enforce_due(redis, smtp=smtp)
     notes = [
         notification_id
         for notification_id in await notifications.stalled(stalled_after)
@@ -163,4 +167,4 @@ async def requeue_stalled(redis: ArqRedis, stalled_after: float, *, smtp: bool =
         for notification_id in await whatsapp_inbound.unprocessed(stalled_after)
         if await queue.enqueue_whatsapp_notification(redis, notification_id)
     ]
-    return Requeued(executions, events, timed_out, notes, inbound)
+    return Requeued(executions, events, due.timed_out, notes, inbound, due.reminded)

@@ -120,6 +120,10 @@ class Execution(Table, tablename="execution"):
     # The approval step's `timeout` counted from entering pending_approval: at this moment the
     # execution ends cancelled (web.domain.approvals.time_out). NULL: no deadline.
     approval_deadline = Timestamptz(null=True, default=None)
+    # `remindBefore` that deadline: when the approvers are reminded. Cleared by the reminder
+    # (web.domain.approvals.remind), so it is sent once, by its job or the reconciler's
+    # backstop, whichever comes first. NULL: no reminder due (none, or sent).
+    approval_remind_at = Timestamptz(null=True, default=None)
     # The delivery counts last told in an `execution.delivery_updated` webhook, and when: the
     # event goes out at most once per FLOWGATE_DELIVERY_WEBHOOK_INTERVAL_SECONDS per execution.
     delivery_notified_counts = JSONB(null=True, default=None)
@@ -295,6 +299,7 @@ class Suppression(Table, tablename="suppression"):
     phone = Varchar(length=16, unique=True, index=True)
     reason = Text(null=True, default=None)
     source = Varchar(length=16)  # inbound, cli, dashboard, import
+    created_at = Timestamptz(default=TimestamptzNow())
 
 
 class AuditEntry(Table, tablename="audit_entry"):
