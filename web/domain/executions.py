@@ -363,21 +363,17 @@ async def status_of(execution_id: UUID) -> str | None:
 
 async def build_output(execution_id: UUID) -> ExecutionOutput:
     """public-api.md "Get Execution Results": counts and one result per row, in input order."""
-    rows = (
-        await ExecutionRow.select(
-            ExecutionRow.data,
-            ExecutionRow.send_status,
-            ExecutionRow.message_id,
-            ExecutionRow.error,
-        )
-        .where(ExecutionRow.execution == execution_id)
-        .order_by(ExecutionRow.position)
-        .output(load_json=True)
+    # Only the customerId of each row's data (JSONB text, decoded here), not the whole data.
+    rows = await ExecutionRow.raw(
+        "SELECT data->'customerId' AS customer_id, send_status, message_id, error "
+        "FROM execution_row WHERE execution = {} ORDER BY position",
+        execution_id,
     )
     results: list[dict[str, Any]] = []
     for row in rows:
+        customer_id = row["customer_id"]
         result: dict[str, Any] = {
-            "customerId": row["data"].get("customerId"),
+            "customerId": None if customer_id is None else msgspec.json.decode(customer_id),
             "status": row["send_status"] or SendStatus.SKIPPED,
             "messageId": row["message_id"],
         }
