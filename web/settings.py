@@ -144,10 +144,6 @@ def _keywords(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     return words
 
 
-def _optional(name: str) -> str | None:
-    return _raw(name)
-
-
 def _optional_port(name: str) -> int | None:
     """A TCP port, or None when unset."""
     if _raw(name) is None:
@@ -421,8 +417,8 @@ def get_settings() -> Settings:
         notification_timeout_seconds=_float(
             "FLOWGATE_NOTIFICATION_TIMEOUT_SECONDS", 10.0, minimum=0.001
         ),
-        whatsapp_verify_token=_optional("FLOWGATE_WHATSAPP_VERIFY_TOKEN"),
-        whatsapp_app_secret=_optional("FLOWGATE_WHATSAPP_APP_SECRET"),
+        whatsapp_verify_token=_raw("FLOWGATE_WHATSAPP_VERIFY_TOKEN"),
+        whatsapp_app_secret=_raw("FLOWGATE_WHATSAPP_APP_SECRET"),
         opt_out_keywords=_keywords("FLOWGATE_OPT_OUT_KEYWORDS", ("STOP", "UNSUBSCRIBE")),
         opt_in_keywords=_keywords("FLOWGATE_OPT_IN_KEYWORDS", ("START",)),
         delivery_webhook_interval_seconds=_float(

@@ -1124,8 +1124,9 @@ async def decide_all_rows(execution_id: UUID, decision: str, approver: Approver)
     decided_by = approver.label
     async with pool.engine().transaction():
         execution = await _lock_pending(execution_id)
-        check_may_decide(approval_rules(execution.definition), approver)
-        if not approval_rules(execution.definition).allow_bulk_approval:
+        rules = approval_rules(execution.definition)
+        check_may_decide(rules, approver)
+        if not rules.allow_bulk_approval:
             raise Conflict("This workflow does not allow bulk approval")
         rows = await ExecutionRow.raw(
             "UPDATE execution_row SET decision = {}, decided_by = {}, decided_at = now() "
