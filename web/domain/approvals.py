@@ -285,12 +285,13 @@ async def _approve(
             )
         chosen: list[dict[str, Any]] = []
         withdrawn: list[str] = []
+        noted: dict[str, Any] = {}  # the withdrawn approvals, for the audit entry's `after`
         if choices:
             chosen, changed = await _apply_choices(
                 execution_id, choices, approver.label, waiting.definition
             )
             if changed:  # the others approved the rows as they were: this approval starts over
-                withdrawn = await _withdraw_approvals(execution_id)
+                withdrawn = await _withdraw_approvals(execution_id, noted)
         received = len(earlier) - len(withdrawn) + 1
         outcome = ApprovalOutcome(execution_id, received, rules.required_approvals)
         if outcome.final and not rules.allow_self_approval:
@@ -316,8 +317,7 @@ async def _approve(
         if outcome.required > 1:  # maker-checker: which approval of how many this was
             before["approvalsReceived"] = len(earlier)
             after |= {"approvalsReceived": outcome.received, "approvalsRequired": outcome.required}
-        if withdrawn:
-            after["approvalsWithdrawn"] = withdrawn
+        after |= noted
         await audit.record(
             approver.actor,
             "execution.approved",
@@ -346,18 +346,21 @@ async def _refuse_self_approval(execution_id: UUID, approver: Approver) -> None:
         )
 
 
-async def _withdraw_approvals(execution_id: UUID) -> list[str]:
+async def _withdraw_approvals(execution_id: UUID, after: dict[str, Any]) -> list[str]:
     """Inside the transaction of a change to the rows (a decision or a message): every approval
     recorded so far is withdrawn, because its approver approved the rows as they were. Returns
-    the approvers' labels, oldest approval first (for the change's audit entry and the
-    dashboard's notice); none when nobody had approved yet."""
+    the approvers' labels, oldest approval first (for the dashboard's notice), and names them
+    in the change's audit entry (`after`); none when nobody had approved yet."""
     gone = await ApprovalSubmission.raw(
         "WITH gone AS (DELETE FROM approval_submission WHERE execution = {} "
         "  RETURNING approver_label, created_at) "
         "SELECT approver_label FROM gone ORDER BY created_at",
         execution_id,
     )
-    return [str(row["approver_label"]) for row in gone]
+    withdrawn = [str(row["approver_label"]) for row in gone]
+    if withdrawn:
+        after["approvalsWithdrawn"] = withdrawn
+    return withdrawn
 
 
 async def _resume(
@@ -611,15 +614,13 @@ async def remind(execution_id: UUID, *, smtp: bool) -> Queued | None:
     run twice, the job after the backstop). None when there was nothing to do."""
     async with pool.engine().transaction():
         found = await Execution.raw(
-            "SELECT definition FROM execution WHERE id = {} AND status = 'pending_approval' "
-            "  AND approval_deadline > now() AND approval_remind_at IS NOT NULL FOR UPDATE",
+            "UPDATE execution SET approval_remind_at = NULL WHERE id = {} "
+            "  AND status = 'pending_approval' AND approval_deadline > now() "
+            "  AND approval_remind_at IS NOT NULL RETURNING definition",
             execution_id,
         )
         if not found:
             return None
-        await Execution.raw(
-            "UPDATE execution SET approval_remind_at = NULL WHERE id = {}", execution_id
-        )
         definition = from_row(found[0], _DefinitionRow).definition
         sent = await notifications.record(
             execution_id, definition, notifications.Kind.REMINDER, smtp=smtp
@@ -1089,9 +1090,7 @@ async def decide_row(
                 after["reason"] = kept
         withdrawn: list[str] = []
         if (current.decision, current.decision_reason) != (checked, kept):
-            withdrawn = await _withdraw_approvals(execution_id)
-        if withdrawn:
-            after["approvalsWithdrawn"] = withdrawn
+            withdrawn = await _withdraw_approvals(execution_id, after)
         await audit.record(
             approver.actor,
             f"row.{checked or 'undecided'}",
@@ -1138,10 +1137,8 @@ async def decide_all_rows(execution_id: UUID, decision: str, approver: Approver)
             execution_id,
             str(checked),
         )
-        withdrawn = await _withdraw_approvals(execution_id) if rows else []
         after: dict[str, Any] = {"decision": str(checked), "rows": len(rows), "bulk": True}
-        if withdrawn:
-            after["approvalsWithdrawn"] = withdrawn
+        withdrawn = await _withdraw_approvals(execution_id, after) if rows else []
         await audit.record(
             approver.actor,
             f"row.{checked}",
@@ -1238,12 +1235,10 @@ async def edit_row(execution_id: UUID, row_id: UUID, content: str, approver: App
         await _save_edit(
             row, content, approver.label, step_settings(execution.definition, "compliance_check")
         )
+        after: dict[str, Any] = {"index": row.position, "content": content}
         withdrawn = []
         if content != row.generated_content:
-            withdrawn = await _withdraw_approvals(execution_id)
-        after: dict[str, Any] = {"index": row.position, "content": content}
-        if withdrawn:
-            after["approvalsWithdrawn"] = withdrawn
+            withdrawn = await _withdraw_approvals(execution_id, after)
         await audit.record(
             approver.actor,
             "row.edited",
