@@ -374,6 +374,7 @@ class Settings:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
+    smtp_url = _smtp_url("FLOWGATE_SMTP_URL")
     return Settings(
         database_url=_str("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/flowgate"),
         redis_url=_str("REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -408,9 +409,9 @@ def get_settings() -> Settings:
         cookie_secure=_bool("FLOWGATE_COOKIE_SECURE", False),
         session_max_age_seconds=_int("FLOWGATE_SESSION_MAX_AGE_SECONDS", 12 * 3600, minimum=1),
         sign_in_attempts_per_minute=_int("FLOWGATE_SIGN_IN_ATTEMPTS_PER_MINUTE", 30, minimum=1),
-        smtp_url=_smtp_url("FLOWGATE_SMTP_URL"),
+        smtp_url=smtp_url,
         smtp_password=_raw("FLOWGATE_SMTP_PASSWORD"),
-        smtp_ca_file=_smtp_ca_file("FLOWGATE_SMTP_CA_FILE", _smtp_url("FLOWGATE_SMTP_URL")),
+        smtp_ca_file=_smtp_ca_file("FLOWGATE_SMTP_CA_FILE", smtp_url),
         smtp_from=_email("FLOWGATE_SMTP_FROM", "flowgate@localhost"),
         public_url=_http_url("FLOWGATE_PUBLIC_URL", "http://localhost:3001"),
         notification_retry_delays=_floats("FLOWGATE_NOTIFICATION_RETRY_DELAYS", (5.0, 30.0, 120.0)),
