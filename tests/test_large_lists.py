@@ -5,6 +5,7 @@ new executions arrive."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # A reviewer in no group: the seeded workflows name no approverGroups, so every execution (the
 # executions list applies its approverGroups filter to a non-admin: these pages go through it).
 ANYONE = approvers.Approver(Actor.user(uuid4(), "reviewer@example.com", user_agent=None))
+ADMIN = approvers.Approver(Actor.user(uuid4(), "admin@example.com", user_agent=None), is_admin=True)
 
 
 def _seed_module() -> ModuleType:
@@ -170,6 +172,53 @@ async def test_keyset_pages_a_filtered_list_without_gaps_or_repeats_while_new_on
     assert pages_back[-1] == [r["id"] for r in newest]
     assert set(pages_back[-1]) <= set(arrived)
     assert page.older is not None
+
+
+def _rows_read(plan: dict[str, Any], relation: str) -> int:
+    """Table or index entries a plan node (and those under it) read from `relation`: what it
+    returned plus what its filter threw away, over all its loops."""
+    own = 0
+    if plan.get("Relation Name") == relation:
+        loops = plan.get("Actual Loops", 1)
+        own = (plan["Actual Rows"] + plan.get("Rows Removed by Filter", 0)) * loops
+    return own + sum(_rows_read(child, relation) for child in plan.get("Plans", []))
+
+
+async def test_a_filtered_page_reads_its_own_index_past_a_burst_of_new_pending_ones(
+    seeded: None,
+) -> None:
+    # Figure 9's case: ANALYZE saw mostly completed executions, then a burst of executes put
+    # thousands of pending ones on top (too few for autovacuum to analyze a large table). The
+    # ?status=completed page must still read about one page of entries, not the whole burst.
+    connection = await asyncpg.connect(os.environ["DATABASE_URL"])
+    try:
+        clone = (
+            "INSERT INTO execution (id, workflow, api_key, definition, status, row_count, "
+            "current_step, step_results, created_at, started_at, updated_at) "
+            "SELECT gen_random_uuid(), e.workflow, e.api_key, e.definition, $1, 1, 0, '[]', "
+            "now() + g * $2::interval, now(), now() "
+            "FROM (SELECT * FROM execution LIMIT 1) AS e, generate_series(1, $3) AS g"
+        )
+        await connection.execute(clone, "completed", timedelta(milliseconds=-1), 20_000)
+        await connection.execute("VACUUM ANALYZE execution")  # what autovacuum did by then
+        await connection.execute("ALTER TABLE execution SET (autovacuum_enabled = false)")
+        await connection.execute(clone, "pending", timedelta(milliseconds=1), 3_000)
+        completed = executions.ExecutionFilters(status="completed")
+        read = {}
+        for who, viewer in (("admin", ADMIN), ("reviewer", ANYONE)):
+            query = executions._ListQuery.of(completed, viewer)
+            raw = await connection.fetchval(
+                f"EXPLAIN (ANALYZE, FORMAT JSON) {query.page()}", *query.args, 51
+            )
+            [plan] = json.loads(raw)
+            read[who] = _rows_read(plan["Plan"], "execution")
+        listed = await executions.list_executions(completed, 50, viewer=ANYONE)
+    finally:
+        await connection.execute("ALTER TABLE execution RESET (autovacuum_enabled)")
+        await connection.close()
+    # 51 index entries, then those 51 executions by id.
+    assert read == {"admin": 102, "reviewer": 102}
+    assert len(listed.entries) == 50 and {e.status for e in listed.entries} == {"completed"}
 
 
 async def test_counts_stop_at_the_cap(seeded: None, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from uuid import UUID, uuid4
 
 import msgspec
@@ -729,6 +729,87 @@ _LIST_COLUMNS = (
 )
 
 
+@dataclass(frozen=True)
+class _ListQuery:
+    """The SQL of one executions list: its filters' conditions, their values ($1…$n), and
+    `lead`, the filter whose index a page walks (status, workflow or api_key; each has
+    execution_<lead>_created, (lead, created_at DESC, id DESC))."""
+
+    conditions: tuple[str, ...]
+    args: tuple[object, ...]
+    lead: str | None
+
+    @classmethod
+    def of(cls, filters: ExecutionFilters, viewer: Approver) -> _ListQuery:
+        conditions: list[str] = []
+        args: list[object] = []
+
+        def condition(sql: str, *values: object) -> None:
+            args.extend(values)
+            first = len(args) - len(values) + 1
+            conditions.append(sql.format(*(f"${first + i}" for i in range(len(values)))))
+
+        lead: str | None = None
+        for column, value in (
+            ("status", filters.status),
+            ("workflow", filters.workflow),
+            ("api_key", filters.api_key),
+        ):
+            if not value:
+                continue
+            if lead is None:  # `= ANY`: see page()
+                lead = column
+                condition(f"e.{column} = ANY({{}})", [value])
+            else:
+                condition(f"e.{column} = {{}}", value)
+        if filters.created_from:
+            condition("e.created_at >= {}", filters.created_from)
+        if filters.created_before:
+            condition("e.created_at < {}", filters.created_before)
+        if not viewer.is_admin:  # admins see everything: no condition at all
+            condition(approvers.may_see_sql("{}", "e.definition"), list(viewer.groups))
+        return cls(tuple(conditions), tuple(args), lead)
+
+    def _where(self, extra: str | None = None) -> str:
+        # Only the fixed conditions above are joined in; every value is a $n parameter.
+        parts = [*self.conditions, *([extra] if extra else [])]
+        return ("WHERE " + " AND ".join(parts)) if parts else ""
+
+    def page(self, keyset: Literal["<", ">"] | None = None) -> str:
+        """A page: the first (newest first), or the one older ("<", newest first) or newer
+        (">", oldest first) than the position in the two parameters after the filters'
+        values; the LIMIT is the parameter after those. Its ids come from one index alone, an
+        index-only scan of LIMIT entries, and only those executions are then read, with their
+        key's name.
+
+        The inner ORDER BY starts with the lead filter's column, written as `= ANY(array)`,
+        so only that filter's index yields the order without a sort. Written as `lead = $1`,
+        the planner drops the column from the ORDER BY and may walk execution_created_id from
+        the newest and filter instead, which reads every newer execution of another status,
+        workflow or key first: after a burst of 3,000 new pending executions the
+        ?status=completed page read 3,000 entries for 50 (tests/test_large_lists.py, figure 9).
+        """
+        n = len(self.args)
+        where = self._where(keyset and f"(e.created_at, e.id) {keyset} (${n + 1}, ${n + 2})")
+        limit = n + (3 if keyset else 1)
+        order, lead_order = ("", " DESC") if keyset == ">" else ("DESC", "")
+        keys = f"e.created_at {order}, e.id {order}"
+        lead = f"e.{self.lead}{lead_order}, " if self.lead else ""
+        return (
+            f"SELECT {_LIST_COLUMNS} FROM (SELECT e.id, e.created_at FROM execution e {where} "  # noqa: S608
+            f"ORDER BY {lead}{keys} LIMIT ${limit}) AS p "
+            "JOIN execution e ON e.id = p.id JOIN api_key k ON k.id = e.api_key "
+            f"ORDER BY p.created_at {order}, p.id {order}"
+        )
+
+    def count(self) -> str:
+        """How many match, up to the LIMIT parameter after the filters' values."""
+        return (
+            f"SELECT count(*) FROM (SELECT 1 FROM execution e {self._where()} "  # noqa: S608
+            f"LIMIT ${len(self.args) + 1}) AS s"
+        )
+
+
 async def list_executions(
     filters: ExecutionFilters,
     per_page: int,
@@ -741,59 +822,20 @@ async def list_executions(
     older than `older`, or just newer than `newer`; with the positions of its older/newer links
     and how many match (capped at list_pages.COUNT_CAP). Every filter and page is LIMIT n
     entries of one index (execution_created_id, _status_created, _workflow_created,
-    _api_key_created); for a non-admin, the approverGroups rule filters the entries that index
-    walks (approvers.may_see_sql), so a page and the count hide the same executions."""
-    conditions: list[str] = []
-    args: list[object] = []
-
-    def condition(sql: str, *values: object) -> None:
-        args.extend(values)
-        conditions.append(
-            sql.format(*(f"${len(args) - len(values) + i + 1}" for i in range(len(values))))
-        )
-
-    if filters.status:
-        condition("e.status = {}", filters.status)
-    if filters.workflow:
-        condition("e.workflow = {}", filters.workflow)
-    if filters.api_key:
-        condition("e.api_key = {}", filters.api_key)
-    if filters.created_from:
-        condition("e.created_at >= {}", filters.created_from)
-    if filters.created_before:
-        condition("e.created_at < {}", filters.created_before)
-    if not viewer.is_admin:  # admins see everything: no condition at all
-        condition(approvers.may_see_sql("{}", "e.definition"), list(viewer.groups))
-    base = list(conditions)
-    base_args = list(args)
-
-    def where(extra: str | None = None) -> str:
-        parts = base + ([extra] if extra else [])
-        return ("WHERE " + " AND ".join(parts)) if parts else ""
-
-    n = len(base_args)
-    # Only the fixed conditions above are joined in; every value is a $n parameter.
-    newer_sql = (
-        f"SELECT {_LIST_COLUMNS} FROM execution e JOIN api_key k ON k.id = e.api_key "  # noqa: S608
-        f"{where(f'(e.created_at, e.id) > (${n + 1}, ${n + 2})')} "
-        f"ORDER BY e.created_at, e.id LIMIT ${n + 3}"
-    )
-    older_sql = (
-        f"SELECT {_LIST_COLUMNS} FROM execution e JOIN api_key k ON k.id = e.api_key "  # noqa: S608
-        f"{where(f'(e.created_at, e.id) < (${n + 1}, ${n + 2})')} "
-        f"ORDER BY e.created_at DESC, e.id DESC LIMIT ${n + 3}"
-    )
-    first_sql = (
-        f"SELECT {_LIST_COLUMNS} FROM execution e JOIN api_key k ON k.id = e.api_key "  # noqa: S608
-        f"{where()} ORDER BY e.created_at DESC, e.id DESC LIMIT ${n + 1}"
-    )
-    count_sql = f"SELECT count(*) FROM (SELECT 1 FROM execution e {where()} LIMIT ${n + 1}) AS s"  # noqa: S608
+    _api_key_created: _ListQuery.page); for a non-admin, the approverGroups rule filters the
+    entries that index walks (approvers.may_see_sql), so a page and the count hide the same
+    executions."""
+    query = _ListQuery.of(filters, viewer)
     async with pool.connection() as connection:
         records = None
         has_newer = older_exists = False
         if newer is not None:
             found = await connection.fetch(
-                newer_sql, *base_args, newer.created_at, newer.id, per_page + 1
+                query.page(">"),
+                *query.args,
+                newer.created_at,
+                newer.id,
+                per_page + 1,
             )
             if len(found) > per_page:  # not yet back at the first page
                 records = list(reversed(found[:per_page]))
@@ -801,16 +843,20 @@ async def list_executions(
                 older_exists = True
         elif older is not None:
             found = await connection.fetch(
-                older_sql, *base_args, older.created_at, older.id, per_page + 1
+                query.page("<"),
+                *query.args,
+                older.created_at,
+                older.id,
+                per_page + 1,
             )
             records = found[:per_page]
             has_newer = True
             older_exists = len(found) > per_page
         if records is None:
-            found = await connection.fetch(first_sql, *base_args, per_page + 1)
+            found = await connection.fetch(query.page(), *query.args, per_page + 1)
             records = found[:per_page]
             older_exists = len(found) > per_page
-        counted = await connection.fetchval(count_sql, *base_args, list_pages.COUNT_CAP + 1)
+        counted = await connection.fetchval(query.count(), *query.args, list_pages.COUNT_CAP + 1)
     entries = [from_row(dict(record), ExecutionListEntry) for record in records]
     return list_pages.Page(
         entries=entries,

@@ -108,7 +108,7 @@ class Execution(Table, tablename="execution"):
     # While a send step waits outside its sending hours (sendWindow): when its deferred job
     # resumes it. Cleared when a worker claims the run.
     send_resumes_at = Timestamptz(null=True, default=None)
-    created_at = Timestamptz(default=TimestamptzNow(), index=True)
+    created_at = Timestamptz(default=TimestamptzNow())  # indexed with id: execution_created_id
     started_at = Timestamptz(default=TimestamptzNow())
     completed_at = Timestamptz(null=True, default=None)
     updated_at = Timestamptz(default=TimestamptzNow())
