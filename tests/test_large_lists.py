@@ -223,6 +223,7 @@ async def test_a_filtered_page_reads_its_own_index_past_a_burst_of_new_pending_o
 
 async def test_counts_stop_at_the_cap(seeded: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(list_pages, "COUNT_CAP", 40)
+    monkeypatch.setattr(list_pages, "_over_cap", {})
     everything = await executions.list_executions(executions.ExecutionFilters(), 50, viewer=ANYONE)
     waiting = await executions.list_executions(
         executions.ExecutionFilters(status="pending_approval"), 50, viewer=ANYONE
@@ -233,6 +234,34 @@ async def test_counts_stop_at_the_cap(seeded: None, monkeypatch: pytest.MonkeyPa
         "40+",
     )
     assert (waiting.total.capped, waiting.total.label) == (False, "14")
+
+
+async def test_a_count_past_the_cap_is_remembered_a_while_and_one_under_it_never(
+    seeded: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(list_pages, "COUNT_CAP", 40)
+    monkeypatch.setattr(list_pages, "_over_cap", {})
+    everything, failed = executions.ExecutionFilters(), executions.ExecutionFilters(status="failed")
+
+    async def labels() -> tuple[str, str]:
+        pages = [
+            await executions.list_executions(f, 50, viewer=ANYONE) for f in (everything, failed)
+        ]
+        return pages[0].total.label, pages[1].total.label
+
+    [[failing]] = await _fetch("SELECT count(*) FROM execution WHERE status = 'failed'")
+    assert await labels() == ("40+", str(failing))
+    # All but the newest 30 go (their key deleted, say): the failed count, under the cap, is
+    # exact at once; the one that was past it says 40+ until OVER_CAP_SECONDS have passed.
+    await _fetch(
+        "DELETE FROM execution WHERE id NOT IN "
+        "(SELECT id FROM execution ORDER BY created_at DESC, id DESC LIMIT 30)"
+    )
+    [[failing]] = await _fetch("SELECT count(*) FROM execution WHERE status = 'failed'")
+    assert await labels() == ("40+", str(failing))
+    monkeypatch.setattr(list_pages, "OVER_CAP_SECONDS", 0.0)
+    assert await labels() == ("30", str(failing))
+    assert list_pages._over_cap == {}
 
 
 async def test_the_approvals_queue_pages_oldest_first(seeded: None) -> None:

@@ -944,7 +944,9 @@ async def list_waiting(
         if records is None:
             found = await connection.fetch(_WAITING_FIRST, per_page + 1, *scope)
             records, has_newer = found[:per_page], len(found) > per_page
-        counted = await connection.fetchval(_WAITING_COUNT, list_pages.COUNT_CAP + 1, *scope)
+        total = await list_pages.capped_count(
+            connection, _WAITING_COUNT, list_pages.COUNT_CAP + 1, *scope
+        )
     entries = [from_row(dict(record), WaitingExecution) for record in records]
 
     def position(entry: WaitingExecution) -> list_pages.Position:
@@ -955,7 +957,7 @@ async def list_waiting(
         # An empty page (what was after its link got decided meanwhile) still links back.
         older=(position(entries[0]) if entries else newer) if has_older else None,
         newer=position(entries[-1]) if entries and has_newer else None,
-        total=list_pages.CappedCount.of(int(counted)),
+        total=total,
     )
 
 

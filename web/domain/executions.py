@@ -856,14 +856,16 @@ async def list_executions(
             found = await connection.fetch(query.page(), *query.args, per_page + 1)
             records = found[:per_page]
             older_exists = len(found) > per_page
-        counted = await connection.fetchval(query.count(), *query.args, list_pages.COUNT_CAP + 1)
+        total = await list_pages.capped_count(
+            connection, query.count(), *query.args, list_pages.COUNT_CAP + 1
+        )
     entries = [from_row(dict(record), ExecutionListEntry) for record in records]
     return list_pages.Page(
         entries=entries,
         older=_position(entries[-1]) if entries and older_exists else None,
         # An empty page (what was older than its link got deleted meanwhile) still links back.
         newer=(_position(entries[0]) if entries else older) if has_newer else None,
-        total=list_pages.CappedCount.of(int(counted)),
+        total=total,
     )
 
 
