@@ -645,7 +645,7 @@ def large_rows(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str
     """Figure 9 (bench/large_tables.py): its rows and its details."""
     log("large tables: the pages on 100,000 executions / 10,000,000 rows against 400 executions")
     cmd = [sys.executable, str(BENCH / "large_tables.py"), "--duration", str(args.duration)]
-    cmd += ["--warmup", str(args.warmup)]
+    cmd += ["--warmup", str(args.warmup), "--repeat", str(args.repeat)]
     done = run(cmd, capture_output=False, stdout=subprocess.PIPE, check=True, env=os.environ)
     result = json.loads(_last_line(done.stdout))
     return result["figures"], result
