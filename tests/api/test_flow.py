@@ -33,6 +33,24 @@ async def test_execute_answers_202_with_the_spec_body(
     assert [r["data"] for r in await row_states(body["executionId"])] == rows(3)
 
 
+async def test_rows_get_time_ordered_ids_of_their_execute(
+    client: httpx.AsyncClient, api_key: str
+) -> None:
+    # Version 7 (RFC 9562): the first 48 bits are the execute's time in milliseconds, so one
+    # execute's rows sit together in execution_row_pkey (web.domain.executions._ROW_ID).
+    first = await start(client, api_key, csv_data=rows(100))
+    second = await start(client, api_key, csv_data=rows(100))
+    ids = {e: [UUID(str(r["id"])) for r in await row_states(e)] for e in (first, second)}
+    started = {e: (await execution_row(e))["created_at"] for e in (first, second)}
+
+    for execution_id, row_ids in ids.items():
+        assert len(set(row_ids)) == 100
+        assert {(i.version, i.variant) for i in row_ids} == {(7, "specified in RFC 4122")}
+        [milliseconds] = {i.int >> 80 for i in row_ids}  # one statement, one time
+        assert abs(milliseconds - started[execution_id].timestamp() * 1000) < 1_000
+    assert max(ids[first]) < min(ids[second])  # a later execute sorts after
+
+
 async def test_status_is_pending_until_a_worker_runs(
     client: httpx.AsyncClient, api_key: str
 ) -> None:
