@@ -65,8 +65,9 @@ class RowState(ReadModel, frozen=True):
     decision_reason: str | None = None  # a rejected row's reason, as the reviewer gave it
 
 
-# Plain SQL decoded by msgspec (from_row): the query builder's own per-row JSON decoding was the
-# biggest single cost of a step's read (bench/README.md, figure 5).
+# Plain SQL on the pool, and decoded by msgspec (from_row): the query builder's own per-row JSON
+# decoding was the biggest single cost of a step's read (bench/README.md, figure 5), and its
+# statement building a measurable share of each batch write.
 _LOAD = (
     "SELECT id, position, data, generated_content, compliance_status, compliance_reasons, "
     "  decision, send_status, message_id, error, content_usage, decision_reason "
@@ -109,10 +110,10 @@ async def save_generated(
     """(row id, generated content, error, provider token usage) for each row."""
     if not items:
         return
-    await ExecutionRow.raw(
+    await pool.execute(
         "UPDATE execution_row AS r SET generated_content = v.content, error = v.error, "
         "  content_usage = v.usage::jsonb "
-        "FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[]) "
+        "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) "
         "  AS v(id, content, error, usage) "
         "WHERE r.id = v.id",
         [item[0] for item in items],
@@ -126,10 +127,10 @@ async def save_compliance(items: list[tuple[UUID, str, list[str]]]) -> None:
     """(row id, compliance status, reasons) for each row."""
     if not items:
         return
-    await ExecutionRow.raw(
+    await pool.execute(
         "UPDATE execution_row AS r SET compliance_status = v.status, "
         "  compliance_reasons = v.reasons::jsonb "
-        "FROM unnest({}::uuid[], {}::text[], {}::text[]) AS v(id, status, reasons) "
+        "FROM unnest($1::uuid[], $2::text[], $3::text[]) AS v(id, status, reasons) "
         "WHERE r.id = v.id",
         [item[0] for item in items],
         [item[1] for item in items],
@@ -142,10 +143,10 @@ async def save_send_results(items: list[tuple[UUID, SendStatus, str | None, str 
     overwritten: its message went out, whatever a later attempt says."""
     if not items:
         return
-    await ExecutionRow.raw(
+    await pool.execute(
         "UPDATE execution_row AS r SET send_status = v.status, message_id = v.message_id, "
         "  error = v.error, sent_at = CASE WHEN v.status = 'sent' THEN now() END "
-        "FROM unnest({}::uuid[], {}::text[], {}::text[], {}::text[]) "
+        "FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) "
         "  AS v(id, status, message_id, error) "
         "WHERE r.id = v.id AND r.send_status IS DISTINCT FROM 'sent'",
         [item[0] for item in items],

@@ -68,3 +68,9 @@ async def fetch_rows(sql: str, *args: Any) -> list[dict[str, Any]]:
     async with connection() as con:
         records = await con.fetch(sql, *args)
     return [dict(record) for record in records]
+
+
+async def execute(sql: str, *args: Any) -> None:
+    """Run one statement that returns nothing (an UPDATE of many rows, say)."""
+    async with connection() as con:
+        await con.execute(sql, *args)
