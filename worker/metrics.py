@@ -104,6 +104,7 @@ class ObservedMessenger:
         self.inner = inner
         self.name = name
         self.resend_safe = inner.resend_safe
+        self.saves_results = inner.saves_results
         self.concurrency = inner.concurrency
 
     async def wait_turn(self, deadline: float) -> bool:

@@ -100,3 +100,46 @@ async def test_the_sandbox_records_a_row_once_even_when_asked_twice(
 
     assert [r.message_id for r in first] == [r.message_id for r in second]
     assert await SandboxMessage.count() == 2
+
+
+async def test_the_sandbox_saves_each_rows_result_with_its_message_and_keeps_a_sent_one(
+    client: httpx.AsyncClient, api_key: str
+) -> None:
+    execution_id = await start(client, api_key, csv_data=rows(3))
+    row_ids = [
+        r["id"]
+        for r in await ExecutionRow.select(ExecutionRow.id)
+        .where(ExecutionRow.execution == UUID(execution_id))
+        .order_by(ExecutionRow.position)
+    ]
+    # The first row was sent by an earlier attempt under another message id (a re-run).
+    await ExecutionRow.update(
+        {ExecutionRow.send_status: "sent", ExecutionRow.message_id: "earlier"}
+    ).where(ExecutionRow.id == row_ids[0])
+    messenger = SandboxMessenger("whatsapp")
+
+    results = await messenger.send(
+        [OutgoingMessage(row_id, "+911234567890", "hello") for row_id in row_ids[1:]]
+    )
+
+    assert messenger.saves_results
+    saved = (
+        await ExecutionRow.select(
+            ExecutionRow.id, ExecutionRow.send_status, ExecutionRow.message_id, ExecutionRow.sent_at
+        )
+        .where(ExecutionRow.execution == UUID(execution_id))
+        .order_by(ExecutionRow.position)
+    )
+    assert [(r["send_status"], r["message_id"]) for r in saved] == [
+        ("sent", "earlier"),
+        *[("sent", result.message_id) for result in results],
+    ]
+    assert all(r["sent_at"] is not None for r in saved[1:])
+    assert all(result.message_id.startswith("whatsapp_msg_") for result in results)
+    # Offered again, every row keeps its first message id, the earlier one too.
+    again = await messenger.send(
+        [OutgoingMessage(row_id, "+911234567890", "hello") for row_id in row_ids]
+    )
+    assert [r.message_id for r in again[1:]] == [r.message_id for r in results]
+    kept = await ExecutionRow.select(ExecutionRow.message_id).where(ExecutionRow.id == row_ids[0])
+    assert kept == [{"message_id": "earlier"}]

@@ -16,15 +16,15 @@ import socket
 import subprocess
 import sys
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
 
 from tests.factories import PUBLIC, auth, create_key, rows, start
 from tests.receiver import Receiver
-from web.domain import addresses
-from web.domain.tables import WebhookAttempt, WebhookEvent
+from web.domain import addresses, approvals, executions
+from web.domain.tables import ApiKey, WebhookAttempt, WebhookEvent
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 from web.settings import get_settings
 
@@ -188,6 +188,103 @@ async def test_only_the_events_the_key_asked_for_are_sent(
     requests = await receiver.wait_for(1)
     assert [r.headers["x-webhook-event"] for r in requests] == ["execution.completed"]
     assert await WebhookEvent.count() == 1
+
+
+@pytest.mark.parametrize("end", ["completed", "failed"])
+async def test_a_webhook_set_while_a_run_works_still_gets_the_runs_end(
+    client: httpx.AsyncClient, receiver: Receiver, run_worker: Any, end: str
+) -> None:
+    # The worker claims the approved run of a key without a webhook, so its end would record
+    # no event and need no transaction; the URL is set before the end: the event is recorded.
+    key = await create_key()
+    execution_id = await start(client, key.secret, csv_data=rows(2))
+    await run_worker()
+    approved = await client.post(
+        f"{PUBLIC}/executions/{execution_id}/approve", headers=auth(key.secret)
+    )
+    assert approved.status_code == 200
+    claim = await executions.claim(UUID(execution_id), uuid4(), lease_seconds=30)
+    assert claim is not None and claim.webhook_events == ()
+    await ApiKey.update(
+        {ApiKey.webhook_url: receiver.url, ApiKey.webhook_events: [f"execution.{end}"]}
+    ).where(ApiKey.id == key.id)
+
+    if end == "completed":
+        queued = await executions.complete(claim)
+    else:
+        queued = await executions.fail(claim, "Step 4 (Send WhatsApp message) failed: boom")
+
+    events = await WebhookEvent.select(WebhookEvent.id, WebhookEvent.event).where(
+        WebhookEvent.execution == UUID(execution_id)
+    )
+    assert [e["event"] for e in events] == [f"execution.{end}"]
+    assert queued == [events[0]["id"]]
+    status = await client.get(
+        f"{PUBLIC}/executions/{execution_id}/status", headers=auth(key.secret)
+    )
+    assert status.json()["status"] == end
+
+
+async def test_a_webhook_set_while_a_run_works_still_gets_its_wait_for_approval(
+    client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    key = await create_key()
+    execution_id = UUID(await start(client, key.secret, csv_data=rows(2)))
+    claim = await executions.claim(execution_id, uuid4(), lease_seconds=30)
+    assert claim is not None and claim.webhook_events == ()
+    for index in (0, 1):  # generate_content and compliance_check done
+        assert await executions.finish_step(claim, index, {"index": index}, 30)
+    await ApiKey.update(
+        {ApiKey.webhook_url: receiver.url, ApiKey.webhook_events: ["execution.pending_approval"]}
+    ).where(ApiKey.id == key.id)
+
+    queued = await approvals.start_waiting(claim, 2, smtp=False)
+
+    events = await WebhookEvent.select(WebhookEvent.id, WebhookEvent.event).where(
+        WebhookEvent.execution == execution_id
+    )
+    assert [e["event"] for e in events] == ["execution.pending_approval"]
+    assert queued is not None and queued.events == [events[0]["id"]]
+    assert queued.deadline is None  # the template's approval step has no timeout
+    status = await client.get(
+        f"{PUBLIC}/executions/{execution_id}/status", headers=auth(key.secret)
+    )
+    assert status.json()["status"] == "pending_approval"
+    # Without a webhook wanting it, the wait is one statement and records no event.
+    other = UUID(await start(client, key.secret, csv_data=rows(1)))
+    await ApiKey.update({ApiKey.webhook_url: ""}).where(ApiKey.id == key.id)
+    second = await executions.claim(other, uuid4(), lease_seconds=30)
+    assert second is not None
+    for index in (0, 1):
+        assert await executions.finish_step(second, index, {"index": index}, 30)
+    assert (
+        await approvals.start_waiting(dataclasses.replace(second, token=uuid4()), 2, smtp=False)
+        is None
+    )
+    waiting = await approvals.start_waiting(second, 2, smtp=False)
+    assert waiting is not None and waiting.events == [] and waiting.deadline is None
+    assert await WebhookEvent.count().where(WebhookEvent.execution == other) == 0
+
+
+async def test_a_run_whose_key_wants_no_event_ends_without_one_and_a_lost_lease_ends_nothing(
+    client: httpx.AsyncClient, run_worker: Any
+) -> None:
+    key = await create_key()
+    execution_id = UUID(await start(client, key.secret, csv_data=rows(2)))
+    claim = await executions.claim(execution_id, uuid4(), lease_seconds=30)
+    assert claim is not None and claim.events == []
+    taken_over = await executions.claim(execution_id, uuid4(), lease_seconds=30)
+    assert taken_over is None  # the lease is live: nobody else takes the run
+
+    stale = dataclasses.replace(claim, token=uuid4())  # a worker whose lease was taken
+    assert await executions.complete(stale) is None
+    assert await executions.complete(claim) == []
+
+    assert await WebhookEvent.count() == 0
+    status = await client.get(
+        f"{PUBLIC}/executions/{execution_id}/status", headers=auth(key.secret)
+    )
+    assert status.json()["status"] == "completed"
 
 
 async def test_a_failed_run_sends_execution_failed_with_the_error(

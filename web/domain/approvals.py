@@ -484,33 +484,43 @@ async def start_waiting(claim: executions.Claim, index: int, *, smtp: bool) -> Q
     """The worker's run reached its approval step: `pending_approval` (approvalStatus
     `pending`) with its deadline counted from now (the step's `timeout`) and the moment of its
     reminder (`remindBefore` that), the `execution.pending_approval` event and the approvers'
-    notifications recorded, all in one transaction. None if this worker no longer holds the
-    run."""
+    notifications recorded, all in one transaction (one statement when there is neither to
+    record: executions.transition_alone). None if this worker no longer holds the run."""
     rules = approval_rules(claim.definition)
     timeout, remind = rules.timeout_seconds, rules.remind_before_seconds
-    async with pool.engine().transaction():
-        rows = await Execution.raw(
-            "UPDATE execution AS e SET "  # noqa: S608 (constant columns, values bound)
-            "  status = 'pending_approval', approval_status = 'pending', "
-            "  approval_requested_at = now(), "
-            "  approval_deadline = now() + make_interval(secs => {}), "
-            "  approval_remind_at = now() + make_interval(secs => {}), "
-            "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
-            "WHERE id = {} AND lease_token = {} AND status = 'running' AND current_step = {} "
-            f"RETURNING e.approval_deadline, e.approval_remind_at, {executions.EVENT_COLUMNS}",
-            timeout,
-            timeout - remind if timeout and remind else None,  # NULL: no reminder
-            claim.id,
-            claim.token,
-            index,
+    sql = (
+        "UPDATE execution AS e SET "
+        "  status = 'pending_approval', approval_status = 'pending', "
+        "  approval_requested_at = now(), "
+        "  approval_deadline = now() + make_interval(secs => $1), "
+        "  approval_remind_at = now() + make_interval(secs => $2), "
+        "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
+        "WHERE id = $3 AND lease_token = $4 AND status = 'running' AND current_step = $5"
+    )
+    returning = f"e.approval_deadline, e.approval_remind_at, {executions.EVENT_COLUMNS}"
+    args = (
+        timeout,
+        timeout - remind if timeout and remind else None,  # NULL: no reminder
+        claim.id,
+        claim.token,
+        index,
+    )
+    if not notifications.any_channel(claim.definition, smtp=smtp):
+        alone = await executions.transition_alone(
+            claim, webhooks.PENDING_APPROVAL, sql, *args, returning=returning
         )
-        if not rows:
+        if alone is not None:
+            return Queued([], [], alone["approval_deadline"], alone["approval_remind_at"])
+    async with pool.engine().transaction() as transaction:
+        found = await transaction.connection.fetch(f"{sql} RETURNING {returning}", *args)
+        if not found:
             return None
-        events = await executions.record_event(webhooks.PENDING_APPROVAL, rows[0])
+        row = dict(found[0])
+        events = await executions.record_event(webhooks.PENDING_APPROVAL, row)
         sent = await notifications.record(
             claim.id, claim.definition, notifications.Kind.WAITING, smtp=smtp
         )
-    return Queued(events, sent, rows[0]["approval_deadline"], rows[0]["approval_remind_at"])
+    return Queued(events, sent, row["approval_deadline"], row["approval_remind_at"])
 
 
 class _Overdue(ReadModel, frozen=True):

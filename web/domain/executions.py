@@ -71,6 +71,9 @@ class Claim:
     approval_status: str | None
     # Webhook events to queue now (the `execution.started` of a run that was pending).
     events: list[UUID]
+    # The events the execution's key wanted when claimed (none without a webhook URL): a
+    # transition to an event the key does not want needs no transaction (_transition).
+    webhook_events: tuple[str, ...] = ()
 
 
 def parse_execution_id(value: str) -> UUID:
@@ -407,31 +410,60 @@ async def build_output(execution_id: UUID) -> ExecutionOutput:
 # transaction with their webhook event stay on the engine's transaction.
 
 
+_CLAIM = (
+    "UPDATE execution AS e SET "
+    "  status = 'running', lease_token = $1, send_resumes_at = NULL, "
+    "  lease_expires_at = now() + make_interval(secs => $2), updated_at = now() "
+)
+_LEASE_FREE = "(e.lease_expires_at IS NULL OR e.lease_expires_at < now() OR e.lease_token = $1)"
+
+
+def _unwanted(event: int) -> str:
+    """The guard of a transition that skips the transaction: the key (now, in the statement
+    itself) wants no event named by the statement's parameter number `event`, so none is due."""
+    return (
+        "NOT EXISTS (SELECT 1 FROM api_key AS k WHERE k.id = e.api_key "  # noqa: S608 (a number)
+        f"AND k.webhook_url <> '' AND ${event} = ANY(k.webhook_events))"
+    )
+
+
 async def claim(execution_id: UUID, token: UUID, lease_seconds: float) -> Claim | None:
     """Take (or re-take) the run of an execution that is pending or running and not leased by a
     live worker. `pending` becomes `running` (and `execution.started` is recorded). None when
-    there is nothing to claim."""
-    async with pool.engine().transaction():
-        rows = await Execution.raw(
-            "UPDATE execution AS e SET "  # noqa: S608 (constant columns, values bound)
-            "  status = 'running', lease_token = {}, send_resumes_at = NULL, "
-            "  lease_expires_at = now() + make_interval(secs => {}), updated_at = now() "
-            "FROM (SELECT id, status FROM execution WHERE id = {} FOR UPDATE) AS before "
-            "WHERE e.id = before.id AND e.status IN ('pending', 'running') "
-            "  AND (e.lease_expires_at IS NULL OR e.lease_expires_at < now() "
-            "       OR e.lease_token = {}) "
-            f"RETURNING before.status AS previous_status, e.current_step, e.definition, "
-            f"  e.approval_status, {EVENT_COLUMNS}",
-            token,
-            lease_seconds,
-            execution_id,
-            token,
-        )
-        if not rows:
-            return None
-        row = rows[0]
-        was_pending = row["previous_status"] == ExecutionStatus.PENDING
-        events = await record_event(webhooks.STARTED, row) if was_pending else []
+    there is nothing to claim.
+
+    One statement when no event can come of it: a run already `running` (the claim after an
+    approval, a job that goes on, a retry) or one whose key wants no `execution.started`. Else
+    (and when the lease is held elsewhere) the claim and its event are one transaction."""
+    returning = f"e.current_step, e.definition, {EVENT_COLUMNS}"
+    found = await pool.fetch_rows(
+        f"{_CLAIM} WHERE e.id = $3 AND {_LEASE_FREE} "
+        f"  AND (e.status = 'running' OR (e.status = 'pending' AND {_unwanted(4)})) "
+        f"RETURNING {returning}",
+        token,
+        lease_seconds,
+        execution_id,
+        webhooks.STARTED,
+    )
+    events: list[UUID] = []
+    if found:
+        row = found[0]
+    else:
+        async with pool.engine().transaction() as transaction:
+            locked = await transaction.connection.fetch(
+                f"{_CLAIM} "  # noqa: S608 (constants; values bound)
+                "FROM (SELECT id, status FROM execution WHERE id = $3 FOR UPDATE) AS before "
+                f"WHERE e.id = before.id AND e.status IN ('pending', 'running') AND {_LEASE_FREE} "
+                f"RETURNING before.status AS previous_status, {returning}",
+                token,
+                lease_seconds,
+                execution_id,
+            )
+            if not locked:
+                return None
+            row = dict(locked[0])
+            if row["previous_status"] == ExecutionStatus.PENDING:
+                events = await record_event(webhooks.STARTED, row)
     claimed = from_row(row, _Claimed)
     return Claim(
         id=execution_id,
@@ -440,6 +472,7 @@ async def claim(execution_id: UUID, token: UUID, lease_seconds: float) -> Claim 
         definition=claimed.definition,
         approval_status=claimed.approval_status,
         events=events,
+        webhook_events=tuple(claimed.webhook_events or ()),
     )
 
 
@@ -449,6 +482,7 @@ class _Claimed(ReadModel, frozen=True):
     current_step: int
     definition: Definition
     approval_status: str | None
+    webhook_events: list[str] | None  # EVENT_COLUMNS: NULL without a webhook URL
 
 
 # What a webhook payload needs, as RETURNING columns of a transition of `execution AS e`.
@@ -468,16 +502,38 @@ async def record_event(event: str, row: dict[str, Any]) -> list[UUID]:
     return [new.id] if new is not None and new.queue_now else []
 
 
-async def _transition(event: str, sql: str, *args: Any) -> list[UUID] | None:
-    """Run one guarded UPDATE of `execution AS e` and record its webhook event in the same
-    transaction. None if the guard matched nothing; else the events to queue now."""
+async def transition_alone(
+    claim: Claim, event: str, sql: str, *args: Any, returning: str = EVENT_COLUMNS
+) -> dict[str, Any] | None:
+    """A worker's transition (`sql`: a guarded UPDATE of `execution AS e`, its values bound to
+    $1...) as one statement, when the claim saw that the key does not want `event` and the
+    caller has nothing else to record with it: no transaction, so no BEGIN and COMMIT round
+    trips. Its row (`returning`), or None: the key wanted the event at the claim, or wants it
+    now (checked in the statement), or the guard matched nothing. The caller then runs the
+    transition in a transaction with its event, which records it (or finds nothing)."""
+    if event in claim.webhook_events:
+        return None
+    guard = _unwanted(len(args) + 1)
+    rows = await pool.fetch_rows(f"{sql} AND {guard} RETURNING {returning}", *args, event)
+    return rows[0] if rows else None
+
+
+async def _transition(claim: Claim, event: str, sql: str, *args: Any) -> list[UUID] | None:
+    """Run one guarded UPDATE of `execution AS e` (`sql`, its values bound to $1...) and record
+    its webhook event in the same transaction (or alone: transition_alone). None if the guard
+    matched nothing; else the events to queue now."""
+    alone = await transition_alone(claim, event, sql, *args)
+    if alone is not None:
+        metrics.execution_ended(alone)  # after the commit; final statuses only
+        return []
     events: list[UUID] | None = None
-    async with pool.engine().transaction():
-        rows = await Execution.raw(f"{sql} RETURNING {EVENT_COLUMNS}", *args)
-        if rows:
-            events = await record_event(event, rows[0])
-    if rows:
-        metrics.execution_ended(rows[0])  # after the commit; final statuses only
+    async with pool.engine().transaction() as transaction:
+        found = await transaction.connection.fetch(f"{sql} RETURNING {EVENT_COLUMNS}", *args)
+        if found:
+            row = dict(found[0])
+            events = await record_event(event, row)
+    if found:
+        metrics.execution_ended(row)
     return events
 
 
@@ -515,10 +571,11 @@ async def finish_step(claim: Claim, index: int, result: StepResult, lease_second
 async def complete(claim: Claim) -> list[UUID] | None:
     output = await build_output(claim.id)
     return await _transition(
+        claim,
         webhooks.COMPLETED,
-        "UPDATE execution AS e SET status = 'completed', output = {}::jsonb, "
+        "UPDATE execution AS e SET status = 'completed', output = $1::jsonb, "
         "  completed_at = now(), lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
-        "WHERE id = {} AND lease_token = {} AND status = 'running'",
+        "WHERE id = $2 AND lease_token = $3 AND status = 'running'",
         json.dumps(output),
         claim.id,
         claim.token,
@@ -527,10 +584,11 @@ async def complete(claim: Claim) -> list[UUID] | None:
 
 async def fail(claim: Claim, error: str) -> list[UUID] | None:
     return await _transition(
+        claim,
         webhooks.FAILED,
-        "UPDATE execution AS e SET status = 'failed', error = {}, completed_at = now(), "
+        "UPDATE execution AS e SET status = 'failed', error = $1, completed_at = now(), "
         "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
-        "WHERE id = {} AND lease_token = {} AND status = 'running'",
+        "WHERE id = $2 AND lease_token = $3 AND status = 'running'",
         error,
         claim.id,
         claim.token,

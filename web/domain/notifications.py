@@ -46,6 +46,13 @@ def _targets(definition: Definition) -> tuple[bool, str | None, list[str]]:
     )
 
 
+def any_channel(definition: Definition, *, smtp: bool) -> bool:
+    """Whether `record` may notify anyone of this execution: email (with an SMTP server) to its
+    approvers, or its Slack URL. Without either a transition records no notification."""
+    email, slack, _ = _targets(definition)
+    return bool((email and smtp) or slack)
+
+
 async def approver_emails(groups: list[str]) -> list[str]:
     """Active reviewers and admins, only members of `groups` when there are any."""
     query = User.select(User.email).where(

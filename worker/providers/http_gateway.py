@@ -41,6 +41,7 @@ WHO = "the gateway"
 
 class HttpGatewayMessenger:
     resend_safe = False
+    saves_results = False
 
     def __init__(
         self, settings: dict[str, Any], http: httpx.AsyncClient, execution_id: UUID

@@ -149,6 +149,9 @@ class SendResult:
 class Messenger(Protocol):
     # True when sending a row twice cannot deliver it twice (the provider deduplicates per row).
     resend_safe: bool
+    # True when `send` has also saved each row's result (the sandbox: its messages and the rows'
+    # results are one statement in our own database), so the step saves nothing after it.
+    saves_results: bool
     # How many messages may be in flight at once.
     concurrency: int
 

@@ -64,6 +64,7 @@ UNUSABLE_CODES = frozenset({0, 10, 190, 2500, 131031, *range(200, 300)})
 
 class WhatsAppCloudMessenger:
     resend_safe = False
+    saves_results = False
 
     def __init__(
         self,

@@ -97,7 +97,8 @@ async def _send_in_batches(
         if resumes_at is not None:
             raise OutsideSendWindow(resumes_at)
         batch = await provider.send(to_send[start : start + batch_size])
-        await _save(batch)
+        if not provider.saves_results:
+            await _save(batch)
         results.extend(batch)
     return results
 
