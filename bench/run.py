@@ -513,7 +513,7 @@ def _last_line(output: str) -> str:
     return output.strip().splitlines()[-1]
 
 
-def script_rows(env: dict[str, str]) -> list[dict[str, Any]]:
+def script_rows(env: dict[str, str], repeat: int) -> list[dict[str, Any]]:
     """The figures measured by their own scripts, with the servers above stopped: worker
     throughput (bench/worker_throughput.py) and webhook latency (bench/webhook_latency.py)."""
     empty = {key: None for key in ("rps", "p50_ms", "p99_ms", "baseline_rps", "ratio", "target")}
@@ -522,7 +522,12 @@ def script_rows(env: dict[str, str]) -> list[dict[str, Any]]:
     worker = json.loads(
         _last_line(
             run(
-                [sys.executable, str(ROOT / "bench" / "worker_throughput.py")],
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "worker_throughput.py"),
+                    "--repeat",
+                    str(repeat),
+                ],
                 env=env,
                 capture_output=True,
                 check=True,
@@ -915,7 +920,7 @@ def main(argv: list[str] | None = None) -> int:
                 setup.redis,
             )
             rows, m = measure_all(args, w, srv, paths, counts)
-        rows += script_rows(setup.env)
+        rows += script_rows(setup.env, args.repeat)
         large: dict[str, Any] | None = None
         if not args.skip_large:
             large_figures, large = large_rows(args)

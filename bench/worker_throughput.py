@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 os.environ.setdefault("FLOWGATE_LOG_LEVEL", "WARNING")
 os.environ.setdefault("FLOWGATE_SECRET_KEY", "bench")
@@ -136,7 +137,7 @@ def _drain_processes(count: int) -> float:
 async def _drain_main() -> None:
     from piccolo_conf import DB
 
-    await start_pool(DB, min_size=2, max_size=20)
+    await start_pool(DB, min_size=20, max_size=20)  # all open before timing, as the baseline's
     redis = queue.connect(os.environ["REDIS_URL"], 5.0)
     # 50 ms like `flowgate worker` (README: workers poll every 50 ms): with 0, two idle
     # workers would spin on Redis for the CPU the busy one needs.
@@ -148,20 +149,27 @@ async def _drain_main() -> None:
     print(json.dumps({"start": start, "end": end}))
 
 
-# The baseline: what the worker writes for an execution, in bare asyncpg, nothing else.
+# The baseline: the worker's PostgreSQL writes for an execution, the same bytes, in bare asyncpg
+# and nothing else. What the worker wrote for one of its own executions (the same 100 rows:
+# its messages, step results and output) is read before the baseline is timed and written
+# again for each of the baseline's executions; see `_WorkerWrites`.
 _CLAIM = (
     "UPDATE execution SET status = 'running', lease_token = gen_random_uuid(), "
     "lease_expires_at = now() + interval '60 seconds', updated_at = now() WHERE id = $1 "
     "RETURNING definition"
 )
 _ROWS = "SELECT id, data FROM execution_row WHERE execution = $1 ORDER BY position"
+_ROWS_TO_SEND = (
+    "SELECT id, data, generated_content FROM execution_row WHERE execution = $1 "
+    "ORDER BY position"
+)
 _STEP = (
     "UPDATE execution SET current_step = current_step + 1, "
     "step_results = step_results || jsonb_build_array($2::jsonb), updated_at = now() WHERE id = $1"
 )
 _CONTENT = (
-    "UPDATE execution_row AS r SET generated_content = v.content, content_usage = v.usage::jsonb "
-    "FROM unnest($1::uuid[], $2::text[], $3::text[]) AS v(id, content, usage) WHERE r.id = v.id"
+    "UPDATE execution_row AS r SET generated_content = v.content, content_usage = NULL "
+    "FROM unnest($1::uuid[], $2::text[]) AS v(id, content) WHERE r.id = v.id"
 )
 _COMPLIANCE = (
     "UPDATE execution_row AS r SET compliance_status = v.status, compliance_reasons = '[]' "
@@ -176,11 +184,11 @@ _SANDBOX = (
     "created_at) SELECT gen_random_uuid(), v.id, 'whatsapp', v.recipient, v.body, "
     "'whatsapp_msg_' || replace(gen_random_uuid()::text, '-', ''), now() "
     "FROM unnest($1::uuid[], $2::text[], $3::text[]) AS v(id, recipient, body) "
-    "ON CONFLICT (execution_row) DO NOTHING"
+    "ON CONFLICT (execution_row) DO NOTHING RETURNING execution_row, message_id"
 )
 _SENT = (
-    "UPDATE execution_row AS r SET send_status = 'sent', message_id = 'm' || r.id, "
-    "sent_at = now() FROM unnest($1::uuid[]) AS v(id) WHERE r.id = v.id"
+    "UPDATE execution_row AS r SET send_status = 'sent', message_id = v.message_id, "
+    "sent_at = now() FROM unnest($1::uuid[], $2::text[]) AS v(id, message_id) WHERE r.id = v.id"
 )
 _COMPLETE = (
     "UPDATE execution SET status = 'completed', output = $2::jsonb, completed_at = now(), "
@@ -188,44 +196,131 @@ _COMPLETE = (
 )
 
 
-async def _baseline(dsn: str, ids: list[str], phase: str) -> float:
-    from uuid import UUID
+class _WorkerWrites:
+    """What the worker wrote for one of its completed executions: each row's message (by
+    position), each step's result, and the output (its message ids are replaced by those the
+    baseline's own sandbox inserts return, so the output is as long as the worker's)."""
 
-    import asyncpg
+    def __init__(self, messages: list[str], steps: list[str], output: dict[str, Any]) -> None:
+        self.messages = messages
+        self.steps = steps
+        self.output = output
 
-    connections = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
+    @classmethod
+    async def of(cls, dsn: str, execution_id: str) -> _WorkerWrites:
+        import asyncpg
+
+        con = await asyncpg.connect(dsn)
+        try:
+            messages = [
+                r["generated_content"]
+                for r in await con.fetch(
+                    "SELECT generated_content FROM execution_row WHERE execution = $1 "
+                    "ORDER BY position",
+                    UUID(execution_id),
+                )
+            ]
+            done = await con.fetchrow(
+                "SELECT step_results, output FROM execution WHERE id = $1", UUID(execution_id)
+            )
+        finally:
+            await con.close()
+        assert done is not None and all(messages), "the worker's execution is not complete"
+        steps = [json.dumps(step) for step in json.loads(done["step_results"])]
+        return cls(messages, steps, json.loads(done["output"]))
+
+    def output_with(self, message_ids: list[str]) -> str:
+        results = [
+            {**result, "messageId": message_id}
+            for result, message_id in zip(self.output["results"], message_ids, strict=True)
+        ]
+        return json.dumps({**self.output, "results": results})
+
+
+async def _baseline(connections: Any, ids: list[str], phase: str, writes: _WorkerWrites) -> float:
+    """Seconds for one phase of the baseline on `connections`: an asyncpg pool of 20, opened
+    untimed and kept from round to round as the worker keeps its own."""
     gate = asyncio.Semaphore(20)
 
     async def one(execution_id: UUID) -> None:
         async with gate, connections.acquire() as con:
             await con.fetchval(_CLAIM, execution_id)
-            rows = await con.fetch(_ROWS, execution_id)
-            row_ids = [r["id"] for r in rows]
-            if phase == "generate":
-                contents = [f"Hi {json.loads(r['data'])['name']}, an offer for you" for r in rows]
-                usage = ['{"prompt_tokens": 10, "completion_tokens": 10}'] * len(rows)
-                await con.execute(_CONTENT, row_ids, contents, usage)
-                await con.execute(_STEP, execution_id, '{"index": 0}')
+            if phase == "generate":  # generate_content, compliance_check, then the approval
+                rows = await con.fetch(_ROWS, execution_id)
+                row_ids = [r["id"] for r in rows]
+                await con.execute(_CONTENT, row_ids, writes.messages)
+                await con.execute(_STEP, execution_id, writes.steps[0])
                 await con.execute(_COMPLIANCE, row_ids, ["passed"] * len(rows))
-                await con.execute(_STEP, execution_id, '{"index": 1}')
+                await con.execute(_STEP, execution_id, writes.steps[1])
                 await con.execute(_PAUSE, execution_id)
-            else:
+            else:  # the approval step's result, then send_message, then the output
+                await con.execute(_STEP, execution_id, writes.steps[2])
+                rows = await con.fetch(_ROWS_TO_SEND, execution_id)
+                row_ids = [r["id"] for r in rows]
                 phones = [json.loads(r["data"])["phone"] for r in rows]
-                await con.execute(_SANDBOX, row_ids, phones, ["message"] * len(rows))
-                await con.execute(_SENT, row_ids)
-                await con.execute(_COMPLETE, execution_id, '{"summary": {}}')
+                bodies = [r["generated_content"] for r in rows]
+                sent = await con.fetch(_SANDBOX, row_ids, phones, bodies)
+                message_ids = {r["execution_row"]: r["message_id"] for r in sent}
+                in_order = [message_ids[row_id] for row_id in row_ids]
+                await con.execute(_SENT, row_ids, in_order)
+                await con.execute(_STEP, execution_id, writes.steps[3])
+                await con.execute(_COMPLETE, execution_id, writes.output_with(in_order))
 
     started = time.perf_counter()
     await asyncio.gather(*(one(UUID(i)) for i in ids))
-    took = time.perf_counter() - started
-    await connections.close()
-    return took
+    return time.perf_counter() - started
 
 
-async def main(profile: bool, ratios: bool = True) -> dict[str, Any]:
+async def _worker_round(
+    client: httpx.AsyncClient, headers: dict[str, str], redis: Any, profiler: Any
+) -> tuple[list[str], float, float]:
+    """50 new executions through the worker: their ids, and the seconds of each drain."""
+    ids = await _start_all(client, headers)
+    if profiler:
+        profiler.enable()
+    first = await _drain(redis)  # generate + compliance, then pause for approval
+    if profiler:
+        profiler.disable()
+    await _approve_all(client, headers, ids)
+    if profiler:
+        profiler.enable()
+    second = await _drain(redis)  # send
+    if profiler:
+        profiler.disable()
+    for execution_id in ids:
+        status = await client.get(f"{PUBLIC}/executions/{execution_id}/status", headers=headers)
+        assert status.json()["status"] == "completed", status.text
+    return ids, first, second
+
+
+async def _baseline_round(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    redis: Any,
+    connections: Any,
+    writes: _WorkerWrites,
+) -> float:
+    """The bare-asyncpg baseline on 50 new executions (approved in SQL, untimed): seconds."""
     from piccolo_conf import DB
 
-    await start_pool(DB, min_size=2, max_size=20)
+    ids = await _start_all(client, headers)
+    await redis.flushdb()  # their run jobs: the baseline does the work instead
+    first = await _baseline(connections, ids, "generate", writes)
+    await DB.run_ddl(
+        "UPDATE execution SET status = 'running', approval_status = 'approved' "
+        "WHERE status = 'pending_approval'"
+    )
+    return first + await _baseline(connections, ids, "send", writes)
+
+
+async def main(profile: bool, ratios: bool = True, repeat: int = 2) -> dict[str, Any]:
+    """Figure 5 and, with `ratios`, 5a and 5b. 5a is measured `repeat` times, alternating
+    (worker, baseline, baseline, worker, ...: each pair seconds apart), and each side keeps
+    its fastest round, as figures 1-3 and 9 do: on a shared host one slow second would
+    otherwise move the ratio by itself."""
+    from piccolo_conf import DB
+
+    await start_pool(DB, min_size=20, max_size=20)  # all open before timing, as the baseline's
     await DB.run_ddl(
         "TRUNCATE api_key, api_key_usage, execution, execution_row, sandbox_message, "
         "webhook_event, webhook_attempt RESTART IDENTITY CASCADE"
@@ -242,54 +337,40 @@ async def main(profile: bool, ratios: bool = True) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {key.secret}"}
     app = create_app()
     profiler = cProfile.Profile() if profile else None
+    total_rows = EXECUTIONS * ROWS
     async with (
         app.lifespan(),
         httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://bench"
         ) as client,
     ):
-        ids = []
-        for _ in range(EXECUTIONS):
-            response = await client.post(
-                f"{PUBLIC}/agents/workflow_bfsi_marketing_template/execute",
-                json={"input": {"csvData": _rows()}},
-                headers=headers,
-            )
-            ids.append(response.json()["executionId"])
-        if profiler:
-            profiler.enable()
-        first = await _drain(redis)  # generate + compliance, then pause for approval
-        if profiler:
-            profiler.disable()
-        for execution_id in ids:
-            approved = await client.post(
-                f"{PUBLIC}/executions/{execution_id}/approve", headers=headers
-            )
-            assert approved.status_code == 200, approved.text
-        if profiler:
-            profiler.enable()
-        second = await _drain(redis)  # send
-        if profiler:
-            profiler.disable()
-        done = 0
-        for execution_id in ids:
-            status = (
-                await client.get(f"{PUBLIC}/executions/{execution_id}/status", headers=headers)
-            ).json()
-            done += status["status"] == "completed"
+        ids, first, second = await _worker_round(client, headers, redis, profiler)
+        drains = [(first, second)]
         extra: dict[str, Any] = {}
         if ratios:
-            # The bare-asyncpg baseline on 50 more executions (approved in SQL, untimed).
-            base_ids = await _start_all(client, headers)
-            await redis.flushdb()  # their run jobs: the baseline does the work instead
+            import asyncpg
+
             dsn = os.environ["DATABASE_URL"]
-            b1 = await _baseline(dsn, base_ids, "generate")
-            await DB.run_ddl(
-                "UPDATE execution SET status = 'running', approval_status = 'approved' "
-                "WHERE status = 'pending_approval'"
-            )
-            b2 = await _baseline(dsn, base_ids, "send")
-            extra["baseline_rows_per_s"] = round(EXECUTIONS * ROWS / (b1 + b2), 1)
+            writes = await _WorkerWrites.of(dsn, ids[0])
+            connections = await asyncpg.create_pool(dsn, min_size=20, max_size=20)
+
+            async def baseline_round() -> float:
+                return await _baseline_round(client, headers, redis, connections, writes)
+
+            baselines = [await baseline_round()]
+            for r in range(1, max(repeat, 1)):
+                if r % 2:  # baseline first, then the worker
+                    baselines.append(await baseline_round())
+                    drains.append((await _worker_round(client, headers, redis, None))[1:])
+                else:
+                    drains.append((await _worker_round(client, headers, redis, None))[1:])
+                    baselines.append(await baseline_round())
+            await connections.close()
+            extra["baseline_rows_per_s"] = round(total_rows / min(baselines), 1)
+            extra["rounds"] = {
+                "worker_rows_per_s": [round(total_rows / (a + b), 1) for a, b in drains],
+                "baseline_rows_per_s": [round(total_rows / b, 1) for b in baselines],
+            }
             # One worker process, then two, each on 50 new executions.
             machine_before, own_before = _cpu_ticks(), _own_ticks()
             for count in (1, 2):
@@ -297,7 +378,7 @@ async def main(profile: bool, ratios: bool = True) -> dict[str, Any]:
                 t1 = _drain_processes(count)
                 await _approve_all(client, headers, proc_ids)
                 t2 = _drain_processes(count)
-                extra[f"workers_{count}_rows_per_s"] = round(EXECUTIONS * ROWS / (t1 + t2), 1)
+                extra[f"workers_{count}_rows_per_s"] = round(total_rows / (t1 + t2), 1)
             machine_after, own_after = _cpu_ticks(), _own_ticks()
             total = machine_after[0] - machine_before[0]
             busy = total - (machine_after[1] - machine_before[1])
@@ -306,11 +387,11 @@ async def main(profile: bool, ratios: bool = True) -> dict[str, Any]:
             extra["workers_other_cpu_percent"] = round(100 * others / max(total, 1), 1)
     await redis.aclose()
     await DB.close_connection_pool()
-    total_rows = EXECUTIONS * ROWS
+    first, second = min(drains, key=sum)
     result = {
         "executions": EXECUTIONS,
         "rows": total_rows,
-        "completed": done,
+        "completed": EXECUTIONS,  # every round's executions (asserted in _worker_round)
         "generate_and_check_s": round(first, 3),
         "send_s": round(second, 3),
         "rows_per_s": round(total_rows / (first + second), 1),
@@ -334,9 +415,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--no-ratios", action="store_true", help="figure 5's rows/s alone")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=int(os.environ.get("BENCH_REPEAT", "2")),
+        help="rounds of 5a, alternating; each side keeps its fastest (BENCH_REPEAT, 2)",
+    )
     parser.add_argument("--drain", action="store_true", help=argparse.SUPPRESS)  # a worker
     args = parser.parse_args()
     if args.drain:
         asyncio.run(_drain_main())
     else:
-        print(json.dumps(asyncio.run(main(args.profile, not args.no_ratios))))
+        print(json.dumps(asyncio.run(main(args.profile, not args.no_ratios, args.repeat))))
