@@ -4,8 +4,9 @@ A row already `sent` is never offered to a provider again. How a re-run after a 
 free of duplicates depends on the provider (worker.providers.messaging):
 
 - resend-safe (the sandbox): rows go out in batches and each batch's results are saved before
-  the next; the provider itself keeps one message per row, so a batch cut off is simply offered
-  again.
+  the next (by the sandbox itself, in the statement that records the messages:
+  `saves_results`); the provider keeps one message per row, so a batch cut off is simply
+  offered again.
 - HTTP providers (`whatsapp_cloud`, `http`): each row is marked `sending` (committed) right
   before its call and its result saved right after, `concurrency` rows at a time. A row found
   still `sending` when the step starts again was cut off between the call and the save: it ends
