@@ -82,16 +82,20 @@ async def test_rerun_after_a_worker_is_killed_mid_send_sends_every_row_exactly_o
         assert row["message_id"] == by_row[row["id"]]
 
 
+async def _row_ids(execution_id: str) -> list[UUID]:
+    """The execution's row ids, in input order."""
+    found = (
+        await ExecutionRow.select(ExecutionRow.id)
+        .where(ExecutionRow.execution == UUID(execution_id))
+        .order_by(ExecutionRow.position)
+    )
+    return [row["id"] for row in found]
+
+
 async def test_the_sandbox_records_a_row_once_even_when_asked_twice(
     client: httpx.AsyncClient, api_key: str
 ) -> None:
-    execution_id = await start(client, api_key, csv_data=rows(2))
-    row_ids = [
-        r["id"]
-        for r in await ExecutionRow.select(ExecutionRow.id).where(
-            ExecutionRow.execution == UUID(execution_id)
-        )
-    ]
+    row_ids = await _row_ids(await start(client, api_key, csv_data=rows(2)))
     messenger = SandboxMessenger("whatsapp")
     outgoing = [OutgoingMessage(row_id, "+911234567890", "hello") for row_id in row_ids]
 
@@ -106,12 +110,7 @@ async def test_the_sandbox_saves_each_rows_result_with_its_message_and_keeps_a_s
     client: httpx.AsyncClient, api_key: str
 ) -> None:
     execution_id = await start(client, api_key, csv_data=rows(3))
-    row_ids = [
-        r["id"]
-        for r in await ExecutionRow.select(ExecutionRow.id)
-        .where(ExecutionRow.execution == UUID(execution_id))
-        .order_by(ExecutionRow.position)
-    ]
+    row_ids = await _row_ids(execution_id)
     # The first row was sent by an earlier attempt under another message id (a re-run).
     await ExecutionRow.update(
         {ExecutionRow.send_status: "sent", ExecutionRow.message_id: "earlier"}

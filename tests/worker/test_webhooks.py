@@ -225,15 +225,22 @@ async def test_a_webhook_set_while_a_run_works_still_gets_the_runs_end(
     assert status.json()["status"] == end
 
 
+async def _claimed_at_approval(execution_id: UUID) -> executions.Claim:
+    """A worker's claim of the run, its generate_content and compliance_check steps done."""
+    claim = await executions.claim(execution_id, uuid4(), lease_seconds=30)
+    assert claim is not None
+    for index in (0, 1):
+        assert await executions.finish_step(claim, index, {"index": index}, 30)
+    return claim
+
+
 async def test_a_webhook_set_while_a_run_works_still_gets_its_wait_for_approval(
     client: httpx.AsyncClient, receiver: Receiver
 ) -> None:
     key = await create_key()
     execution_id = UUID(await start(client, key.secret, csv_data=rows(2)))
-    claim = await executions.claim(execution_id, uuid4(), lease_seconds=30)
-    assert claim is not None and claim.webhook_events == ()
-    for index in (0, 1):  # generate_content and compliance_check done
-        assert await executions.finish_step(claim, index, {"index": index}, 30)
+    claim = await _claimed_at_approval(execution_id)
+    assert claim.webhook_events == ()
     await ApiKey.update(
         {ApiKey.webhook_url: receiver.url, ApiKey.webhook_events: ["execution.pending_approval"]}
     ).where(ApiKey.id == key.id)
@@ -253,10 +260,7 @@ async def test_a_webhook_set_while_a_run_works_still_gets_its_wait_for_approval(
     # Without a webhook wanting it, the wait is one statement and records no event.
     other = UUID(await start(client, key.secret, csv_data=rows(1)))
     await ApiKey.update({ApiKey.webhook_url: ""}).where(ApiKey.id == key.id)
-    second = await executions.claim(other, uuid4(), lease_seconds=30)
-    assert second is not None
-    for index in (0, 1):
-        assert await executions.finish_step(second, index, {"index": index}, 30)
+    second = await _claimed_at_approval(other)
     assert (
         await approvals.start_waiting(dataclasses.replace(second, token=uuid4()), 2, smtp=False)
         is None

@@ -405,9 +405,9 @@ async def build_output(execution_id: UUID) -> ExecutionOutput:
 
 
 # --- worker-side transitions: each needs the lease token of the claim -----------------------
-# The statements that run alone are plain SQL on the pool (the query builder parsed each long
-# template again on every call: about 4 % of a worker's drain, figure 5a); those inside a
-# transaction with their webhook event stay on the engine's transaction.
+# Plain SQL with $n parameters (the query builder parsed each long template again on every
+# call: about 4 % of a worker's drain, figure 5a): on the pool when a statement runs alone, on
+# the engine transaction's connection when it runs with its webhook event.
 
 
 _CLAIM = (
