@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 from arq.worker import Worker
 
+from web import process
 from web.app import create_app
 from web.domain import api_keys, queue
 from web.domain.actors import Actor
@@ -61,12 +62,14 @@ def _rows() -> list[dict[str, str]]:
 
 
 async def _drain(redis: Any, poll_delay: float = 0) -> float:
-    """Seconds from the worker's startup done (its HTTP clients and TLS contexts made: the
-    baseline's pool is made untimed too) to its queue drained."""
+    """Seconds from the worker's startup done (its HTTP clients and TLS contexts made, its heap
+    settled as `start_worker` does: the baseline's pool is made untimed too) to its queue
+    drained."""
     started = [time.perf_counter()]
 
     async def timed_startup(ctx: dict[str, Any]) -> None:
         await startup(ctx)
+        process.settle_heap()
         started[0] = time.perf_counter()
 
     worker = Worker(
@@ -423,7 +426,8 @@ if __name__ == "__main__":
     )
     parser.add_argument("--drain", action="store_true", help=argparse.SUPPRESS)  # a worker
     args = parser.parse_args()
+    # On the event loop `flowgate worker` runs on (web.process); the baseline shares it.
     if args.drain:
-        asyncio.run(_drain_main())
+        process.run(_drain_main())
     else:
-        print(json.dumps(asyncio.run(main(args.profile, not args.no_ratios, args.repeat))))
+        print(json.dumps(process.run(main(args.profile, not args.no_ratios, args.repeat))))

@@ -21,6 +21,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect
 from litestar.template import TemplateConfig
 
+from web import process
 from web.api.errors import EXCEPTION_HANDLERS
 from web.api.executions import PublicExecutionsController
 from web.api.limit_headers import limit_headers_middleware
@@ -219,7 +220,10 @@ def create_served_app() -> Any:
     """The app as `flowgate serve` runs it, under granian or uvicorn: the client address and
     scheme come from X-Forwarded-For / X-Forwarded-Proto when the peer is a trusted proxy
     (FORWARDED_ALLOW_IPS, default 127.0.0.1), and only a valid IP address is taken
-    (web.forwarded). Every request is counted and timed by its route (web.metrics)."""
+    (web.forwarded). Every request is counted and timed by its route (web.metrics). Called
+    once per server worker process, which then settles its heap (web.process)."""
     settings = get_settings()
     app = with_request_metrics(create_app(settings))
-    return with_proxy_headers(app, TrustedProxies(settings.forwarded_allow_ips))
+    served = with_proxy_headers(app, TrustedProxies(settings.forwarded_allow_ips))
+    process.settle_heap()
+    return served

@@ -417,11 +417,12 @@ def _serve(args: argparse.Namespace, port: int) -> None:
             port=port,
             workers=args.workers,
             log_level="warning",
+            loop="uvloop",  # as granian's and the workers' (web.process)
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         )
         return
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import Interfaces, Loops
     from granian.log import LogLevels
 
     # Fresh interpreters, not forks of this one: prometheus-client picks its multiprocess mode
@@ -435,6 +436,7 @@ def _serve(args: argparse.Namespace, port: int) -> None:
         port=port,
         workers=args.workers,
         log_level=LogLevels.warning,
+        loop=Loops.uvloop,  # as the workers' (web.process)
         workers_kill_timeout=GRACEFUL_SHUTDOWN_SECONDS,
     ).serve()
 

@@ -18,6 +18,7 @@ from arq.connections import RedisSettings
 from arq.cron import cron
 from arq.worker import Function, create_worker, func
 
+from web import process
 from web.domain import clock, queue
 from web.domain.pool import start_pool
 from web.logs import configure_logging
@@ -62,8 +63,10 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def start_worker(ctx: dict[str, Any]) -> None:
-    """A worker process: the shared clients, then its reconciler loop."""
+    """A worker process: the shared clients, its heap settled (web.process), then its
+    reconciler loop."""
     await startup(ctx)
+    process.settle_heap()
     reconciler.start(ctx)
 
 
@@ -214,8 +217,8 @@ def run_workers() -> None:
     """Both loops in this process until SIGTERM or SIGINT, which each handles as arq does
     (stop taking jobs, let running ones finish for `job_completion_wait`, cancel the rest).
     If one loop stops by itself (Redis gone at start, say), the other is stopped too and the
-    error is raised."""
-    asyncio.run(_run_workers())
+    error is raised. On uvloop (web.process)."""
+    process.run(_run_workers())
 
 
 async def _run_workers() -> None:
