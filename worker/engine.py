@@ -25,6 +25,7 @@ from arq.connections import ArqRedis
 
 from web.domain import approvals, clock, executions, queue
 from web.domain.errors import is_unavailable
+from web.domain.execution_rows import RowState
 from web.domain.executions import Claim
 from web.domain.statuses import ApprovalStatus, ExecutionStatus
 from web.settings import Settings
@@ -131,6 +132,9 @@ class _Run:
         # Set by the heartbeat when the execution was cancelled under this worker: steps take
         # no new rows (StepContext.out_of_time), and the run winds up instead of going on.
         self.cancelled = False
+        # The rows the last step handed on (StepContext.rows_before): saved, and no one else
+        # writes an execution's rows while this worker holds its lease.
+        self.rows_after: list[RowState] | None = None
 
     async def remaining_steps(self) -> RunOutcome:
         # Everything the steps left need, checked before any of them works (StepError).
@@ -164,6 +168,7 @@ class _Run:
 
     async def _run_step(self, step: dict[str, Any]) -> dict[str, Any] | None:
         """The step's summary, or None at an approval step not approved yet."""
+        rows_before, self.rows_after = self.rows_after, None
         kind = step.get("type")
         if kind == "approval":
             if self.claim.approval_status != ApprovalStatus.APPROVED:
@@ -186,8 +191,13 @@ class _Run:
             stop_requested=lambda: self.cancelled,
             redis=self.redis,
             definition=self.claim.definition,
+            rows_before=rows_before,
+            pass_rows_on=self._pass_rows_on,
         )
         return await keeping_lease(context, runner(context))
+
+    def _pass_rows_on(self, rows: list[RowState]) -> None:
+        self.rows_after = rows
 
     async def renew_lease(self) -> None:
         status = await executions.renew_lease(self.claim, self.settings.execution_lease_seconds)

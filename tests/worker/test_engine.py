@@ -16,7 +16,7 @@ from arq import Retry
 from arq.connections import ArqRedis
 
 from tests.factories import PUBLIC, auth, execution_row, row_states, rows, start
-from web.domain import executions, queue, recovery
+from web.domain import compliance, executions, queue, recovery, suppressions
 from web.domain.tables import SandboxMessage, Workflow
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 from web.settings import get_settings
@@ -296,3 +296,42 @@ async def test_a_database_that_cannot_be_reached_from_a_step_leaves_the_run_to_a
 
     stored = await execution_row(execution_id)
     assert (stored["status"], stored["error"], stored["current_step"]) == ("running", None, 0)
+
+
+async def test_compliance_in_the_same_job_checks_what_generation_saved_opt_outs_included(
+    client: httpx.AsyncClient, api_key: str, run_worker
+) -> None:
+    # generate_content hands its rows on to compliance_check instead of their being read again:
+    # what compliance decided must still be exactly what it would decide over the saved rows.
+    data = rows(3)
+    data[2]["city"] = "risk-free"  # its message names the city: a banned phrase
+    await suppressions.add(data[1]["phone"], None, suppressions.Source.CLI)
+    execution_id = await start(client, api_key, csv_data=data)
+
+    await run_worker()
+
+    stored = await row_states(execution_id)
+    assert [(r["compliance_status"], r["send_status"]) for r in stored] == [
+        ("passed", None),
+        ("failed", "skipped"),
+        ("failed", None),
+    ]
+    assert stored[1]["generated_content"] is None
+    assert stored[1]["compliance_reasons"][0] == suppressions.OPTED_OUT
+    assert "Visit your nearest risk-free branch" in stored[2]["generated_content"]
+    assert stored[2]["compliance_reasons"] == ["Contains banned phrase: 'risk-free'"]
+    settings = BFSI_TEMPLATE["steps"][1]["settings"]
+    for row in stored:
+        verdict = compliance.check(settings, row["data"], row["generated_content"])
+        assert row["compliance_status"] == verdict.status
+        assert row["compliance_reasons"] == [
+            *([row["error"]] if row["error"] else []),
+            *verdict.reasons,
+        ]
+    steps = (await execution_row(execution_id))["step_results"]
+    assert {k: steps[0][k] for k in ("generated", "failed", "opted_out")} == {
+        "generated": 2,
+        "failed": 0,
+        "opted_out": 1,
+    }
+    assert {k: steps[1][k] for k in ("passed", "failed")} == {"passed": 1, "failed": 2}

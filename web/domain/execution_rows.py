@@ -79,31 +79,6 @@ async def load(execution_id: UUID) -> list[RowState]:
     return [from_row(row, RowState) for row in await pool.fetch_rows(_LOAD, execution_id)]
 
 
-class SendTally(ReadModel, frozen=True):
-    """How an execution's rows stand after its send step: one aggregate row, not every row."""
-
-    sent: int
-    failed: int
-    skipped: int
-    rejected: int
-    unknown: int  # failed rows whose error starts with the given "delivery unknown" prefix
-
-
-async def send_tally(execution_id: UUID, unknown_prefix: str) -> SendTally:
-    row = await pool.fetch_row(
-        "SELECT count(*) FILTER (WHERE send_status = 'sent') AS sent, "
-        "  count(*) FILTER (WHERE send_status = 'failed') AS failed, "
-        "  count(*) FILTER (WHERE send_status = 'skipped') AS skipped, "
-        "  count(*) FILTER (WHERE send_status = 'rejected') AS rejected, "
-        "  count(*) FILTER (WHERE starts_with(error, $2)) AS unknown "
-        "FROM execution_row WHERE execution = $1",
-        execution_id,
-        unknown_prefix,
-    )
-    assert row is not None  # an aggregate always answers one row
-    return from_row(row, SendTally)
-
-
 async def save_generated(
     items: list[tuple[UUID, str | None, str | None, TokenUsage | None]],
 ) -> None:

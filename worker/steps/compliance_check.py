@@ -11,7 +11,7 @@ from worker.steps.context import StepContext
 
 
 async def run(ctx: StepContext) -> dict[str, Any]:
-    rows = await execution_rows.load(ctx.execution_id)
+    rows = await ctx.rows()  # as generate_content handed them on, when it ran in this job
     items = []
     for row in rows:
         verdict = compliance.check(ctx.step_settings, row.data, row.generated_content)

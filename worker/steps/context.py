@@ -16,6 +16,8 @@ from uuid import UUID
 import httpx
 from redis.asyncio import Redis
 
+from web.domain import execution_rows
+from web.domain.execution_rows import RowState
 from web.domain.types import Definition
 from web.settings import Settings
 from worker.providers.types import ProviderLimits
@@ -69,6 +71,18 @@ class StepContext:
     redis: Redis | None = None
     # The whole workflow as stored with the execution (what a step needs of the others).
     definition: Definition = field(default_factory=dict)
+    # The execution's rows as the step just before this one, in this same job, saved them and
+    # handed them on (`pass_rows_on`); None: `rows()` reads them. Only the step right before
+    # counts: the engine clears them before every step, so a step that saves rows without
+    # handing them on leaves the next one to read what it saved.
+    rows_before: list[RowState] | None = None
+    pass_rows_on: Callable[[list[RowState]], None] = lambda rows: None
+
+    async def rows(self) -> list[RowState]:
+        """The execution's rows as saved, in input order: those handed on, else read."""
+        if self.rows_before is not None:
+            return self.rows_before
+        return await execution_rows.load(self.execution_id)
 
     def out_of_time(self) -> bool:
         return time.monotonic() >= self.deadline or self.stop_requested()

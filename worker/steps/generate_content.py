@@ -79,7 +79,7 @@ async def run(ctx: StepContext) -> dict[str, Any]:
         )
     except ProviderConfigError as exc:
         raise StepError(str(exc)) from exc
-    rows = await execution_rows.load(ctx.execution_id)
+    rows = await ctx.rows()
     # A recipient on the suppression list costs no generation: the row ends `skipped` now.
     to_field = suppressions.send_field(ctx.definition)
     opted_out = set(
@@ -104,9 +104,12 @@ async def run(ctx: StepContext) -> dict[str, Any]:
             await execution_rows.save_generated([i for i in items if i is not None])
     except ProviderUnusable as exc:
         raise StepError(str(exc)) from None
-    # Every row as saved now: those done by earlier jobs as loaded, this job's from its items.
+    # Every row as saved now: those done by earlier jobs as loaded, this job's from its items;
+    # handed on to the next step (compliance_check), which need not read them again.
     done = {item[0]: item for item in items if item is not None}
-    return _summary([_with(row, done[row.id]) if row.id in done else row for row in rows])
+    saved = [_with(row, done[row.id]) if row.id in done else row for row in rows]
+    ctx.pass_rows_on(saved)
+    return _summary(saved)
 
 
 def _with(row: RowState, item: Item) -> RowState:

@@ -33,6 +33,7 @@ it for the next job.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -181,10 +182,11 @@ async def run(ctx: StepContext) -> dict[str, Any]:
 
     if not provider.resend_safe:
         await execution_rows.fail_unfinished_sends(ctx.execution_id, UNKNOWN_DELIVERY)
-    rows = [r for r in await execution_rows.load(ctx.execution_id) if r.send_status is None]
+    # Read, not handed on (StepContext.rows): fail_unfinished_sends has just changed some.
+    every_row = await execution_rows.load(ctx.execution_id)
     settled: list[tuple[UUID, SendStatus, str | None, str | None]] = []
     to_send: list[OutgoingMessage] = []
-    for row in rows:
+    for row in (r for r in every_row if r.send_status is None):
         outcome = _not_sendable(row)
         if outcome:
             settled.append((row.id, outcome[0], None, outcome[1]))
@@ -205,16 +207,32 @@ async def run(ctx: StepContext) -> dict[str, Any]:
     if resumes_at is not None:
         raise OutsideSendWindow(resumes_at)  # nothing starts: the run waits for the window
     if provider.resend_safe:
-        await _send_in_batches(ctx, provider, to_send, batch_size, window)
+        results = await _send_in_batches(ctx, provider, to_send, batch_size, window)
     else:
-        await _send_each_once(ctx, provider, to_send, window)
-    tally = await execution_rows.send_tally(ctx.execution_id, DELIVERY_UNKNOWN_PREFIX)
+        results = await _send_each_once(ctx, provider, to_send, window)
+    return _summary(every_row, settled, results)
+
+
+def _summary(
+    every_row: list[RowState],
+    settled: list[tuple[UUID, SendStatus, str | None, str | None]],
+    results: list[SendResult],
+) -> dict[str, Any]:
+    """Every row of the execution by how it ended: as read when the step started (rows ended
+    by earlier jobs), then as this step saved them. No read again: no one else writes the rows
+    while this worker holds the lease, and a row `sent` before was never offered again."""
+    ended = {row.id: (row.send_status, row.error) for row in every_row}
+    ended.update((row_id, (status, error)) for row_id, status, _, error in settled)
+    ended.update((result.row_id, (result.status, result.error)) for result in results)
+    statuses = Counter(status for status, _ in ended.values())
     summary: dict[str, Any] = {
-        "sent": tally.sent,
-        "failed": tally.failed,
-        "skipped": tally.skipped,
-        "rejected": tally.rejected,
+        "sent": statuses[SendStatus.SENT],
+        "failed": statuses[SendStatus.FAILED],
+        "skipped": statuses[SendStatus.SKIPPED],
+        "rejected": statuses[SendStatus.REJECTED],
     }
-    if tally.unknown:
-        summary["delivery_unknown"] = tally.unknown
+    prefix = DELIVERY_UNKNOWN_PREFIX
+    unknown = sum(1 for _, error in ended.values() if (error or "").startswith(prefix))
+    if unknown:
+        summary["delivery_unknown"] = unknown
     return summary
