@@ -160,9 +160,18 @@ class _Run:
                 return await self.wind_up_cancelled()
             if summary is None:
                 return await self._pause_for_approval()
+            if self.index == len(self.steps) - 1:
+                return await self._complete(summary)  # the last step's result saved with it
             await self._save_step(summary)
             self.index += 1
-        await _queue_events(self.redis, await executions.complete(self.claim))
+        return await self._complete(None)  # every step was saved before this job
+
+    async def _complete(self, last_summary: dict[str, Any] | None) -> RunOutcome:
+        last_step = None if last_summary is None else (self.index, self._result(last_summary))
+        events = await executions.complete(self.claim, last_step, self.rows_after)
+        if events is None and last_step is not None:
+            raise LeaseLost
+        await _queue_events(self.redis, events)
         logger.info("execution %s completed", self.claim.id)
         return RunOutcome("completed")
 
@@ -213,9 +222,10 @@ class _Run:
         logger.info("execution %s: cancelled at step %s, stopped", self.claim.id, self.index + 1)
         return RunOutcome("cancelled")
 
-    async def _save_step(self, summary: dict[str, Any]) -> None:
+    def _result(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """What execution.step_results keeps of the step at `index`, done with `summary`."""
         step = self.steps[self.index]
-        result = {
+        return {
             "index": self.index,
             "name": _step_name(step, self.index),
             "type": step.get("type"),
@@ -223,8 +233,10 @@ class _Run:
             "finishedAt": clock.iso(clock.now()),
             **summary,
         }
+
+    async def _save_step(self, summary: dict[str, Any]) -> None:
         if not await executions.finish_step(
-            self.claim, self.index, result, self.settings.execution_lease_seconds
+            self.claim, self.index, self._result(summary), self.settings.execution_lease_seconds
         ):
             raise LeaseLost
 

@@ -19,12 +19,13 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import httpx
+import msgspec
 import pytest
 
 from tests.factories import PUBLIC, auth, create_key, rows, start
 from tests.receiver import Receiver
-from web.domain import addresses, approvals, executions
-from web.domain.tables import ApiKey, WebhookAttempt, WebhookEvent
+from web.domain import addresses, approvals, execution_rows, executions
+from web.domain.tables import ApiKey, Execution, WebhookAttempt, WebhookEvent
 from web.domain.workflows import BFSI_TEMPLATE, save_workflow
 from web.settings import get_settings
 
@@ -289,6 +290,51 @@ async def test_a_run_whose_key_wants_no_event_ends_without_one_and_a_lost_lease_
         f"{PUBLIC}/executions/{execution_id}/status", headers=auth(key.secret)
     )
     assert status.json()["status"] == "completed"
+
+
+@pytest.mark.parametrize("hooked", [False, True], ids=["alone", "with_its_event"])
+async def test_the_last_steps_result_is_saved_with_the_completion_or_not_at_all(
+    client: httpx.AsyncClient, receiver: Receiver, hooked: bool
+) -> None:
+    secret = await hooked_key(receiver) if hooked else (await create_key()).secret
+    execution_id = UUID(await start(client, secret, csv_data=rows(2)))
+    claim = await _claimed_at_approval(execution_id)
+    assert await executions.finish_step(claim, 2, {"index": 2}, 30)
+    # The rows as the send step saved them and handed them on.
+    sent = [
+        msgspec.structs.replace(row, send_status="sent", message_id=f"m{row.position}")
+        for row in await execution_rows.load(execution_id)
+    ]
+    last = {"index": 3, "type": "send_message", "sent": 2}
+
+    stale = dataclasses.replace(claim, token=uuid4())  # a worker whose lease was taken
+    assert await executions.complete(stale, (3, last), sent) is None
+    before = await Execution.select().where(Execution.id == execution_id).first()
+    assert before is not None
+    assert (before["status"], before["current_step"], before["output"]) == ("running", 3, None)
+    assert len(json.loads(before["step_results"])) == 3
+
+    events = await executions.complete(claim, (3, last), sent)
+
+    done = await Execution.select().where(Execution.id == execution_id).first()
+    assert done is not None
+    assert (done["status"], done["current_step"]) == ("completed", 4)
+    assert json.loads(done["step_results"])[3] == last
+    assert json.loads(done["output"]) == {
+        "successCount": 2,
+        "failedCount": 0,
+        "results": [
+            {"customerId": "CUST001", "status": "sent", "messageId": "m0"},
+            {"customerId": "CUST002", "status": "sent", "messageId": "m1"},
+        ],
+    }
+    recorded = await WebhookEvent.select(WebhookEvent.id).where(
+        WebhookEvent.event == "execution.completed"
+    )
+    assert len(recorded) == (1 if hooked else 0)
+    # Queued now, or after the run's earlier events (execution.started) are delivered.
+    assert events is not None and set(events) <= {e["id"] for e in recorded}
+    assert await executions.complete(claim, (3, last), sent) is None  # done once only
 
 
 async def test_a_failed_run_sends_execution_failed_with_the_error(

@@ -8,7 +8,7 @@ Imports only web.domain and Piccolo.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, ClassVar, Literal
@@ -35,7 +35,7 @@ from web.domain.actors import Actor
 from web.domain.api_keys import AuthenticatedKey
 from web.domain.approvers import Approver
 from web.domain.errors import Conflict, InvalidInput, NotFound
-from web.domain.execution_rows import RowView
+from web.domain.execution_rows import RowState, RowView
 from web.domain.script_client import ScriptClient
 from web.domain.statuses import SENDING, ExecutionStatus, SendStatus
 from web.domain.tables import Execution, ExecutionRow
@@ -385,17 +385,35 @@ async def build_output(execution_id: UUID) -> ExecutionOutput:
         "FROM execution_row WHERE execution = {} ORDER BY position",
         execution_id,
     )
+    return _output(
+        (
+            None if row["customer_id"] is None else msgspec.json.decode(row["customer_id"]),
+            row["send_status"],
+            row["message_id"],
+            row["error"],
+        )
+        for row in rows
+    )
+
+
+def output_of(rows: list[RowState]) -> ExecutionOutput:
+    """build_output over rows already in hand (as the last step saved them), in input order."""
+    return _output(
+        (row.data.get("customerId"), row.send_status, row.message_id, row.error) for row in rows
+    )
+
+
+def _output(rows: Iterable[tuple[Any, str | None, str | None, str | None]]) -> ExecutionOutput:
+    """(customerId, send status, message id, error) of each row, in input order."""
     results: list[dict[str, Any]] = []
-    for row in rows:
-        customer_id = row["customer_id"]
+    for customer_id, send_status, message_id, error in rows:
         result: dict[str, Any] = {
-            "customerId": None if customer_id is None else msgspec.json.decode(customer_id),
-            "status": row["send_status"] or SendStatus.SKIPPED,
-            "messageId": row["message_id"],
+            "customerId": customer_id,
+            "status": send_status or SendStatus.SKIPPED,
+            "messageId": message_id,
         }
-        if row["error"]:
-            key = "error" if row["send_status"] == SendStatus.FAILED else "reason"
-            result[key] = row["error"]
+        if error:
+            result["error" if send_status == SendStatus.FAILED else "reason"] = error
         results.append(result)
     return {
         "successCount": sum(1 for r in results if r["status"] == SendStatus.SENT),
@@ -568,17 +586,38 @@ async def finish_step(claim: Claim, index: int, result: StepResult, lease_second
     return bool(rows)
 
 
-async def complete(claim: Claim) -> list[UUID] | None:
-    output = await build_output(claim.id)
+_COMPLETE = (
+    "UPDATE execution AS e SET status = 'completed', output = $1::jsonb, "
+    "  completed_at = now(), lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
+)
+_AS_CLAIMED = "WHERE id = $2 AND lease_token = $3 AND status = 'running'"
+
+
+async def complete(
+    claim: Claim,
+    last_step: tuple[int, StepResult] | None = None,
+    rows: list[RowState] | None = None,
+) -> list[UUID] | None:
+    """The run is done: its output saved, from `rows` when the last step handed them on (as it
+    saved them) or else read, and with `last_step` (its index and result) recorded in the same
+    statement, as finish_step would have. None if this worker lost its claim (nothing saved)."""
+    output = json.dumps(output_of(rows) if rows is not None else await build_output(claim.id))
+    if last_step is None:
+        return await _transition(
+            claim, webhooks.COMPLETED, f"{_COMPLETE} {_AS_CLAIMED}", output, claim.id, claim.token
+        )
+    index, result = last_step
     return await _transition(
         claim,
         webhooks.COMPLETED,
-        "UPDATE execution AS e SET status = 'completed', output = $1::jsonb, "
-        "  completed_at = now(), lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
-        "WHERE id = $2 AND lease_token = $3 AND status = 'running'",
-        json.dumps(output),
+        f"{_COMPLETE}, current_step = $4 + 1, "
+        "  step_results = step_results || jsonb_build_array($5::jsonb) "
+        f"{_AS_CLAIMED} AND current_step = $4",
+        output,
         claim.id,
         claim.token,
+        index,
+        json.dumps(result),
     )
 
 

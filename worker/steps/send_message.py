@@ -38,6 +38,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from msgspec.structs import replace
+
 from web.domain import clock, execution_rows, suppressions
 from web.domain.execution_rows import RowState
 from web.domain.send_window import SendWindow
@@ -210,21 +212,24 @@ async def run(ctx: StepContext) -> dict[str, Any]:
         results = await _send_in_batches(ctx, provider, to_send, batch_size, window)
     else:
         results = await _send_each_once(ctx, provider, to_send, window)
-    return _summary(every_row, settled, results)
+    # Every row as saved now, handed on (the engine builds the output from them).
+    saved = {row_id: (status, message_id, error) for row_id, status, message_id, error in settled}
+    saved.update((r.row_id, (r.status, r.message_id, r.error)) for r in results)
+    ended = [_with(row, saved[row.id]) if row.id in saved else row for row in every_row]
+    ctx.pass_rows_on(ended)
+    return _summary(ended)
 
 
-def _summary(
-    every_row: list[RowState],
-    settled: list[tuple[UUID, SendStatus, str | None, str | None]],
-    results: list[SendResult],
-) -> dict[str, Any]:
-    """Every row of the execution by how it ended: as read when the step started (rows ended
-    by earlier jobs), then as this step saved them. No read again: no one else writes the rows
-    while this worker holds the lease, and a row `sent` before was never offered again."""
-    ended = {row.id: (row.send_status, row.error) for row in every_row}
-    ended.update((row_id, (status, error)) for row_id, status, _, error in settled)
-    ended.update((result.row_id, (result.status, result.error)) for result in results)
-    statuses = Counter(status for status, _ in ended.values())
+def _with(row: RowState, result: tuple[SendStatus, str | None, str | None]) -> RowState:
+    status, message_id, error = result
+    return replace(row, send_status=str(status), message_id=message_id, error=error)
+
+
+def _summary(rows: list[RowState]) -> dict[str, Any]:
+    """Every row of the execution by how it ended: those ended by earlier jobs as read when the
+    step started, this job's as it saved them. No read again: no one else writes the rows while
+    this worker holds the lease, and a row `sent` before was never offered again."""
+    statuses = Counter(row.send_status for row in rows)
     summary: dict[str, Any] = {
         "sent": statuses[SendStatus.SENT],
         "failed": statuses[SendStatus.FAILED],
@@ -232,7 +237,7 @@ def _summary(
         "rejected": statuses[SendStatus.REJECTED],
     }
     prefix = DELIVERY_UNKNOWN_PREFIX
-    unknown = sum(1 for _, error in ended.values() if (error or "").startswith(prefix))
+    unknown = sum(1 for row in rows if (row.error or "").startswith(prefix))
     if unknown:
         summary["delivery_unknown"] = unknown
     return summary
