@@ -1,7 +1,10 @@
 """The step loop: claim the execution, run the next unsaved step, save, repeat.
 
-Each step's result is saved (with `current_step` moved on) before the next step starts, and
-steps save their rows themselves, so a run cut off anywhere resumes from the last saved step.
+Each step's result is saved (with `current_step` moved on) before the next step starts (the
+step before an approval and the last step: in the statement that pauses or completes the run),
+and steps save their rows themselves, so a run cut off anywhere resumes from the last saved
+step. Within a job, a step may hand the rows it saved on to the next one (StepContext.rows),
+which then need not read them again.
 Only the worker holding the execution's lease writes; a heartbeat renews it while a step works,
 and a lost lease stops the loop.
 
@@ -162,6 +165,8 @@ class _Run:
                 return await self._pause_for_approval()
             if self.index == len(self.steps) - 1:
                 return await self._complete(summary)  # the last step's result saved with it
+            if self._waits_next():
+                return await self._pause_for_approval(summary)  # its result saved with it
             await self._save_step(summary)
             self.index += 1
         return await self._complete(None)  # every step was saved before this job
@@ -277,12 +282,28 @@ class _Run:
                     clock.iso(resumes_at))  # fmt: skip
         return RunOutcome("waiting")
 
-    async def _pause_for_approval(self) -> RunOutcome:
-        """Wait for approval: its webhook event, the approvers' notifications and the deadline
-        and reminder jobs are queued after the commit (the reconciler enforces a deadline whose
-        job was lost, and queues notifications that were not sent)."""
+    def _waits_next(self) -> bool:
+        """Whether the next step is an approval not given yet (the run pauses there)."""
+        following = self.steps[self.index + 1]
+        return (
+            following.get("type") == "approval"
+            and self.claim.approval_status != ApprovalStatus.APPROVED
+        )
+
+    async def _pause_for_approval(self, summary_before: dict[str, Any] | None = None) -> RunOutcome:
+        """Wait for approval at the step `index`, or at the next one with `summary_before` (the
+        step just done, its result saved with the wait). Its webhook event, the approvers'
+        notifications and the deadline and reminder jobs are queued after the commit (the
+        reconciler enforces a deadline whose job was lost, and queues notifications that were
+        not sent)."""
+        step_before = None
+        if summary_before is not None:
+            step_before = (self.index, self._result(summary_before))
+            self.index += 1
         smtp = self.settings.smtp_url is not None
-        queued = await approvals.start_waiting(self.claim, self.index, smtp=smtp)
+        queued = await approvals.start_waiting(
+            self.claim, self.index, smtp=smtp, step_before=step_before
+        )
         if queued is None:
             raise LeaseLost
         try:

@@ -337,6 +337,39 @@ async def test_the_last_steps_result_is_saved_with_the_completion_or_not_at_all(
     assert await executions.complete(claim, (3, last), sent) is None  # done once only
 
 
+@pytest.mark.parametrize("hooked", [False, True], ids=["alone", "with_its_event"])
+async def test_the_step_before_an_approval_is_saved_with_the_wait_or_not_at_all(
+    client: httpx.AsyncClient, receiver: Receiver, hooked: bool
+) -> None:
+    secret = await hooked_key(receiver) if hooked else (await create_key()).secret
+    execution_id = UUID(await start(client, secret, csv_data=rows(2)))
+    claim = await executions.claim(execution_id, uuid4(), lease_seconds=30)
+    assert claim is not None
+    assert await executions.finish_step(claim, 0, {"index": 0}, 30)
+    checked = {"index": 1, "type": "compliance_check", "passed": 2, "failed": 0}
+
+    stale = dataclasses.replace(claim, token=uuid4())  # a worker whose lease was taken
+    assert await approvals.start_waiting(stale, 2, smtp=False, step_before=(1, checked)) is None
+    before = await Execution.select().where(Execution.id == execution_id).first()
+    assert before is not None
+    assert (before["status"], before["current_step"]) == ("running", 1)
+    assert len(json.loads(before["step_results"])) == 1
+
+    queued = await approvals.start_waiting(claim, 2, smtp=False, step_before=(1, checked))
+
+    assert queued is not None
+    waiting = await Execution.select().where(Execution.id == execution_id).first()
+    assert waiting is not None
+    assert (waiting["status"], waiting["current_step"]) == ("pending_approval", 2)
+    assert json.loads(waiting["step_results"]) == [{"index": 0}, checked]
+    recorded = await WebhookEvent.select(WebhookEvent.id).where(
+        WebhookEvent.event == "execution.pending_approval"
+    )
+    assert len(recorded) == (1 if hooked else 0)
+    assert set(queued.events) <= {e["id"] for e in recorded}
+    assert await approvals.start_waiting(claim, 2, smtp=False, step_before=(1, checked)) is None
+
+
 async def test_a_failed_run_sends_execution_failed_with_the_error(
     client: httpx.AsyncClient, receiver: Receiver, run_worker: Any
 ) -> None:

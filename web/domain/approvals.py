@@ -48,6 +48,7 @@ from web.domain.types import (
     ExecutionOutput,
     ReadModel,
     RowData,
+    StepResult,
     StepSettings,
     from_row,
 )
@@ -480,12 +481,20 @@ async def enqueue(redis: ScriptClient | Redis, queued: Queued, execution_id: UUI
         await queue.enqueue_reminder(redis, execution_id, queued.remind_at)
 
 
-async def start_waiting(claim: executions.Claim, index: int, *, smtp: bool) -> Queued | None:
-    """The worker's run reached its approval step: `pending_approval` (approvalStatus
-    `pending`) with its deadline counted from now (the step's `timeout`) and the moment of its
-    reminder (`remindBefore` that), the `execution.pending_approval` event and the approvers'
-    notifications recorded, all in one transaction (one statement when there is neither to
-    record: executions.transition_alone). None if this worker no longer holds the run."""
+async def start_waiting(
+    claim: executions.Claim,
+    index: int,
+    *,
+    smtp: bool,
+    step_before: tuple[int, StepResult] | None = None,
+) -> Queued | None:
+    """The worker's run reached its approval step (`index`): `pending_approval`
+    (approvalStatus `pending`) with its deadline counted from now (the step's `timeout`) and the
+    moment of its reminder (`remindBefore` that), the `execution.pending_approval` event and the
+    approvers' notifications recorded, all in one transaction (one statement when there is
+    neither to record: executions.transition_alone). `step_before` (the index and result of the
+    step just done, not saved yet) is recorded in the same statement, as finish_step would
+    have. None if this worker no longer holds the run (nothing saved)."""
     rules = approval_rules(claim.definition)
     timeout, remind = rules.timeout_seconds, rules.remind_before_seconds
     sql = (
@@ -494,8 +503,10 @@ async def start_waiting(claim: executions.Claim, index: int, *, smtp: bool) -> Q
         "  approval_requested_at = now(), "
         "  approval_deadline = now() + make_interval(secs => $1), "
         "  approval_remind_at = now() + make_interval(secs => $2), "
-        "  lease_token = NULL, lease_expires_at = NULL, updated_at = now() "
-        "WHERE id = $3 AND lease_token = $4 AND status = 'running' AND current_step = $5"
+        "  lease_token = NULL, lease_expires_at = NULL, updated_at = now(), "
+        "  current_step = $5, step_results = CASE WHEN $6::jsonb IS NULL THEN step_results "
+        "    ELSE step_results || jsonb_build_array($6::jsonb) END "
+        "WHERE id = $3 AND lease_token = $4 AND status = 'running' AND current_step = $7"
     )
     returning = f"e.approval_deadline, e.approval_remind_at, {executions.EVENT_COLUMNS}"
     args = (
@@ -504,6 +515,8 @@ async def start_waiting(claim: executions.Claim, index: int, *, smtp: bool) -> Q
         claim.id,
         claim.token,
         index,
+        None if step_before is None else json.dumps(step_before[1]),
+        index if step_before is None else step_before[0],
     )
     if not notifications.any_channel(claim.definition, smtp=smtp):
         alone = await executions.transition_alone(
