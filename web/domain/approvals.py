@@ -51,6 +51,7 @@ from web.domain.types import (
     StepResult,
     StepSettings,
     from_row,
+    json_text,
 )
 from web.domain.workflows import approval_settings, step_settings
 
@@ -515,7 +516,7 @@ async def start_waiting(
         claim.id,
         claim.token,
         index,
-        None if step_before is None else json.dumps(step_before[1]),
+        None if step_before is None else json_text(step_before[1]),
         index if step_before is None else step_before[0],
     )
     if not notifications.any_channel(claim.definition, smtp=smtp):

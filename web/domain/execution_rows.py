@@ -6,7 +6,6 @@ once and a crash leaves either all or none of a batch written.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from typing import ClassVar
 from uuid import UUID
@@ -14,7 +13,7 @@ from uuid import UUID
 from web.domain import pool
 from web.domain.statuses import SENDING, SendStatus
 from web.domain.tables import ExecutionRow
-from web.domain.types import ReadModel, RowData, TokenUsage, from_row
+from web.domain.types import ReadModel, RowData, TokenUsage, from_row, json_text
 
 
 class RowView(ReadModel, frozen=True):
@@ -94,7 +93,7 @@ async def save_generated(
         [item[0] for item in items],
         [item[1] for item in items],
         [item[2] for item in items],
-        [None if item[3] is None else json.dumps(item[3]) for item in items],
+        [None if item[3] is None else json_text(item[3]) for item in items],
     )
 
 
@@ -109,7 +108,7 @@ async def save_compliance(items: list[tuple[UUID, str, list[str]]]) -> None:
         "WHERE r.id = v.id",
         [item[0] for item in items],
         [item[1] for item in items],
-        [json.dumps(item[2]) for item in items],
+        [json_text(item[2]) for item in items],
     )
 
 

@@ -46,6 +46,7 @@ from web.domain.types import (
     RowData,
     StepResult,
     from_row,
+    json_text,
 )
 from web.domain.workflows import RunnableWorkflow
 
@@ -578,7 +579,7 @@ async def finish_step(claim: Claim, index: int, result: StepResult, lease_second
         "WHERE id = $4 AND lease_token = $5 AND status = 'running' AND current_step = $1 "
         "RETURNING id",
         index,
-        json.dumps(result),
+        json_text(result),
         lease_seconds,
         claim.id,
         claim.token,
@@ -601,7 +602,7 @@ async def complete(
     """The run is done: its output saved, from `rows` when the last step handed them on (as it
     saved them) or else read, and with `last_step` (its index and result) recorded in the same
     statement, as finish_step would have. None if this worker lost its claim (nothing saved)."""
-    output = json.dumps(output_of(rows) if rows is not None else await build_output(claim.id))
+    output = json_text(output_of(rows) if rows is not None else await build_output(claim.id))
     if last_step is None:
         return await _transition(
             claim, webhooks.COMPLETED, f"{_COMPLETE} {_AS_CLAIMED}", output, claim.id, claim.token
@@ -617,7 +618,7 @@ async def complete(
         claim.id,
         claim.token,
         index,
-        json.dumps(result),
+        json_text(result),
     )
 
 

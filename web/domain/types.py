@@ -30,6 +30,16 @@ class ReadModel(msgspec.Struct, frozen=True):
 Model = TypeVar("Model", bound=ReadModel)
 
 
+_ENCODER = msgspec.json.Encoder()
+
+
+def json_text(value: Any) -> str:
+    """`value` as JSON text, for a JSONB parameter of raw SQL: what json.dumps gives, compact,
+    at several times its speed (the worker encodes each row's compliance reasons, each step's
+    result and the output this way)."""
+    return _ENCODER.encode(value).decode()
+
+
 def from_row(row: Mapping[str, Any], model: type[Model]) -> Model:
     """One database row as `model`: JSONB text decoded, then converted (cheap: msgspec).
     Columns the model does not name are ignored; the row is copied only if it holds text."""
