@@ -335,3 +335,24 @@ async def test_compliance_in_the_same_job_checks_what_generation_saved_opt_outs_
         "opted_out": 1,
     }
     assert {k: steps[1][k] for k in ("passed", "failed")} == {"passed": 1, "failed": 2}
+
+
+async def test_a_template_that_cannot_render_one_rows_value_fails_that_row_not_the_run(
+    client: httpx.AsyncClient, api_key: str, run_worker
+) -> None:
+    workflow_id = await _workflow(
+        "workflow_per_score",
+        generate_content={"template": "Hi {{ name }}, {{ 100 // (credit_score | int) }} points"},
+    )
+    data = rows(2)
+    data[0]["credit_score"], data[1]["credit_score"] = "50", "0"
+    execution_id = await start(client, api_key, csv_data=data, workflow_id=workflow_id)
+
+    await run_worker()
+
+    assert (await execution_row(execution_id))["status"] == "pending_approval"
+    first, second = await row_states(execution_id)
+    assert first["generated_content"] == f"Hi {data[0]['name']}, 2 points"
+    assert second["generated_content"] is None
+    assert second["error"] == "Content generation failed: integer division or modulo by zero"
+    assert second["compliance_status"] == "failed"

@@ -32,10 +32,11 @@ def compile_template(settings: dict[str, Any], setting: str) -> Template:
 
 
 def render(template: Template, row: dict[str, Any]) -> str:
-    """The template over the row; ProviderError (this row fails) if it cannot render."""
+    """The template over the row; ProviderError (this row fails) if it cannot render: a bad
+    value of this row's (`{{ 100 // score }}` with a score of 0) fails the row, not the run."""
     try:
         return template.render(**row).strip()
-    except (TemplateError, SecurityError, TypeError, ValueError) as exc:
+    except (TemplateError, SecurityError, TypeError, ValueError, ArithmeticError) as exc:
         raise ProviderError(str(exc)) from exc
 
 
