@@ -165,7 +165,7 @@ class _Run:
                 return await self._pause_for_approval()
             if self.index == len(self.steps) - 1:
                 return await self._complete(summary)  # the last step's result saved with it
-            if self._waits_next():
+            if self._waits_at(self.steps[self.index + 1]):
                 return await self._pause_for_approval(summary)  # its result saved with it
             await self._save_step(summary)
             self.index += 1
@@ -174,7 +174,7 @@ class _Run:
     async def _complete(self, last_summary: dict[str, Any] | None) -> RunOutcome:
         last_step = None if last_summary is None else (self.index, self._result(last_summary))
         events = await executions.complete(self.claim, last_step, self.rows_after)
-        if events is None and last_step is not None:
+        if events is None:
             raise LeaseLost
         await _queue_events(self.redis, events)
         logger.info("execution %s completed", self.claim.id)
@@ -185,9 +185,7 @@ class _Run:
         rows_before, self.rows_after = self.rows_after, None
         kind = step.get("type")
         if kind == "approval":
-            if self.claim.approval_status != ApprovalStatus.APPROVED:
-                return None
-            return {"decision": "approved"}
+            return None if self._waits_at(step) else {"decision": "approved"}
         runner = RUNNERS.get(kind) if isinstance(kind, str) else None
         if runner is None:
             raise StepError(f"unknown step type {kind!r}")
@@ -282,12 +280,10 @@ class _Run:
                     clock.iso(resumes_at))  # fmt: skip
         return RunOutcome("waiting")
 
-    def _waits_next(self) -> bool:
-        """Whether the next step is an approval not given yet (the run pauses there)."""
-        following = self.steps[self.index + 1]
-        return (
-            following.get("type") == "approval"
-            and self.claim.approval_status != ApprovalStatus.APPROVED
+    def _waits_at(self, step: dict[str, Any]) -> bool:
+        """Whether `step` is an approval not given yet: the run pauses there."""
+        return step.get("type") == "approval" and (
+            self.claim.approval_status != ApprovalStatus.APPROVED
         )
 
     async def _pause_for_approval(self, summary_before: dict[str, Any] | None = None) -> RunOutcome:

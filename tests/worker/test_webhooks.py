@@ -292,6 +292,13 @@ async def test_a_run_whose_key_wants_no_event_ends_without_one_and_a_lost_lease_
     assert status.json()["status"] == "completed"
 
 
+async def _stored(execution_id: UUID) -> dict[str, Any]:
+    """The execution's row as stored (JSONB columns as text)."""
+    found = await Execution.select().where(Execution.id == execution_id).first()
+    assert found is not None
+    return found
+
+
 @pytest.mark.parametrize("hooked", [False, True], ids=["alone", "with_its_event"])
 async def test_the_last_steps_result_is_saved_with_the_completion_or_not_at_all(
     client: httpx.AsyncClient, receiver: Receiver, hooked: bool
@@ -309,15 +316,13 @@ async def test_the_last_steps_result_is_saved_with_the_completion_or_not_at_all(
 
     stale = dataclasses.replace(claim, token=uuid4())  # a worker whose lease was taken
     assert await executions.complete(stale, (3, last), sent) is None
-    before = await Execution.select().where(Execution.id == execution_id).first()
-    assert before is not None
+    before = await _stored(execution_id)
     assert (before["status"], before["current_step"], before["output"]) == ("running", 3, None)
     assert len(json.loads(before["step_results"])) == 3
 
     events = await executions.complete(claim, (3, last), sent)
 
-    done = await Execution.select().where(Execution.id == execution_id).first()
-    assert done is not None
+    done = await _stored(execution_id)
     assert (done["status"], done["current_step"]) == ("completed", 4)
     assert json.loads(done["step_results"])[3] == last
     assert json.loads(done["output"]) == {
@@ -350,16 +355,14 @@ async def test_the_step_before_an_approval_is_saved_with_the_wait_or_not_at_all(
 
     stale = dataclasses.replace(claim, token=uuid4())  # a worker whose lease was taken
     assert await approvals.start_waiting(stale, 2, smtp=False, step_before=(1, checked)) is None
-    before = await Execution.select().where(Execution.id == execution_id).first()
-    assert before is not None
+    before = await _stored(execution_id)
     assert (before["status"], before["current_step"]) == ("running", 1)
     assert len(json.loads(before["step_results"])) == 1
 
     queued = await approvals.start_waiting(claim, 2, smtp=False, step_before=(1, checked))
 
     assert queued is not None
-    waiting = await Execution.select().where(Execution.id == execution_id).first()
-    assert waiting is not None
+    waiting = await _stored(execution_id)
     assert (waiting["status"], waiting["current_step"]) == ("pending_approval", 2)
     assert json.loads(waiting["step_results"]) == [{"index": 0}, checked]
     recorded = await WebhookEvent.select(WebhookEvent.id).where(
